@@ -1,0 +1,6 @@
+/** Every subcommand, in the order `netmangle --help` lists them. Add a line per command. */
+import type { Command } from 'commander';
+
+export type RegisterCommand = (program: Command) => void;
+
+export const commands: RegisterCommand[] = [];
