@@ -1,0 +1,108 @@
+/**
+ * The checked form of netmangle's rule language: what src/rules/ produces and src/compiler/
+ * (and the VM's packet decoder, trace diffs and docs) consume. The parser and checker own how
+ * text becomes these values; everything downstream reads only these types.
+ */
+
+/** Protocol layers a field can live in, outermost first. */
+export type Layer = 'frame' | 'eth' | 'vlan' | 'ip' | 'ipv6' | 'tcp' | 'udp' | 'icmp' | 'icmpv6';
+
+/** Checksums that cover a field: the IPv4 header checksum, the L4 checksum over the segment, or
+ *  the L4 checksum through the pseudo-header (addresses, protocol, length). */
+export type ChecksumCover = 'ipv4-header' | 'l4' | 'l4-pseudo';
+
+export type FieldKind = 'uint' | 'bool' | 'ipv4' | 'ipv6' | 'mac';
+
+/**
+ * One entry of the field catalog: where a field sits and how to read and write it.
+ * The value of a field is: read `width` bytes big-endian at `offset` from the start of its
+ * layer's header, then `(container >> shift) & mask`, then times `scale`.
+ */
+export interface FieldDef {
+  /** Wireshark display-filter name: 'ip.ttl', 'tcp.flags.push'. */
+  name: string;
+  layer: Layer;
+  /** Byte offset from the start of the layer's header (for 'frame': see `special`). */
+  offset: number;
+  /** Bytes of the container read: 1, 2 or 4 for numbers; 4 ipv4, 16 ipv6, 6 mac. */
+  width: 1 | 2 | 4 | 6 | 16;
+  /** Right shift applied to the container (0 when the field fills it). */
+  shift: number;
+  /** Mask applied after the shift (for whole containers: all ones of the width). */
+  mask: number;
+  /** Multiplier from the raw value to the user-visible one (ip.hdr_len is 4 × the nibble). */
+  scale: number;
+  kind: FieldKind;
+  /** Largest value the field can hold, in user-visible units. */
+  max: number;
+  /** Whether `set` may write it. */
+  writable: boolean;
+  /** Checksums that must be fixed when it changes. */
+  covers: ChecksumCover[];
+  /** Fields that are one of two real fields (`ip.addr`, `tcp.port`): match-only, either side. */
+  either?: [string, string];
+  /** Fields not read from a header: 'frame.len' is the packet length. */
+  special?: 'frame.len';
+  description: string;
+}
+
+/** A position in the rule text, for errors with a caret. */
+export interface Span {
+  start: number;
+  end: number;
+}
+
+export type ArithOp = '+' | '-' | '*' | '/' | '%' | '&' | '|' | '^' | '<<' | '>>';
+export type CmpOp = '==' | '!=' | '<' | '<=' | '>' | '>=';
+
+export type Expr =
+  | { kind: 'num'; value: number; span: Span }
+  /** An address constant; `prefix` set for CIDR blocks (only valid in comparisons with == / !=). */
+  | { kind: 'addr'; family: 'ipv4' | 'ipv6' | 'mac'; bytes: Uint8Array; prefix?: number; span: Span }
+  | { kind: 'field'; field: FieldDef; span: Span }
+  | { kind: 'arith'; op: ArithOp; left: Expr; right: Expr; span: Span }
+  /** random(lo, hi) inclusive; min(a, b); max(a, b). */
+  | { kind: 'call'; fn: 'random' | 'min' | 'max'; args: Expr[]; span: Span };
+
+export type Cond =
+  | { kind: 'true' }
+  /** A bare protocol name: 'tcp', 'ipv6', 'icmp', 'vlan' … */
+  | { kind: 'proto'; layer: Layer; span: Span }
+  /** A bare expression used as a test: true when present and non-zero (`tcp.flags.push`, `tcp.flags & 0x12`). */
+  | { kind: 'truthy'; expr: Expr; span: Span }
+  | { kind: 'cmp'; op: CmpOp; left: Expr; right: Expr; span: Span }
+  /** `expr in {80 443 1000-2000}`: ranges inclusive. */
+  | { kind: 'in'; expr: Expr; items: Array<{ lo: Expr; hi?: Expr }>; span: Span }
+  | { kind: 'and' | 'or'; left: Cond; right: Cond }
+  | { kind: 'not'; arg: Cond };
+
+export type Action =
+  /** Right-hand sides read the packet as it was before this rule wrote to it. */
+  | { kind: 'set'; field: FieldDef; value: Expr; span: Span }
+  | { kind: 'drop'; span: Span }
+  | { kind: 'pass'; span: Span };
+
+export type Hook = 'xdp' | 'ingress' | 'egress';
+
+export interface Rule {
+  /** Given in a rules file, or derived (`rule-1`) for the one-line form. */
+  name: string;
+  /** The rule's source text (one-line form) or `match => actions` rebuilt from YAML. */
+  text: string;
+  match: Cond;
+  actions: Action[];
+  /** Act on a matching packet with this probability (0 < p ≤ 1); absent: always. */
+  probability?: number;
+  /** Act on the Nth, 2Nth … matching packet; absent: every one. */
+  every?: number;
+  /** 'fix' (default): checksums right after every change; 'keep': left stale on purpose. */
+  checksum: 'fix' | 'keep';
+}
+
+/** Rules that share one (interface, hook, namespace): compiled into one program. */
+export interface RuleGroup {
+  dev: string;
+  hook: Hook;
+  netns?: string;
+  rules: Rule[];
+}
