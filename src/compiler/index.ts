@@ -1,0 +1,90 @@
+/**
+ * The compiler's public face: a RuleGroup (rules sharing one interface and hook) becomes one
+ * CompiledProgram, ready for the kernel (src/kernel), the VM (src/vm) or an ELF object.
+ */
+import type { Insn } from '../bpf/insn.js';
+import type { MapRef } from '../bpf/asm.js';
+import type { Hook, RuleGroup } from '../rules/ast.js';
+import { generate, type FieldLookup } from './codegen.js';
+import { EVERY_MAP, STATE_MAP, STATE_PRNG, progKindOf, ruleCounterOffset, stateValueSize, STATE_GSO, type ProgKind } from './layout.js';
+import { seedState } from './prng.js';
+
+export { CompileError } from './codegen.js';
+export * from './layout.js';
+export * from './prng.js';
+
+export interface MapSpec {
+  name: string;
+  type: 'array' | 'percpu_array';
+  keySize: 4;
+  valueSize: number;
+  maxEntries: 1;
+}
+
+export interface CompiledProgram {
+  hook: Hook;
+  kind: ProgKind;
+  dev: string;
+  netns?: string;
+  /** Program name for the kernel (at most 15 characters). */
+  name: string;
+  rules: Array<{ name: string; text: string }>;
+  insns: Insn[];
+  mapRefs: MapRef[];
+  maps: MapSpec[];
+  seed: number;
+  /** The state map's initial value for one CPU: the PRNG seeded, counters zero. */
+  initialState(cpu: number): Uint8Array;
+}
+
+export interface CompileOptions {
+  seed: number;
+  lookupField: FieldLookup;
+}
+
+export function compileGroup(group: RuleGroup, opts: CompileOptions): CompiledProgram {
+  const { asm, usesEvery } = generate(group, { lookupField: opts.lookupField });
+  const { insns, mapRefs } = asm.assemble();
+  const valueSize = stateValueSize(group.rules.length);
+  const maps: MapSpec[] = [{ name: STATE_MAP, type: 'percpu_array', keySize: 4, valueSize, maxEntries: 1 }];
+  if (usesEvery) maps.push({ name: EVERY_MAP, type: 'array', keySize: 4, valueSize: 8 * group.rules.length, maxEntries: 1 });
+  return {
+    hook: group.hook,
+    kind: progKindOf(group.hook),
+    dev: group.dev,
+    netns: group.netns,
+    name: `nm_${group.hook}`,
+    rules: group.rules.map((r) => ({ name: r.name, text: r.text })),
+    insns,
+    mapRefs,
+    maps,
+    seed: opts.seed,
+    initialState(cpu: number): Uint8Array {
+      const v = new Uint8Array(valueSize);
+      new DataView(v.buffer).setBigUint64(STATE_PRNG, seedState(BigInt(opts.seed) + (BigInt(cpu) << 32n)), true);
+      return v;
+    },
+  };
+}
+
+export interface RuleCounters {
+  matched: number;
+  acted: number;
+  dropped: number;
+}
+
+/** Per-rule counters summed over the per-CPU state values, and the GSO packets seen. */
+export function readCounters(rules: number, perCpuValues: Uint8Array[]): { rules: RuleCounters[]; gso: number } {
+  const out: RuleCounters[] = Array.from({ length: rules }, () => ({ matched: 0, acted: 0, dropped: 0 }));
+  let gso = 0;
+  for (const v of perCpuValues) {
+    const dv = new DataView(v.buffer, v.byteOffset, v.byteLength);
+    gso += Number(dv.getBigUint64(STATE_GSO, true));
+    for (let i = 0; i < rules; i++) {
+      out[i]!.matched += Number(dv.getBigUint64(ruleCounterOffset(i, 'matched'), true));
+      out[i]!.acted += Number(dv.getBigUint64(ruleCounterOffset(i, 'acted'), true));
+      out[i]!.dropped += Number(dv.getBigUint64(ruleCounterOffset(i, 'dropped'), true));
+    }
+  }
+  return { rules: out, gso };
+}

@@ -1,0 +1,72 @@
+/**
+ * Fixed facts the compiled programs rely on: context field offsets (uapi struct xdp_md and
+ * struct __sk_buff), verdicts, helper ids and flags, and the layout of netmangle's own maps.
+ */
+import type { Hook, Layer } from '../rules/ast.js';
+
+export type ProgKind = 'xdp' | 'sched_cls';
+
+export const progKindOf = (hook: Hook): ProgKind => (hook === 'xdp' ? 'xdp' : 'sched_cls');
+
+/** Context offsets of the packet bounds, per program type. */
+export const CTX = {
+  xdp: { data: 0, dataEnd: 4 },
+  sched_cls: { data: 76, dataEnd: 80 },
+} as const;
+
+/** struct __sk_buff fields read by compiled tc programs. */
+export const SKB = { len: 0, gsoSegs: 164 } as const;
+
+export const XDP_ABORTED = 0;
+export const XDP_DROP = 1;
+export const XDP_PASS = 2;
+export const TC_ACT_UNSPEC = -1;
+export const TC_ACT_OK = 0;
+export const TC_ACT_SHOT = 2;
+
+/** Verdicts per hook: what "no decision" (fall through), `pass` and `drop` return. */
+export function verdicts(kind: ProgKind): { none: number; pass: number; drop: number } {
+  return kind === 'xdp'
+    ? { none: XDP_PASS, pass: XDP_PASS, drop: XDP_DROP }
+    // TC_ACT_UNSPEC lets a later program on the same hook decide (TCX_NEXT); it passes when last.
+    : { none: TC_ACT_UNSPEC, pass: TC_ACT_OK, drop: TC_ACT_SHOT };
+}
+
+export const HELPER = {
+  map_lookup_elem: 1,
+  l3_csum_replace: 10,
+  l4_csum_replace: 11,
+  xdp_get_buff_len: 188,
+} as const;
+
+/** bpf_l4_csum_replace flags. */
+export const BPF_F_PSEUDO_HDR = 1 << 4;
+export const BPF_F_MARK_MANGLED_0 = 1 << 5;
+
+/** Bits of the "layers present" register the parser fills. */
+export const LAYER_BIT: Record<Exclude<Layer, 'frame'>, number> = {
+  eth: 1 << 0,
+  vlan: 1 << 1,
+  ip: 1 << 2,
+  ipv6: 1 << 3,
+  tcp: 1 << 4,
+  udp: 1 << 5,
+  icmp: 1 << 6,
+  icmpv6: 1 << 7,
+};
+
+/**
+ * The per-CPU state map: one entry (key 0) whose value is
+ *   u64 prng state | u64 GSO packets seen | per rule: u64 matched, u64 acted, u64 dropped.
+ */
+export const STATE_MAP = 'nm_state';
+export const STATE_PRNG = 0;
+export const STATE_GSO = 8;
+export const STATE_RULES = 16;
+export const RULE_COUNTERS = 24;
+export const stateValueSize = (rules: number): number => STATE_RULES + RULE_COUNTERS * rules;
+export const ruleCounterOffset = (rule: number, which: 'matched' | 'acted' | 'dropped'): number =>
+  STATE_RULES + RULE_COUNTERS * rule + (which === 'matched' ? 0 : which === 'acted' ? 8 : 16);
+
+/** The shared (not per-CPU) every-N map: one entry, a u64 match count per rule, added atomically. */
+export const EVERY_MAP = 'nm_every';
