@@ -1,6 +1,7 @@
 /** Every subcommand, in the order `netmangle --help` lists them. Add a line per command. */
 import type { Command } from 'commander';
+import { register as probe } from './probe.js';
 
 export type RegisterCommand = (program: Command) => void;
 
-export const commands: RegisterCommand[] = [];
+export const commands: RegisterCommand[] = [probe];
