@@ -224,7 +224,7 @@ export interface NetlinkAck {
  */
 export function parseAck(payload: Buffer, flags: number, isDone = false): NetlinkAck {
   if (payload.length < 4) throw new Error('malformed netlink error message');
-  const errnoValue = -payload.readInt32LE(0);
+  const errnoValue = -payload.readInt32LE(0) | 0;
   const ack: NetlinkAck = { errno: errnoValue };
   if (!(flags & NLM_F.ACK_TLVS)) return ack;
   let attrsAt = 4;

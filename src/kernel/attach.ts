@@ -1,0 +1,290 @@
+/**
+ * One way in for attaching a loaded program to an interface hook, whatever the kernel offers:
+ *
+ *   hook     path 'link' / 'tcx' (BPF links)          path 'netlink' (older kernels)
+ *   xdp      XDP link, 5.9+                            IFLA_XDP through RTM_SETLINK
+ *   ingress  tcx link, 6.6+                            clsact qdisc + cls_bpf direct-action filter
+ *   egress   tcx link, 6.6+                            clsact qdisc + cls_bpf direct-action filter
+ *
+ * A link detaches by itself when the process dies; a netlink attachment stays until someone
+ * removes it, which is why a netlink Attachment carries a `warning`.
+ *
+ * Every kernel call runs inside `inNetns(netns)`, so the interface is found (and the program
+ * attached) in that namespace.
+ */
+import { NetmangleError, UsageError } from '../errors.js';
+import { programInfo, queryProgs } from './info.js';
+import { createTcxLink, createXdpLink, tryDetachLink, type Link } from './link.js';
+import { inNetns, netnsExists, requireNetns } from './netns.js';
+import { NetlinkError } from './netlink.js';
+import { probeFeatures, type ProbeResult } from './probe.js';
+import type { Program } from './program.js';
+import {
+  addClsBpfFilter, attachXdpNetlink, delClsBpfFilter, ensureClsact, getLink, listClsBpfFilters, noInterface, removeClsact,
+  detachXdpNetlink, xdpQueryNetlink, type ClsBpfFilterRef, type TcDirection, type XdpMode, type XdpState,
+} from './rtnetlink.js';
+import { BpfError, EBUSY, EEXIST, EINVAL, EOPNOTSUPP, ENOTSUPP } from './sys.js';
+
+export type Hook = 'xdp' | 'ingress' | 'egress';
+export type AttachPath = 'link' | 'tcx' | 'netlink';
+
+export interface AttachOptions {
+  /** Interface name, as `ip link` shows it inside `netns`. */
+  dev: string;
+  hook: Hook;
+  /** Network namespace name (`ip netns`); default: the current one. */
+  netns?: string;
+  /**
+   * 'auto' (default): BPF links where this kernel has them (probed once), else netlink.
+   * 'link' and 'tcx' both mean "a BPF link" (an XDP link at xdp, a tcx link at ingress/egress).
+   */
+  path?: 'auto' | AttachPath;
+  /** XDP only. 'auto' (default): native (driver) mode, falling back to generic (skb) mode. */
+  xdpMode?: 'skb' | 'drv' | 'auto';
+  /** netlink tc path only: the cls_bpf filter's priority (default 1, i.e. first) and handle (default 1). */
+  tcPriority?: number;
+  tcHandle?: number;
+}
+
+export interface Attachment extends Disposable {
+  readonly dev: string;
+  readonly ifindex: number;
+  readonly hook: Hook;
+  readonly netns: string | undefined;
+  readonly path: AttachPath;
+  /** The attached program's kernel id. */
+  readonly progId: number;
+  /** XDP only: the mode the program ended up in. */
+  readonly xdpMode?: XdpMode;
+  /** The BPF link holding the program (paths 'link' and 'tcx'). */
+  readonly link?: Link;
+  /** netlink tc path: where the cls_bpf filter sits. */
+  readonly tcFilter?: ClsBpfFilterRef;
+  /** Set for netlink attachments: they outlive a crash of this process. */
+  readonly warning?: string;
+  readonly detached: boolean;
+  /** Removes the program from the hook (and a clsact qdisc this attachment added). Idempotent. */
+  detach(): void;
+}
+
+let probed: ProbeResult | undefined;
+
+/** probeFeatures(), run once per process. */
+function features(): ProbeResult {
+  probed ??= probeFeatures();
+  return probed;
+}
+
+/** For tests: forget the probe result so the next attach probes again. */
+export function resetAttachProbe(): void {
+  probed = undefined;
+}
+
+function isBusy(err: unknown): boolean {
+  return (err instanceof BpfError || err instanceof NetlinkError) && (err.errno === EBUSY || err.errno === EEXIST);
+}
+
+function lacksNativeMode(err: unknown): boolean {
+  return (err instanceof BpfError || err instanceof NetlinkError)
+    && (err.errno === EOPNOTSUPP || err.errno === EINVAL || err.errno === ENOTSUPP);
+}
+
+/** "id 42 'mangle'" (the name when we may read it). */
+function describeProgram(id: number): string {
+  try {
+    const info = programInfo(id);
+    return info.name ? `id ${id} '${info.name}'` : `id ${id}`;
+  } catch {
+    return `id ${id}`;
+  }
+}
+
+function where(dev: string, netns: string | undefined): string {
+  return netns === undefined ? dev : `${dev} (namespace ${netns})`;
+}
+
+function foreignXdpError(dev: string, netns: string | undefined, state: XdpState, ownId: number): NetmangleError {
+  const ids = [...new Set([state.progId, state.drvProgId, state.skbProgId, state.hwProgId].filter((x): x is number => x !== undefined))];
+  const mode = state.attached === 'multi' ? 'several modes' : `${state.attached} mode`;
+  const which = ids.length ? ids.map(describeProgram).join(' and ') : 'a program';
+  const nsFlag = netns === undefined ? '' : `-n ${netns} `;
+  if (ids.length === 1 && ids[0] === ownId) {
+    return new NetmangleError(`XDP program ${which} is already attached to ${where(dev, netns)}`, {
+      hint: 'detach the earlier attachment first',
+    });
+  }
+  return new NetmangleError(`${where(dev, netns)} already holds XDP program ${which} (${mode})`, {
+    hint: `netmangle does not replace programs it did not attach: remove it first (\`ip ${nsFlag}link set dev ${dev} xdp off\`, or close its owner's link)`,
+  });
+}
+
+function foreignTcxError(dev: string, netns: string | undefined, dir: TcDirection, ifindex: number, cause: unknown): NetmangleError {
+  let which = 'another program';
+  try {
+    const ids = queryProgs(ifindex, dir === 'ingress' ? 'tcx_ingress' : 'tcx_egress').progIds;
+    if (ids.length) which = `program${ids.length > 1 ? 's' : ''} ${ids.map(describeProgram).join(', ')}`;
+  } catch { /* keep the generic wording */ }
+  return new NetmangleError(`cannot attach at tcx ${dir} of ${where(dev, netns)}: it already holds ${which}`, {
+    hint: 'detach the other program first, or attach with path netlink',
+    cause,
+  });
+}
+
+function resolvePath(hook: Hook, requested: AttachOptions['path']): AttachPath {
+  const path = requested ?? 'auto';
+  if (path === 'auto') {
+    return features().attach[hook];
+  }
+  if (path === 'netlink') return 'netlink';
+  if (path === 'link' || path === 'tcx') {
+    if (hook === 'xdp' && path === 'tcx') throw new UsageError('path tcx is for the ingress and egress hooks, not xdp', { hint: 'use path link (or auto) for XDP' });
+    return hook === 'xdp' ? 'link' : 'tcx';
+  }
+  throw new UsageError(`unknown attach path '${String(path)}'`, { hint: 'use auto, link, tcx or netlink' });
+}
+
+function checkProgramType(prog: Program, hook: Hook): void {
+  const want = hook === 'xdp' ? 'xdp' : 'sched_cls';
+  if (prog.type !== want) {
+    throw new UsageError(`program '${prog.name}' is a ${prog.type} program; the ${hook} hook needs a ${want} program`);
+  }
+}
+
+const NETLINK_WARNING = 'attached through netlink, not a BPF link: if netmangle crashes, the program stays attached until removed';
+
+class AttachmentImpl implements Attachment {
+  detached = false;
+  xdpMode?: XdpMode;
+  link?: Link;
+  tcFilter?: ClsBpfFilterRef;
+  warning?: string;
+  /** netlink tc path: whether we created the clsact qdisc (and so may remove it). */
+  addedClsact = false;
+
+  constructor(
+    readonly dev: string,
+    readonly ifindex: number,
+    readonly hook: Hook,
+    readonly netns: string | undefined,
+    readonly path: AttachPath,
+    readonly progId: number,
+  ) {}
+
+  detach(): void {
+    if (this.detached) return;
+    if (this.link) {
+      // Detach now even if the caller pinned the link, then drop our reference.
+      tryDetachLink(this.link);
+      this.link.close();
+      this.detached = true;
+      return;
+    }
+    // A namespace deleted meanwhile took its interfaces, and our program, with it.
+    if (this.netns !== undefined && !netnsExists(this.netns)) {
+      this.detached = true;
+      return;
+    }
+    inNetns(this.netns, () => {
+      if (this.hook === 'xdp') this.detachXdp();
+      else this.detachTc();
+    });
+    this.detached = true;
+  }
+
+  private detachXdp(): void {
+    let state: XdpState;
+    try {
+      state = xdpQueryNetlink(this.ifindex);
+    } catch (err) {
+      if (err instanceof NetmangleError && /^no interface/.test(err.message)) return;
+      throw err;
+    }
+    // Only remove our own program: someone may have replaced it since.
+    const mode = this.xdpMode ?? 'skb';
+    const current = mode === 'drv' ? state.drvProgId : state.skbProgId;
+    if (current === this.progId) detachXdpNetlink(this.ifindex, { mode });
+  }
+
+  private detachTc(): void {
+    const dir = this.hook as TcDirection;
+    if (!getLink(this.ifindex)) return;
+    if (this.tcFilter) {
+      const ours = listClsBpfFilters(this.ifindex, dir)
+        .find((f) => f.prio === this.tcFilter?.prio && f.handle === this.tcFilter?.handle);
+      if (ours && ours.progId === this.progId) delClsBpfFilter(this.ifindex, dir, this.tcFilter);
+    }
+    if (this.addedClsact
+      && listClsBpfFilters(this.ifindex, 'ingress').length === 0
+      && listClsBpfFilters(this.ifindex, 'egress').length === 0) {
+      removeClsact(this.ifindex);
+    }
+  }
+
+  [Symbol.dispose](): void {
+    this.detach();
+  }
+}
+
+/**
+ * Attaches `prog` (xdp for hook 'xdp', sched_cls for 'ingress'/'egress') to interface `dev`.
+ * Refuses an interface whose XDP hook (or tcx hook, when the kernel says it is busy) holds a
+ * program netmangle did not attach, naming that program. Errors are NetmangleErrors with a hint.
+ */
+export function attachProgram(prog: Program, opts: AttachOptions): Attachment {
+  checkProgramType(prog, opts.hook);
+  requireNetns(opts.netns);
+  const path = resolvePath(opts.hook, opts.path);
+  const { dev, hook, netns } = opts;
+
+  return inNetns(netns, () => {
+    const linkInfo = getLink(dev);
+    if (!linkInfo) throw noInterface(dev, netns);
+    const ifindex = linkInfo.ifindex;
+    const att = new AttachmentImpl(dev, ifindex, hook, netns, path, prog.id);
+
+    if (hook === 'xdp') {
+      if (linkInfo.xdp.attached !== 'none') throw foreignXdpError(dev, netns, linkInfo.xdp, prog.id);
+      const modes: XdpMode[] = opts.xdpMode === 'skb' ? ['skb'] : opts.xdpMode === 'drv' ? ['drv'] : ['drv', 'skb'];
+      for (let i = 0; i < modes.length; i++) {
+        const mode = modes[i] as XdpMode;
+        try {
+          if (path === 'link') att.link = createXdpLink(prog, ifindex, { mode });
+          else attachXdpNetlink(ifindex, prog.fd, { mode });
+          att.xdpMode = mode;
+          break;
+        } catch (err) {
+          if (isBusy(err)) throw foreignXdpError(dev, netns, xdpQueryNetlink(ifindex), prog.id);
+          if (i < modes.length - 1 && lacksNativeMode(err)) continue;
+          throw err;
+        }
+      }
+    } else if (path === 'tcx') {
+      try {
+        att.link = createTcxLink(prog, ifindex, hook);
+      } catch (err) {
+        if (isBusy(err)) throw foreignTcxError(dev, netns, hook, ifindex, err);
+        throw err;
+      }
+    } else {
+      att.addedClsact = ensureClsact(ifindex);
+      try {
+        att.tcFilter = addClsBpfFilter(ifindex, hook, prog.fd, {
+          name: prog.name || 'netmangle', prio: opts.tcPriority, handle: opts.tcHandle,
+        });
+      } catch (err) {
+        if (att.addedClsact) removeClsact(ifindex);
+        if (isBusy(err)) {
+          const prio = opts.tcPriority ?? 1;
+          const other = listClsBpfFilters(ifindex, hook).find((f) => f.prio === prio);
+          const which = other?.progId !== undefined ? `program ${describeProgram(other.progId)}` : 'another filter';
+          throw new NetmangleError(`tc ${hook} of ${where(dev, netns)} already holds ${which} at priority ${prio}`, {
+            hint: 'remove it first, or choose another priority', cause: err,
+          });
+        }
+        throw err;
+      }
+    }
+    if (path === 'netlink') att.warning = NETLINK_WARNING;
+    return att;
+  });
+}
