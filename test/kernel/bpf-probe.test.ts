@@ -1,0 +1,60 @@
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { readlinkSync } from 'node:fs';
+import { release } from 'node:os';
+import { test } from 'node:test';
+import { formatProbe } from '../../src/cli/commands/probe.js';
+import { probeFeatures } from '../../src/kernel/index.js';
+import { kernelTest } from '../helpers/kernel.js';
+
+const FEATURE_KEYS = ['bpf_syscall', 'jit', 'btf', 'prog_xdp', 'prog_sched_cls', 'xdp_link', 'tcx', 'test_run', 'ringbuf', 'lru_hash'];
+
+kernelTest('probeFeatures finds every feature on this kernel and leaves the thread in its namespace', () => {
+  const netnsBefore = readlinkSync('/proc/thread-self/ns/net');
+  const result = probeFeatures();
+  assert.equal(readlinkSync('/proc/thread-self/ns/net'), netnsBefore);
+  assert.equal(result.kernel, release());
+  assert.deepEqual(Object.keys(result.features), FEATURE_KEYS);
+  for (const [name, ok] of Object.entries(result.features)) assert.equal(ok, true, `${name} should be available`);
+  assert.deepEqual(result.attach, { xdp: 'link', ingress: 'tcx', egress: 'tcx' });
+});
+
+kernelTest('`netmangle probe --json` prints exactly the documented shape', () => {
+  const run = spawnSync(process.execPath, ['bin/netmangle', 'probe', '--json'], { encoding: 'utf8' });
+  assert.equal(run.status, 0, run.stderr);
+  const parsed = JSON.parse(run.stdout) as Record<string, unknown>;
+  assert.deepEqual(Object.keys(parsed), ['kernel', 'features', 'attach']);
+  assert.equal(typeof parsed.kernel, 'string');
+  assert.deepEqual(Object.keys(parsed.features as object), FEATURE_KEYS);
+  assert.deepEqual(parsed.attach, { xdp: 'link', ingress: 'tcx', egress: 'tcx' });
+  const human = spawnSync(process.execPath, ['bin/netmangle', 'probe'], { encoding: 'utf8' });
+  assert.equal(human.status, 0, human.stderr);
+  assert.match(human.stdout, /^tcx\s+yes$/m);
+});
+
+test('`netmangle probe` without root says so in one line and exits 1', () => {
+  // As root, drop to nobody for the child; otherwise we already are unprivileged.
+  const cli = [process.execPath, 'bin/netmangle', 'probe', '--json'];
+  const run = process.getuid?.() === 0
+    ? spawnSync('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', ...cli], { encoding: 'utf8' })
+    : spawnSync(cli[0]!, cli.slice(1), { encoding: 'utf8' });
+  assert.equal(run.status, 1, run.stderr);
+  assert.equal(run.stdout, '');
+  assert.equal(run.stderr.trim().split('\n').length, 1);
+  assert.match(run.stderr, /needs root/);
+});
+
+test('the human probe table lists every feature and the attach choices', () => {
+  const text = formatProbe({
+    kernel: '6.1.0',
+    features: {
+      bpf_syscall: true, jit: true, btf: true, prog_xdp: true, prog_sched_cls: true,
+      xdp_link: true, tcx: false, test_run: true, ringbuf: true, lru_hash: true,
+    },
+    attach: { xdp: 'link', ingress: 'netlink', egress: 'netlink' },
+  });
+  assert.match(text, /^kernel\s+6\.1\.0$/m);
+  assert.match(text, /^tcx\s+no$/m);
+  assert.match(text, /^attach ingress\s+netlink$/m);
+  assert.equal(text.split('\n').length, 1 + FEATURE_KEYS.length + 3);
+});
