@@ -1,7 +1,9 @@
 /** Every subcommand, in the order `netmangle --help` lists them. Add a line per command. */
 import type { Command } from 'commander';
 import { register as probe } from './probe.js';
+import { register as lab } from './lab.js';
+import { register as demo } from './demo.js';
 
 export type RegisterCommand = (program: Command) => void;
 
-export const commands: RegisterCommand[] = [probe];
+export const commands: RegisterCommand[] = [probe, demo, lab];
