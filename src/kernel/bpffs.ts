@@ -2,7 +2,7 @@
  * The BPF filesystem: pinning programs, maps and links to paths so they outlive the process
  * that made them, and opening them again. netmangle keeps its pins under /sys/fs/bpf/netmangle.
  */
-import { mkdirSync, readlinkSync, statfsSync } from 'node:fs';
+import { existsSync, mkdirSync, readlinkSync, statfsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { NetmangleError } from '../errors.js';
 import { errno, errnoName as libcErrnoName, libc } from './ffi.js';
@@ -45,24 +45,31 @@ export function pinDir(...parts: string[]): string {
   return dir;
 }
 
-function checkOnBpffs(path: string): void {
-  const dir = dirname(path);
-  if (!isBpffs(dir)) {
-    throw new NetmangleError(`cannot pin at ${path}: ${dir} is not on a BPF filesystem`, {
-      hint: `pin below ${BPFFS_ROOT} (mounted with: mount -t bpf bpf ${BPFFS_ROOT})`,
-    });
+/** The nearest directory at or above `dir` that exists. */
+function existingAncestor(dir: string): string {
+  let d = dir;
+  while (!existsSync(d)) {
+    const up = dirname(d);
+    if (up === d) break;
+    d = up;
   }
+  return d;
 }
 
-/** Pins the object behind `fd` at `path` (creating parent directories on bpffs). */
+/**
+ * Pins the object behind `fd` at `path`. Missing parent directories are created when they
+ * would be on a BPF filesystem; under /sys/fs/bpf the filesystem is mounted first if needed.
+ */
 export function pinObject(fd: number, path: string): void {
   const dir = dirname(path);
+  if (!existsSync(dir)) {
+    if ((dir + '/').startsWith(BPFFS_ROOT + '/')) ensureBpffs();
+    if (isBpffs(existingAncestor(dir))) mkdirSync(dir, { recursive: true });
+  }
   if (!isBpffs(dir)) {
-    if (dir.startsWith(BPFFS_ROOT + '/') || dir === BPFFS_ROOT) {
-      ensureBpffs();
-      mkdirSync(dir, { recursive: true });
-    }
-    checkOnBpffs(path);
+    throw new NetmangleError(`cannot pin at ${path}: ${existingAncestor(dir)} is not on a BPF filesystem`, {
+      hint: `pin below ${BPFFS_ROOT} (mounted with: mount -t bpf bpf ${BPFFS_ROOT})`,
+    });
   }
   const name = cString(path);
   const attr = new Attr().ptr(Off.obj.pathname, name).u32(Off.obj.bpfFd, fd);
