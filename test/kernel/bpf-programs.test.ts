@@ -1,8 +1,9 @@
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
 import { Assembler, encode, imm, R0, R1, R2, R3, R4 } from '../../src/bpf/index.js';
 import { NetmangleError } from '../../src/errors.js';
 import {
-  BpfError, Program, VerifierError, createMap, createXdpLink, listPrograms, loadProgram, programFdById, programInfo, testRun,
+  BpfError, Program, VerifierError, createMap, createXdpLink, enableStats, listPrograms, loadProgram, programFdById, programInfo, testRun,
 } from '../../src/kernel/index.js';
 import { kernelTest } from '../helpers/kernel.js';
 import { TC_ACT_OK, XDP_PASS, countingProgram, u32Key } from './bpf-fixtures.js';
@@ -137,4 +138,21 @@ kernelTest('failures name the operation, the object and the errno, with a hint',
   });
   prog.close();
   assert.throws(() => testRun(prog, { data: new Uint8Array(64) }), /already closed/);
+});
+
+kernelTest('run counts and run time are reported while BPF statistics are on', () => {
+  using prog = loadProgram({ type: 'xdp', insns: returnOnly(XDP_PASS), name: 'nm_stats' });
+  {
+    using stats = enableStats();
+    assert.ok(stats.fd >= 0);
+    testRun(prog, { data: new Uint8Array(64), repeat: 10 });
+    const info = prog.info();
+    assert.equal(info.runCount, 10n);
+    assert.ok(info.runTimeNs > 0n);
+  }
+  // Closing the stats fd turns counting off again, unless the sysctl keeps it on for everyone.
+  if (readFileSync('/proc/sys/kernel/bpf_stats_enabled', 'utf8').trim() === '0') {
+    testRun(prog, { data: new Uint8Array(64), repeat: 5 });
+    assert.equal(prog.info().runCount, 10n, 'nothing is counted once statistics are off again');
+  }
 });
