@@ -150,6 +150,14 @@ function checkProgramType(prog: Program, hook: Hook): void {
   }
 }
 
+/**
+ * clsact qdiscs this process added, with how many of our netlink tc attachments use each:
+ * the last one detached removes the qdisc (if no other filter appeared on it meanwhile),
+ * whichever direction added it. Keyed by namespace and ifindex.
+ */
+const ourClsact = new Map<string, number>();
+const clsactKey = (netns: string | undefined, ifindex: number): string => `${netns ?? ''}\0${ifindex}`;
+
 const NETLINK_WARNING = 'attached through netlink, not a BPF link: if netmangle crashes, the program stays attached until removed';
 
 class AttachmentImpl implements Attachment {
@@ -158,8 +166,8 @@ class AttachmentImpl implements Attachment {
   link?: Link;
   tcFilter?: ClsBpfFilterRef;
   warning?: string;
-  /** netlink tc path: whether we created the clsact qdisc (and so may remove it). */
-  addedClsact = false;
+  /** netlink tc path: whether this attachment counts as a user of a clsact qdisc we added. */
+  usesOurClsact = false;
 
   constructor(
     readonly dev: string,
@@ -181,6 +189,7 @@ class AttachmentImpl implements Attachment {
     }
     // A namespace deleted meanwhile took its interfaces, and our program, with it.
     if (this.netns !== undefined && !netnsExists(this.netns)) {
+      if (this.usesOurClsact) ourClsact.delete(clsactKey(this.netns, this.ifindex));
       this.detached = true;
       return;
     }
@@ -213,9 +222,16 @@ class AttachmentImpl implements Attachment {
         .find((f) => f.prio === this.tcFilter?.prio && f.handle === this.tcFilter?.handle);
       if (ours && ours.progId === this.progId) delClsBpfFilter(this.ifindex, dir, this.tcFilter);
     }
-    if (this.addedClsact
-      && listClsBpfFilters(this.ifindex, 'ingress').length === 0
-      && listClsBpfFilters(this.ifindex, 'egress').length === 0) {
+    if (!this.usesOurClsact) return;
+    this.usesOurClsact = false;
+    const key = clsactKey(this.netns, this.ifindex);
+    const users = (ourClsact.get(key) ?? 1) - 1;
+    if (users > 0) {
+      ourClsact.set(key, users);
+      return;
+    }
+    ourClsact.delete(key);
+    if (listClsBpfFilters(this.ifindex, 'ingress').length === 0 && listClsBpfFilters(this.ifindex, 'egress').length === 0) {
       removeClsact(this.ifindex);
     }
   }
@@ -266,13 +282,15 @@ export function attachProgram(prog: Program, opts: AttachOptions): Attachment {
         throw err;
       }
     } else {
-      att.addedClsact = ensureClsact(ifindex);
+      const key = clsactKey(netns, ifindex);
+      const added = ensureClsact(ifindex);
+      if (added) ourClsact.delete(key); // a stale entry for a reused ifindex
       try {
         att.tcFilter = addClsBpfFilter(ifindex, hook, prog.fd, {
           name: prog.name || 'netmangle', prio: opts.tcPriority, handle: opts.tcHandle,
         });
       } catch (err) {
-        if (att.addedClsact) removeClsact(ifindex);
+        if (added) removeClsact(ifindex);
         if (isBusy(err)) {
           const prio = opts.tcPriority ?? 1;
           const other = listClsBpfFilters(ifindex, hook).find((f) => f.prio === prio);
@@ -282,6 +300,10 @@ export function attachProgram(prog: Program, opts: AttachOptions): Attachment {
           });
         }
         throw err;
+      }
+      if (added || ourClsact.has(key)) {
+        ourClsact.set(key, (ourClsact.get(key) ?? 0) + 1);
+        att.usesOurClsact = true;
       }
     }
     if (path === 'netlink') att.warning = NETLINK_WARNING;
