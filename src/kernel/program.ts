@@ -166,6 +166,7 @@ export function loadProgram(opts: LoadProgramOptions): Program {
   const license = cString(opts.license ?? 'GPL');
   const expected = opts.expectedAttachType === undefined ? 0
     : typeof opts.expectedAttachType === 'number' ? opts.expectedAttachType : ATTACH_TYPES[opts.expectedAttachType];
+  if (expected === undefined) throw new NetmangleError(`unknown attach type '${String(opts.expectedAttachType)}'`);
   const object = `${opts.type} program${name ? ` '${name}'` : ''} (${count} instructions)`;
 
   const attempt = (logLevel: number, log: Buffer | null): { ret: number; attr: Attr } => {
@@ -176,7 +177,7 @@ export function loadProgram(opts: LoadProgramOptions): Program {
       .ptr(Off.progLoad.license, license)
       .u32(Off.progLoad.progFlags, opts.flags ?? 0)
       .str(Off.progLoad.progName, name, OBJ_NAME_LEN)
-      .u32(Off.progLoad.expectedAttachType, expected ?? 0);
+      .u32(Off.progLoad.expectedAttachType, expected);
     if (log) {
       attr.u32(Off.progLoad.logLevel, logLevel).u32(Off.progLoad.logSize, log.length).ptr(Off.progLoad.logBuf, log);
     }
