@@ -537,10 +537,10 @@ class Gen {
     }
     this.loadBounds(p, w);
     const base = layerBase(f.layer);
-    if (typeof base === 'number') {
-      if (base + off !== 0) a.alu64('add', p, imm(base + off));
+    if ('fixed' in base) {
+      if (base.fixed + off !== 0) a.alu64('add', p, imm(base.fixed + off));
     } else {
-      a.alu64('add', p, base);
+      a.alu64('add', p, base.reg);
       if (off !== 0) a.alu64('add', p, imm(off));
     }
     const end = this.alloc();
@@ -779,18 +779,19 @@ const IPV4_CSUM: FieldDef = {
   writable: true, covers: [], description: '',
 };
 
-function layerBase(layer: FieldDef['layer']): number | Reg {
+/** Where a layer starts: a fixed offset in the frame, or the offset held in r7 (L3) or r8 (L4). */
+function layerBase(layer: FieldDef['layer']): { fixed: number } | { reg: Reg } {
   switch (layer) {
     case 'frame':
     case 'eth':
-      return 0;
+      return { fixed: 0 };
     case 'vlan':
-      return 14;
+      return { fixed: 14 };
     case 'ip':
     case 'ipv6':
-      return L3;
+      return { reg: L3 };
     default:
-      return L4;
+      return { reg: L4 };
   }
 }
 

@@ -1,0 +1,175 @@
+/**
+ * Compiled rules in the kernel: maps created and seeded, program loaded, attached to its hook,
+ * counters read back, everything undone on detach. Either the whole set of groups ends up
+ * attached or nothing stays behind.
+ */
+import { writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { compileGroup, readCounters, STATE_MAP, type CompiledProgram, type RuleCounters } from '../compiler/index.js';
+import { NetmangleError } from '../errors.js';
+import { attachProgram, type Attachment } from '../kernel/attach.js';
+import { createMap, loadProgram, VerifierError, type BpfMap, type Program } from '../kernel/index.js';
+import { linkByName } from '../kernel/iface.js';
+import { lookupField } from '../rules/catalog.js';
+import type { RuleGroup } from '../rules/ast.js';
+import { spawnSync } from 'node:child_process';
+
+export interface LoadedProgram extends Disposable {
+  compiled: CompiledProgram;
+  prog: Program;
+  maps: Record<string, BpfMap>;
+  counters(): { rules: RuleCounters[]; gso: number };
+  close(): void;
+}
+
+/** Creates the program's maps (the PRNG seeded on every CPU) and loads it. */
+export function loadCompiled(compiled: CompiledProgram): LoadedProgram {
+  const maps: Record<string, BpfMap> = {};
+  const closeMaps = () => {
+    for (const m of Object.values(maps)) m.close();
+  };
+  try {
+    for (const spec of compiled.maps) {
+      maps[spec.name] = createMap({ type: spec.type, keySize: spec.keySize, valueSize: spec.valueSize, maxEntries: spec.maxEntries, name: spec.name });
+    }
+    const state = maps[STATE_MAP]!;
+    const value = Buffer.alloc(state.cpus * state.valueStride);
+    for (let cpu = 0; cpu < state.cpus; cpu++) Buffer.from(compiled.initialState(cpu)).copy(value, cpu * state.valueStride);
+    state.update(Buffer.alloc(4), value);
+    const prog = loadWithReport(compiled, maps);
+    let closed = false;
+    const close = () => {
+      if (closed) return;
+      closed = true;
+      prog.close();
+      closeMaps();
+    };
+    return {
+      compiled,
+      prog,
+      maps,
+      counters: () => readStateCounters(compiled.rules.length, state),
+      close,
+      [Symbol.dispose]: close,
+    };
+  } catch (err) {
+    closeMaps();
+    throw err;
+  }
+}
+
+/** Per-rule counters from a state map (per-CPU values summed). */
+export function readStateCounters(rules: number, state: BpfMap): { rules: RuleCounters[]; gso: number } {
+  const raw = state.lookup(Buffer.alloc(4));
+  if (!raw) return { rules: Array.from({ length: rules }, () => ({ matched: 0, acted: 0, dropped: 0 })), gso: 0 };
+  const values: Uint8Array[] = [];
+  for (let cpu = 0; cpu < state.cpus; cpu++) values.push(raw.subarray(cpu * state.valueStride, cpu * state.valueStride + state.valueSize));
+  return readCounters(rules, values);
+}
+
+function loadWithReport(compiled: CompiledProgram, maps: Record<string, BpfMap>): Program {
+  try {
+    return loadProgram({ type: compiled.kind, insns: compiled.insns, maps, mapRefs: compiled.mapRefs, name: compiled.name });
+  } catch (err) {
+    if (!(err instanceof VerifierError)) throw err;
+    // A program netmangle generated and the verifier refused is netmangle's bug: say so, keep the log.
+    const file = join(tmpdir(), `netmangle-verifier-${process.pid}-${Date.now()}.log`);
+    const rules = compiled.rules.map((r) => `# rule ${r.name}: ${r.text}`).join('\n');
+    writeFileSync(file, `${rules}\n\n${err.log}`);
+    const tail = err.log.trim().split('\n').slice(-4).map((l) => `    ${l}`).join('\n');
+    throw new NetmangleError(
+      `the kernel's verifier rejected the program for ${compiled.rules.map((r) => `"${r.text}"`).join(', ')} (a netmangle bug):\n${tail}`,
+      { hint: `the whole verifier log is in ${file}; please report it with the rule`, cause: err },
+    );
+  }
+}
+
+export interface AttachedGroup {
+  loaded: LoadedProgram;
+  attachment: Attachment;
+  /** gso_max_segs to restore on detach (when --per-segment changed it). */
+  restoreGsoMaxSegs?: number;
+}
+
+export interface LiveOptions {
+  seed: number;
+  path?: 'auto' | 'link' | 'tcx' | 'netlink';
+  /** At tc egress, set the device's gso_max_segs to 1 while attached. */
+  perSegment?: boolean;
+}
+
+export class LiveSession implements Disposable {
+  private detached = false;
+  constructor(readonly groups: AttachedGroup[]) {}
+
+  counters(): Array<{ group: AttachedGroup; rules: RuleCounters[]; gso: number }> {
+    return this.groups.map((g) => ({ group: g, ...g.loaded.counters() }));
+  }
+
+  /** Detaches every program, restores device settings, closes maps. Idempotent. */
+  detach(): void {
+    if (this.detached) return;
+    this.detached = true;
+    let first: unknown;
+    for (const g of this.groups.slice().reverse()) {
+      try {
+        g.attachment.detach();
+      } catch (err) {
+        first ??= err;
+      }
+      if (g.restoreGsoMaxSegs !== undefined) setGsoMaxSegs(g.attachment.dev, g.attachment.netns, g.restoreGsoMaxSegs);
+      g.loaded.close();
+    }
+    if (first) throw first;
+  }
+
+  [Symbol.dispose](): void {
+    this.detach();
+  }
+}
+
+/** Compiles, loads and attaches every group; on any failure, undoes what was done and throws. */
+export function attachGroups(groups: RuleGroup[], opts: LiveOptions): LiveSession {
+  const done: AttachedGroup[] = [];
+  try {
+    for (const group of groups) {
+      const compiled = compileGroup(group, { seed: opts.seed, lookupField });
+      const loaded = loadCompiled(compiled);
+      let restore: number | undefined;
+      try {
+        if (opts.perSegment && group.hook === 'egress') {
+          const current = gsoMaxSegs(group.dev, group.netns);
+          if (current !== 1) {
+            setGsoMaxSegs(group.dev, group.netns, 1);
+            restore = current;
+          }
+        }
+        const attachment = attachProgram(loaded.prog, { dev: group.dev, hook: group.hook, netns: group.netns, path: opts.path ?? 'auto' });
+        done.push({ loaded, attachment, restoreGsoMaxSegs: restore });
+      } catch (err) {
+        if (restore !== undefined) setGsoMaxSegs(group.dev, group.netns, restore);
+        loaded.close();
+        throw err;
+      }
+    }
+  } catch (err) {
+    new LiveSession(done).detach();
+    throw err;
+  }
+  return new LiveSession(done);
+}
+
+/** The device's gso_max_segs (IFLA_GSO_MAX_SEGS), read through `ip -d link` in its namespace. */
+export function gsoMaxSegs(dev: string, netns?: string): number {
+  linkByName(dev, netns); // a clear error for a missing namespace or interface
+  const r = spawnSync('ip', [...(netns ? ['-n', netns] : []), '-d', 'link', 'show', 'dev', dev], { encoding: 'utf8' });
+  const m = /gso_max_segs (\d+)/.exec(r.stdout ?? '');
+  if (r.status !== 0 || !m) throw new NetmangleError(`cannot read gso_max_segs of ${dev}: ${(r.stderr ?? '').trim()}`);
+  return Number(m[1]);
+}
+
+export function setGsoMaxSegs(dev: string, netns: string | undefined, value: number): void {
+  const r = spawnSync('ip', [...(netns ? ['-n', netns] : []), 'link', 'set', 'dev', dev, 'gso_max_segs', String(value)], { encoding: 'utf8' });
+  if (r.status !== 0) throw new NetmangleError(`cannot set gso_max_segs of ${dev} to ${value}: ${(r.stderr ?? '').trim()}`);
+}
