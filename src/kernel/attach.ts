@@ -250,63 +250,83 @@ export function attachProgram(prog: Program, opts: AttachOptions): Attachment {
   checkProgramType(prog, opts.hook);
   requireNetns(opts.netns);
   const path = resolvePath(opts.hook, opts.path);
+
+  try {
+    return inNetns(opts.netns, () => attachIn(prog, opts, path));
+  } catch (err) {
+    throw nameTheInterface(err, prog, opts);
+  }
+}
+
+/**
+ * Kernel refusals name an ifindex; users know the interface by name. Rewords BpfError and
+ * NetlinkError to say which program, which hook, which interface, keeping errno and hint.
+ */
+function nameTheInterface(err: unknown, prog: Program, opts: AttachOptions): unknown {
+  if (!(err instanceof BpfError || err instanceof NetlinkError)) return err;
+  const reason = err instanceof NetlinkError
+    ? `${err.code}${err.kernelMessage ? ` (${err.kernelMessage})` : ''}`
+    : err.message.slice(err.message.lastIndexOf(': ') + 2);
+  const hook = opts.hook === 'xdp' ? 'XDP' : `tc ${opts.hook}`;
+  const hint = err.hint ?? (lacksNativeMode(err) && opts.hook === 'xdp' ? 'this driver has no native XDP: use xdp mode skb (or auto)' : undefined);
+  return new NetmangleError(`cannot attach ${hook} program '${prog.name}' to ${where(opts.dev, opts.netns)}: ${reason}`, { hint, cause: err });
+}
+
+function attachIn(prog: Program, opts: AttachOptions, path: AttachPath): Attachment {
   const { dev, hook, netns } = opts;
+  const linkInfo = getLink(dev);
+  if (!linkInfo) throw noInterface(dev, netns);
+  const ifindex = linkInfo.ifindex;
+  const att = new AttachmentImpl(dev, ifindex, hook, netns, path, prog.id);
 
-  return inNetns(netns, () => {
-    const linkInfo = getLink(dev);
-    if (!linkInfo) throw noInterface(dev, netns);
-    const ifindex = linkInfo.ifindex;
-    const att = new AttachmentImpl(dev, ifindex, hook, netns, path, prog.id);
-
-    if (hook === 'xdp') {
-      if (linkInfo.xdp.attached !== 'none') throw foreignXdpError(dev, netns, linkInfo.xdp, prog.id);
-      const modes: XdpMode[] = opts.xdpMode === 'skb' ? ['skb'] : opts.xdpMode === 'drv' ? ['drv'] : ['drv', 'skb'];
-      for (let i = 0; i < modes.length; i++) {
-        const mode = modes[i] as XdpMode;
-        try {
-          if (path === 'link') att.link = createXdpLink(prog, ifindex, { mode });
-          else attachXdpNetlink(ifindex, prog.fd, { mode });
-          att.xdpMode = mode;
-          break;
-        } catch (err) {
-          if (isBusy(err)) throw foreignXdpError(dev, netns, xdpQueryNetlink(ifindex), prog.id);
-          if (i < modes.length - 1 && lacksNativeMode(err)) continue;
-          throw err;
-        }
-      }
-    } else if (path === 'tcx') {
+  if (hook === 'xdp') {
+    if (linkInfo.xdp.attached !== 'none') throw foreignXdpError(dev, netns, linkInfo.xdp, prog.id);
+    const modes: XdpMode[] = opts.xdpMode === 'skb' ? ['skb'] : opts.xdpMode === 'drv' ? ['drv'] : ['drv', 'skb'];
+    for (let i = 0; i < modes.length; i++) {
+      const mode = modes[i] as XdpMode;
       try {
-        att.link = createTcxLink(prog, ifindex, hook);
+        if (path === 'link') att.link = createXdpLink(prog, ifindex, { mode });
+        else attachXdpNetlink(ifindex, prog.fd, { mode });
+        att.xdpMode = mode;
+        break;
       } catch (err) {
-        if (isBusy(err)) throw foreignTcxError(dev, netns, hook, ifindex, err);
+        if (isBusy(err)) throw foreignXdpError(dev, netns, xdpQueryNetlink(ifindex), prog.id);
+        if (i < modes.length - 1 && lacksNativeMode(err)) continue;
         throw err;
-      }
-    } else {
-      const key = clsactKey(netns, ifindex);
-      const added = ensureClsact(ifindex);
-      if (added) ourClsact.delete(key); // a stale entry for a reused ifindex
-      try {
-        att.tcFilter = addClsBpfFilter(ifindex, hook, prog.fd, {
-          name: prog.name || 'netmangle', prio: opts.tcPriority, handle: opts.tcHandle,
-        });
-      } catch (err) {
-        if (added) removeClsact(ifindex);
-        if (isBusy(err)) {
-          const prio = opts.tcPriority ?? 1;
-          const other = listClsBpfFilters(ifindex, hook).find((f) => f.prio === prio);
-          const which = other?.progId !== undefined ? `program ${describeProgram(other.progId)}` : 'another filter';
-          throw new NetmangleError(`tc ${hook} of ${where(dev, netns)} already holds ${which} at priority ${prio}`, {
-            hint: 'remove it first, or choose another priority', cause: err,
-          });
-        }
-        throw err;
-      }
-      if (added || ourClsact.has(key)) {
-        ourClsact.set(key, (ourClsact.get(key) ?? 0) + 1);
-        att.usesOurClsact = true;
       }
     }
-    if (path === 'netlink') att.warning = NETLINK_WARNING;
-    return att;
-  });
+  } else if (path === 'tcx') {
+    try {
+      att.link = createTcxLink(prog, ifindex, hook);
+    } catch (err) {
+      if (isBusy(err)) throw foreignTcxError(dev, netns, hook, ifindex, err);
+      throw err;
+    }
+  } else {
+    const key = clsactKey(netns, ifindex);
+    const added = ensureClsact(ifindex);
+    if (added) ourClsact.delete(key); // a stale entry for a reused ifindex
+    try {
+      att.tcFilter = addClsBpfFilter(ifindex, hook, prog.fd, {
+        name: prog.name || 'netmangle', prio: opts.tcPriority, handle: opts.tcHandle,
+      });
+    } catch (err) {
+      if (added) removeClsact(ifindex);
+      if (isBusy(err)) {
+        const prio = opts.tcPriority ?? 1;
+        const other = listClsBpfFilters(ifindex, hook).find((f) => f.prio === prio);
+        const which = other?.progId !== undefined ? `program ${describeProgram(other.progId)}` : 'another filter';
+        throw new NetmangleError(`tc ${hook} of ${where(dev, netns)} already holds ${which} at priority ${prio}`, {
+          hint: 'remove it first, or choose another priority', cause: err,
+        });
+      }
+      throw err;
+    }
+    if (added || ourClsact.has(key)) {
+      ourClsact.set(key, (ourClsact.get(key) ?? 0) + 1);
+      att.usesOurClsact = true;
+    }
+  }
+  if (path === 'netlink') att.warning = NETLINK_WARNING;
+  return att;
 }

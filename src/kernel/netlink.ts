@@ -253,6 +253,7 @@ function hintFor(code: string): string | undefined {
     case 'EBUSY':
       return 'something is already attached there: detach it first, or choose another handle or priority';
     case 'EOPNOTSUPP':
+    case 'ENOTSUP':
       return 'the driver or kernel does not support this (for XDP try mode skb; run `netmangle probe`)';
     default:
       return undefined;

@@ -8,7 +8,7 @@ import { inNetns } from '../../src/kernel/netns.js';
 import { attachXdpNetlink, detachXdpNetlink, hasClsact, listClsBpfFilters, xdpQueryNetlink } from '../../src/kernel/rtnetlink.js';
 import { ifindexByName } from '../../src/kernel/iface.js';
 import { NetmangleError, UsageError } from '../../src/errors.js';
-import { loadCounter, makeVethLab, ping, type Counter, type VethLab } from './netlink-lab.js';
+import { ip, loadCounter, makeVethLab, ping, type Counter, type VethLab } from './netlink-lab.js';
 
 /** Program ids on a hook of devA, by whichever mechanism could hold them. */
 function programsOnHook(lab: VethLab, hook: Hook): number[] {
@@ -163,6 +163,36 @@ kernelTest('xdpMode skb is honoured on both paths', () => {
         att.detach();
       }
       assert.deepEqual(programsOnHook(lab, 'xdp'), []);
+    }
+  } finally {
+    lab.cleanup();
+    c.close();
+  }
+});
+
+kernelTest('XDP mode auto falls back to skb on a device without native XDP; forced drv fails naming the device', () => {
+  const lab = makeVethLab();
+  const c = loadCounter('xdp', 'fallback');
+  const bridge = 'nmbr0';
+  try {
+    ip('-n', lab.nsA, 'link', 'add', bridge, 'type', 'bridge');
+    ip('-n', lab.nsA, 'link', 'set', bridge, 'up');
+    for (const path of ['link', 'netlink'] as const) {
+      const att = attachProgram(c.prog, { dev: bridge, hook: 'xdp', netns: lab.nsA, path });
+      try {
+        assert.equal(att.xdpMode, 'skb');
+        assert.equal(inNetns(lab.nsA, () => xdpQueryNetlink(att.ifindex)).skbProgId, c.prog.id);
+      } finally {
+        att.detach();
+      }
+      assert.deepEqual(inNetns(lab.nsA, () => xdpQueryNetlink(att.ifindex)), { attached: 'none' });
+      assert.throws(() => attachProgram(c.prog, { dev: bridge, hook: 'xdp', netns: lab.nsA, path, xdpMode: 'drv' }), (e: unknown) => {
+        assert.ok(e instanceof NetmangleError);
+        assert.match(e.message, new RegExp(`^cannot attach XDP program 'fallback' to ${bridge} \\(namespace ${lab.nsA}\\): ENOTSUP`));
+        assert.ok(!e.message.includes('\n'));
+        assert.match(e.hint ?? '', /skb/);
+        return true;
+      });
     }
   } finally {
     lab.cleanup();

@@ -5,6 +5,10 @@
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import { uniqueName } from '../helpers/kernel.js';
+import { Assembler, imm } from '../../src/bpf/asm.js';
+import { R0, R1, R2, R10 } from '../../src/bpf/opcodes.js';
+import { createMap, type BpfMap } from '../../src/kernel/map.js';
+import { loadProgram, type Program } from '../../src/kernel/program.js';
 
 export interface VethLab {
   /** Namespace holding devA (the side programs get attached to). */
@@ -61,11 +65,6 @@ export function ping(ns: string, to: string, count = 3): number {
   const m = /(\d+) received/.exec(r.stdout ?? '');
   return m ? Number(m[1]) : 0;
 }
-
-import { Assembler, imm } from '../../src/bpf/asm.js';
-import { R0, R1, R2, R10 } from '../../src/bpf/opcodes.js';
-import { createMap, type BpfMap } from '../../src/kernel/map.js';
-import { loadProgram, type Program } from '../../src/kernel/program.js';
 
 const BPF_FUNC_map_lookup_elem = 1;
 const XDP_PASS = 2;
