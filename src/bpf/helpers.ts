@@ -77,6 +77,8 @@ export type ArgKind =
   | 'mem_or_null'
   /** Pointer to memory the helper writes; its size is the next argument. */
   | 'uninit_mem'
+  /** Pointer to memory of a size the helper fixes (a `struct iphdr`, a `struct tcphdr`). */
+  | 'fixed_mem'
   /** Pointer to a 4-byte integer the helper reads and writes. */
   | 'int_ptr'
   /** Pointer to an 8-byte integer the helper writes. */
@@ -181,6 +183,7 @@ const SIGNATURES = {
   l3_csum_replace: s('integer', ['ctx', 'anything', 'anything', 'anything', 'anything'], TC),
   l4_csum_replace: s('integer', ['ctx', 'anything', 'anything', 'anything', 'anything'], TC),
   clone_redirect: s('integer', ['ctx', 'anything', 'anything'], TC),
+  // XDP may call it too, but there it takes no argument and reads the current task's classid.
   get_cgroup_classid: s('integer', ['ctx'], TC),
   skb_vlan_push: s('integer', ['ctx', 'anything', 'anything'], TC),
   skb_vlan_pop: s('integer', ['ctx'], TC),
@@ -229,13 +232,13 @@ const SIGNATURES = {
   sk_lookup_udp: s('socket_or_null', ['ctx', 'mem', 'size', 'anything', 'anything'], ALL),
   sk_release: s('integer', ['sock_common'], ALL),
   skc_lookup_tcp: s('sock_common_or_null', ['ctx', 'mem', 'size', 'anything', 'anything'], ALL),
-  tcp_check_syncookie: s('integer', ['sock_common', 'mem', 'size', 'mem', 'size'], ALL),
-  tcp_gen_syncookie: s('integer', ['sock_common', 'mem', 'size', 'mem', 'size'], ALL),
+  tcp_check_syncookie: s('integer', ['sock_common', 'mem', 'size', 'mem', 'size'], ALL, true),
+  tcp_gen_syncookie: s('integer', ['sock_common', 'mem', 'size', 'mem', 'size'], ALL, true),
   check_mtu: s('integer', ['ctx', 'anything', 'int_ptr', 'anything', 'anything'], ALL, true),
-  tcp_raw_gen_syncookie_ipv4: s('integer', ['mem', 'mem', 'size'], ALL),
-  tcp_raw_gen_syncookie_ipv6: s('integer', ['mem', 'mem', 'size'], ALL),
-  tcp_raw_check_syncookie_ipv4: s('integer', ['mem', 'mem'], ALL),
-  tcp_raw_check_syncookie_ipv6: s('integer', ['mem', 'mem'], ALL),
+  tcp_raw_gen_syncookie_ipv4: s('integer', ['fixed_mem', 'mem', 'size_or_zero'], ALL, true),
+  tcp_raw_gen_syncookie_ipv6: s('integer', ['fixed_mem', 'mem', 'size_or_zero'], ALL, true),
+  tcp_raw_check_syncookie_ipv4: s('integer', ['fixed_mem', 'fixed_mem'], ALL, true),
+  tcp_raw_check_syncookie_ipv6: s('integer', ['fixed_mem', 'fixed_mem'], ALL, true),
 
   // Packet access and rewriting on an xdp_buff: XDP.
   xdp_adjust_head: s('integer', ['ctx', 'anything'], XDP),
