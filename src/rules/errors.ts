@@ -1,0 +1,46 @@
+/**
+ * Errors in rule text: they show the rule with a caret line under the part that is wrong, so
+ * the user sees where without counting characters.
+ */
+import { UsageError } from '../errors.js';
+import type { Span } from './ast.js';
+
+export class RuleError extends UsageError {
+  /** The reason alone, without location or caret lines. */
+  readonly reason: string;
+  /** The rule text the span points into. */
+  readonly source: string;
+  readonly span: Span;
+  /** Where the text came from (`rules.yaml:4`), when it came from a file. */
+  readonly location?: string;
+
+  constructor(reason: string, source: string, span: Span, opts: { hint?: string; location?: string } = {}) {
+    super(renderRuleError(reason, source, span, opts.location), { hint: opts.hint });
+    this.reason = reason;
+    this.source = source;
+    this.span = span;
+    this.location = opts.location;
+  }
+
+  /** The same error, located in a file. */
+  at(location: string): RuleError {
+    return new RuleError(this.reason, this.source, this.span, { hint: this.hint, location });
+  }
+}
+
+/**
+ *     unknown field "ip.tll" (did you mean ip.ttl?)
+ *       icmp.type == 0 => set ip.tll = 1
+ *                             ^^^^^^
+ * Only the source line holding the span's start is shown; tabs count as one column.
+ */
+export function renderRuleError(reason: string, source: string, span: Span, location?: string): string {
+  const lineStart = source.lastIndexOf('\n', Math.max(0, span.start - 1)) + 1;
+  let lineEnd = source.indexOf('\n', lineStart);
+  if (lineEnd < 0) lineEnd = source.length;
+  const line = source.slice(lineStart, lineEnd).replace(/[\t\r]/g, ' ');
+  const col = Math.min(span.start, lineEnd) - lineStart;
+  const width = Math.max(1, Math.min(span.end, lineEnd) - Math.min(span.start, lineEnd));
+  const head = location ? `${location}: ${reason}` : reason;
+  return `${head}\n  ${line}\n  ${' '.repeat(col)}${'^'.repeat(width)}`;
+}

@@ -1,0 +1,448 @@
+/**
+ * Rules from the two places users write them: one rule on the command line
+ * (`netmangle run --dev D --hook H 'MATCH => ACTION, …'`) and a rules file in YAML
+ * (docs/rules.md describes the format). Both give checked rules grouped by
+ * (namespace, interface, hook) in the order they first appear: one group, one program.
+ */
+import { readFileSync } from 'node:fs';
+import { Ajv, type ErrorObject } from 'ajv';
+import { isMap, isScalar, LineCounter, parseDocument, Scalar, type Document, type Node } from 'yaml';
+import { UsageError } from '../errors.js';
+import type { Action, Hook, Rule, RuleGroup } from './ast.js';
+import { editDistance, fieldCatalog } from './catalog.js';
+import { checkRule } from './check.js';
+import { RuleError } from './errors.js';
+import { parseActionsAt, parseExprAt, parseMatchAt, parseRuleText, type ParsedRule } from './parser.js';
+
+export const HOOKS: readonly Hook[] = ['xdp', 'ingress', 'egress'];
+
+/** `every` is compiled into a 32-bit signed immediate. */
+export const MAX_EVERY = 0x7fffffff;
+
+export interface LoadedRules {
+  groups: RuleGroup[];
+  /** The file's `seed:` (the one-line form passes --seed through here too). */
+  seed?: number;
+}
+
+/** Options of the one-line form, as numbers or as the strings a command line gives. */
+export interface RuleLineOptions {
+  dev: string;
+  hook: string;
+  netns?: string;
+  probability?: number | string;
+  every?: number | string;
+  seed?: number | string;
+  name?: string;
+  checksum?: string;
+}
+
+// ---------------------------------------------------------------- one-line form
+
+/** One rule from the command line: `MATCH => ACTION[, ACTION]…` and its options. */
+export function parseRuleLine(text: string, opts: RuleLineOptions): LoadedRules {
+  const hook = checkHook(opts.hook, '--hook');
+  const dev = checkDev(opts.dev, '--dev');
+  const netns = opts.netns === undefined ? undefined : checkNetns(opts.netns, '--netns');
+  const name = opts.name === undefined ? 'rule-1' : checkName(opts.name, '--name');
+  const rule: Rule = {
+    name,
+    text,
+    ...checkRule(parseRuleText(text), text, hook),
+    checksum: opts.checksum === undefined ? 'fix' : checkChecksum(opts.checksum, '--checksum'),
+  };
+  if (opts.probability !== undefined) rule.probability = checkProbability(opts.probability, '--probability');
+  if (opts.every !== undefined) rule.every = checkEvery(opts.every, '--every');
+  const group: RuleGroup = { dev, hook, rules: [rule] };
+  if (netns !== undefined) group.netns = netns;
+  const out: LoadedRules = { groups: [group] };
+  if (opts.seed !== undefined) out.seed = checkSeed(opts.seed, '--seed');
+  return out;
+}
+
+// ---------------------------------------------------------------- option values
+
+function fail(what: string, message: string, hint?: string): never {
+  throw new UsageError(`${what} ${message}`, { hint });
+}
+
+export function checkHook(value: unknown, what: string): Hook {
+  if (typeof value === 'string' && (HOOKS as readonly string[]).includes(value)) return value as Hook;
+  const near = typeof value === 'string' ? HOOKS.find((h) => editDistance(h, value.toLowerCase()) <= 2) : undefined;
+  return fail(what, `must be one of ${HOOKS.join(', ')}, not ${JSON.stringify(value)}`, near ? `did you mean ${near}?` : undefined);
+}
+
+/** Interface names: at most 15 bytes (IFNAMSIZ), no slash or whitespace, not . or .. */
+export function checkDev(value: unknown, what: string): string {
+  if (typeof value !== 'string' || value === '') return fail(what, 'must name a network interface');
+  if (Buffer.byteLength(value) > 15) fail(what, `"${value}" is longer than the 15 bytes an interface name can have`);
+  if (/[\s/:]/.test(value) || value === '.' || value === '..') fail(what, `"${value}" is not a valid interface name`);
+  return value;
+}
+
+export function checkNetns(value: unknown, what: string): string {
+  if (typeof value !== 'string' || value === '') return fail(what, 'must name a network namespace');
+  if (value.includes('/') || value === '.' || value === '..' || /\s/.test(value)) fail(what, `"${value}" is not a valid namespace name`);
+  return value;
+}
+
+export function checkName(value: unknown, what: string): string {
+  if (typeof value !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$/.test(value)) {
+    return fail(what, `${JSON.stringify(value)} is not a valid rule name`, 'use letters, digits, and _ . : - (at most 64 characters)');
+  }
+  return value;
+}
+
+export function checkChecksum(value: unknown, what: string): 'fix' | 'keep' {
+  if (value === 'fix' || value === 'keep') return value;
+  return fail(what, `must be fix or keep, not ${JSON.stringify(value)}`);
+}
+
+/** A probability in (0, 1]; strings may be decimals ("0.05") or percentages ("5%"). */
+export function checkProbability(value: unknown, what: string): number {
+  let p = typeof value === 'number' ? value : NaN;
+  if (typeof value === 'string') {
+    const t = value.trim();
+    p = t.endsWith('%') ? Number(t.slice(0, -1)) / 100 : Number(t);
+    if (t === '' || t === '%') p = NaN;
+  }
+  if (!Number.isFinite(p) || p <= 0 || p > 1) {
+    return fail(what, `must be a number greater than 0 and at most 1, not ${JSON.stringify(value)}`, 'for example 0.05 (or 5%) to act on one packet in twenty on average');
+  }
+  return p;
+}
+
+export function checkEvery(value: unknown, what: string): number {
+  const n = typeof value === 'string' && /^\s*\d+\s*$/.test(value) ? Number(value) : value;
+  if (typeof n !== 'number' || !Number.isInteger(n) || n < 1 || n > MAX_EVERY) {
+    return fail(what, `must be a whole number from 1 to ${MAX_EVERY}, not ${JSON.stringify(value)}`, 'every: 3 acts on the 3rd, 6th, 9th … matching packet');
+  }
+  return n;
+}
+
+export function checkSeed(value: unknown, what: string): number {
+  let n = value;
+  if (typeof value === 'string') {
+    const t = value.trim();
+    n = /^\d+$/.test(t) || /^0x[0-9a-f]+$/i.test(t) ? Number(t) : NaN;
+  }
+  if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < 0) {
+    return fail(what, `must be a whole number from 0 to ${Number.MAX_SAFE_INTEGER}, not ${JSON.stringify(value)}`);
+  }
+  return n;
+}
+
+// ---------------------------------------------------------------- rules file
+
+const RULE_KEYS = ['name', 'dev', 'hook', 'netns', 'match', 'set', 'action', 'rule', 'probability', 'every', 'checksum'] as const;
+const TOP_KEYS = ['seed', 'dev', 'hook', 'netns', 'checksum', 'rules'] as const;
+
+const ruleSchema = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    name: { type: 'string' },
+    dev: { type: 'string' },
+    hook: { enum: HOOKS },
+    netns: { type: 'string' },
+    match: { type: 'string' },
+    set: {
+      type: 'object',
+      minProperties: 1,
+      additionalProperties: { type: ['string', 'integer'] },
+    },
+    action: { enum: ['drop', 'pass'] },
+    rule: { type: 'string' },
+    probability: { type: 'number', exclusiveMinimum: 0, maximum: 1 },
+    every: { type: 'integer', minimum: 1, maximum: MAX_EVERY },
+    checksum: { enum: ['fix', 'keep'] },
+  },
+} as const;
+
+const fileSchema = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['rules'],
+  properties: {
+    seed: { type: 'integer', minimum: 0, maximum: Number.MAX_SAFE_INTEGER },
+    dev: { type: 'string' },
+    hook: { enum: HOOKS },
+    netns: { type: 'string' },
+    checksum: { enum: ['fix', 'keep'] },
+    rules: { type: 'array', minItems: 1, items: ruleSchema },
+  },
+} as const;
+
+const ajv = new Ajv({ allErrors: false, strict: true, allowUnionTypes: true });
+const validateFile = ajv.compile(fileSchema);
+
+interface RuleEntry {
+  name?: string;
+  dev?: string;
+  hook?: Hook;
+  netns?: string;
+  match?: string;
+  set?: Record<string, string | number>;
+  action?: 'drop' | 'pass';
+  rule?: string;
+  probability?: number;
+  every?: number;
+  checksum?: 'fix' | 'keep';
+}
+
+interface FileEntry {
+  seed?: number;
+  dev?: string;
+  hook?: Hook;
+  netns?: string;
+  checksum?: 'fix' | 'keep';
+  rules: RuleEntry[];
+}
+
+/** Reads and checks a rules file. */
+export function loadRulesFile(path: string): LoadedRules {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    const why = code === 'ENOENT' ? 'no such file' : code === 'EACCES' ? 'permission denied' : code === 'EISDIR' ? 'it is a directory' : String((err as Error).message);
+    throw new UsageError(`cannot read rules file ${path}: ${why}`);
+  }
+  return loadRulesText(text, path);
+}
+
+/** A rules file's content; `fileName` is what error messages call it. */
+export function loadRulesText(text: string, fileName: string): LoadedRules {
+  const lines = new LineCounter();
+  const doc = parseDocument(text, { lineCounter: lines, prettyErrors: false });
+  if (doc.errors.length > 0) {
+    const e = doc.errors[0]!;
+    const line = e.linePos?.[0]?.line ?? lines.linePos(e.pos[0]).line;
+    throw new UsageError(`${fileName}:${line}: ${e.message.split(' at line ')[0]!.split('\n')[0]}`, { hint: 'the file is not valid YAML' });
+  }
+  const where = new Locator(doc, lines, fileName);
+  let data: unknown = doc.toJS();
+  if (data === null || data === undefined) throw new UsageError(`${fileName}: the file has no rules`, { hint: 'docs/rules.md shows the format' });
+  // A bare list is the rules alone, without file-wide settings.
+  const bare = Array.isArray(data);
+  if (bare) data = { rules: data };
+  if (!validateFile(data)) {
+    const err = validateFile.errors![0]!;
+    throw where.schemaError(err, bare);
+  }
+  const file = data as FileEntry;
+  const groups = new Map<string, RuleGroup>();
+  const names = new Map<string, number>();
+  file.rules.forEach((entry, index) => {
+    const path: Array<string | number> = bare ? [index] : ['rules', index];
+    const label = `rules[${index}]`;
+    const rule = buildRule(entry, index, file, where, path, label);
+    const seen = names.get(rule.name);
+    if (seen !== undefined) {
+      throw where.error([...path, 'name'], `${label}.name: "${rule.name}" is already the name of rules[${seen}]`, 'give every rule its own name');
+    }
+    names.set(rule.name, index);
+    const dev = entry.dev ?? file.dev;
+    const hook = entry.hook ?? file.hook;
+    const netns = entry.netns ?? file.netns;
+    const key = `${netns ?? ''}\u0000${dev}\u0000${hook}`;
+    let group = groups.get(key);
+    if (!group) {
+      group = { dev: dev!, hook: hook!, rules: [] };
+      if (netns !== undefined) group.netns = netns;
+      groups.set(key, group);
+    }
+    group.rules.push(rule);
+  });
+  const out: LoadedRules = { groups: [...groups.values()] };
+  if (file.seed !== undefined) out.seed = file.seed;
+  return out;
+}
+
+/** One entry of `rules:` to a checked Rule. */
+function buildRule(
+  entry: RuleEntry, index: number, file: FileEntry, where: Locator, path: Array<string | number>, label: string,
+): Rule {
+  const hook = entry.hook ?? file.hook;
+  if (hook === undefined) throw where.error(path, `${label}: no hook`, 'give hook: xdp, ingress or egress on the rule or at the top of the file');
+  const dev = entry.dev ?? file.dev;
+  if (dev === undefined) throw where.error(path, `${label}: no dev`, 'give dev: INTERFACE on the rule or at the top of the file');
+  // Values given on the rule or at the top of the file: errors name the one that was used.
+  const at = <T>(key: 'dev' | 'netns' | 'name', value: unknown, check: (v: unknown, what: string) => T): T => {
+    const inRule = entry[key] !== undefined;
+    try {
+      return check(value, inRule ? `${label}.${key}:` : `${key}:`);
+    } catch (err) {
+      if (err instanceof UsageError) throw where.error(inRule ? [...path, key] : [key], err.message, err.hint);
+      throw err;
+    }
+  };
+  at('dev', dev, checkDev);
+  if (entry.netns !== undefined || file.netns !== undefined) at('netns', entry.netns ?? file.netns, checkNetns);
+  if (entry.name !== undefined) at('name', entry.name, checkName);
+
+  const hasParts = entry.match !== undefined || entry.set !== undefined || entry.action !== undefined;
+  if (entry.rule !== undefined && hasParts) {
+    const other = entry.match !== undefined ? 'match' : entry.set !== undefined ? 'set' : 'action';
+    throw where.error([...path, other], `${label}: give either rule: or match/set/action, not both`);
+  }
+  if (entry.rule === undefined && entry.set === undefined && entry.action === undefined) {
+    throw where.error(path, `${label}: no action`, 'add set: {FIELD: VALUE}, action: drop or action: pass, or write the whole rule as rule: "MATCH => ACTION"');
+  }
+
+  const text = entry.rule !== undefined ? entry.rule.replace(/[\r\n\t]/g, ' ') : '';
+  let source = text;
+  // Spans index the rebuilt text; each part remembers the file path its text came from.
+  const parts: Array<{ start: number; path: Array<string | number> }> = [];
+  let parsed: ParsedRule;
+  const locate = (err: RuleError): never => {
+    const part = [...parts].reverse().find((p) => p.start <= err.span.start) ?? parts[0];
+    throw err.at(where.place(part ? part.path : path));
+  };
+  try {
+    if (entry.rule !== undefined) {
+      parts.push({ start: 0, path: [...path, 'rule'] });
+      parsed = parseRuleText(source);
+    } else {
+      const segments: Array<{ text: string; path: Array<string | number>; kind: 'match' | 'key' | 'value' | 'verdict' }> = [];
+      const match = (entry.match ?? '').replace(/[\r\n\t]/g, ' ');
+      if (match.trim() !== '') segments.push({ text: match, path: [...path, 'match'], kind: 'match' });
+      source = match.trim() === '' ? '=> ' : `${match} => `;
+      const actionText: string[] = [];
+      for (const [fieldName, value] of Object.entries(entry.set ?? {})) {
+        actionText.push(`set ${fieldName} = ${String(value).replace(/[\r\n\t]/g, ' ')}`);
+      }
+      if (entry.action !== undefined) actionText.push(entry.action);
+      source += actionText.join(', ');
+      // Parse each part on its own, so a value cannot run into the next action.
+      let match0: ParsedRule['match'] = { kind: 'true' };
+      if (match.trim() !== '') {
+        parts.push({ start: 0, path: [...path, 'match'] });
+        match0 = parseMatchAt(source, 0, match.length);
+      }
+      let offset = match.trim() === '' ? 3 : match.length + 4;
+      const actions: Action[] = [];
+      for (const [fieldName, value] of Object.entries(entry.set ?? {})) {
+        const keyStart = offset + 4;
+        parts.push({ start: offset, path: [...path, 'set', fieldName] });
+        const field = fieldCatalog.get(fieldName);
+        if (!field) {
+          // The parser words unknown names the same way everywhere (with a "did you mean").
+          parseActionsAt(source, offset, keyStart + fieldName.length + 2);
+          throw new RuleError(`"${fieldName}" is not a field name`, source, { start: keyStart, end: keyStart + fieldName.length });
+        }
+        const valueStart = keyStart + fieldName.length + 3;
+        const valueEnd = valueStart + String(value).length;
+        parts.push({ start: valueStart, path: [...path, 'set', fieldName] });
+        const expr = parseExprAt(source, valueStart, valueEnd);
+        actions.push({ kind: 'set', field: field!, value: expr, span: { start: offset, end: valueEnd } });
+        offset = valueEnd + 2;
+      }
+      if (entry.action !== undefined) {
+        parts.push({ start: offset, path: [...path, 'action'] });
+        actions.push({ kind: entry.action, span: { start: offset, end: offset + entry.action.length } });
+      }
+      parsed = { match: match0, actions };
+    }
+    const rule: Rule = {
+      name: entry.name ?? `rule-${index + 1}`,
+      text: source,
+      ...checkRule(parsed, source, hook),
+      checksum: entry.checksum ?? file.checksum ?? 'fix',
+    };
+    if (entry.probability !== undefined) rule.probability = entry.probability;
+    if (entry.every !== undefined) rule.every = entry.every;
+    return rule;
+  } catch (err) {
+    if (err instanceof RuleError) return locate(err);
+    throw err;
+  }
+}
+
+/** Finds the line of a path in the YAML document, for `rules.yaml:4:` prefixes. */
+class Locator {
+  constructor(private readonly doc: Document, private readonly lines: LineCounter, private readonly fileName: string) {}
+
+  /** `file:line` of the node at `path`, or of its nearest existing ancestor. */
+  place(path: Array<string | number>): string {
+    return `${this.fileName}:${this.line(path)}`;
+  }
+
+  line(path: Array<string | number>): number {
+    for (let n = path.length; n >= 0; n--) {
+      const node = (n === 0 ? this.doc.contents : this.doc.getIn(path.slice(0, n), true)) as Node | null | undefined;
+      if (node && node.range) {
+        // Block scalars (| and >) start on the line after their indicator.
+        const blockStart = isScalar(node) && (node.type === Scalar.BLOCK_LITERAL || node.type === Scalar.BLOCK_FOLDED);
+        return this.lines.linePos(node.range[0]).line + (blockStart ? 1 : 0);
+      }
+    }
+    return 1;
+  }
+
+  /** The line of a key (for unknown keys), when the map at `path` has it. */
+  keyLine(path: Array<string | number>, key: string): number | undefined {
+    const map = path.length === 0 ? this.doc.contents : this.doc.getIn(path, true);
+    if (!isMap(map)) return undefined;
+    for (const pair of map.items) {
+      const k = pair.key as Node | null;
+      if (k && isScalar(k) && String(k.value) === key && k.range) return this.lines.linePos(k.range[0]).line;
+    }
+    return undefined;
+  }
+
+  error(path: Array<string | number>, message: string, hint?: string): UsageError {
+    return new UsageError(`${this.place(path)}: ${message}`, { hint });
+  }
+
+  /** An ajv error as `rules.yaml:4: rules[0].hook: must be one of xdp, ingress, egress`. */
+  schemaError(err: ErrorObject, bare: boolean): UsageError {
+    const segs = err.instancePath.split('/').slice(1).map((s) => s.replace(/~1/g, '/').replace(/~0/g, '~'));
+    const path: Array<string | number> = segs.map((s) => (/^\d+$/.test(s) ? Number(s) : s));
+    const docPath = bare && path[0] === 'rules' ? path.slice(1) : path;
+    const label = path.map((s, n) => (typeof s === 'number' ? `[${s}]` : n === 0 ? s : `.${s}`)).join('');
+    const prefix = label === '' ? '' : `${label}: `;
+    const p = err.params as Record<string, unknown>;
+    const isRule = path.length === 2 && path[0] === 'rules';
+    switch (err.keyword) {
+      case 'additionalProperties': {
+        const key = String(p.additionalProperty);
+        const known: readonly string[] = isRule ? RULE_KEYS : TOP_KEYS;
+        const near = known.find((k) => editDistance(k, key) <= 2);
+        const line = this.keyLine(docPath, key) ?? this.line(docPath);
+        const inRule = isRule ? 'a rule' : 'the top of the file';
+        return new UsageError(`${this.fileName}:${line}: ${prefix}unknown key "${key}"${near ? ` (did you mean ${near}?)` : ''}`, {
+          hint: `keys of ${inRule}: ${known.join(', ')}`,
+        });
+      }
+      case 'required':
+        return new UsageError(`${this.place(docPath)}: ${prefix}missing "${String(p.missingProperty)}"`, {
+          hint: p.missingProperty === 'rules' ? 'a rules file has a list under rules:, or is a list of rules itself' : undefined,
+        });
+      case 'enum':
+        return new UsageError(`${this.place(docPath)}: ${prefix}must be one of ${(p.allowedValues as unknown[]).join(', ')}`);
+      case 'type': {
+        const t = String(p.type).replace(',', ' or ');
+        const article = /^[aeiou]/.test(t) ? 'an' : 'a';
+        return new UsageError(`${this.place(docPath)}: ${prefix}must be ${t === 'array' ? 'a list' : t === 'object' ? 'a mapping' : `${article} ${t}`}`);
+      }
+      case 'exclusiveMinimum':
+      case 'maximum':
+      case 'minimum': {
+        const last = path[path.length - 1];
+        const range = last === 'probability' ? 'a number greater than 0 and at most 1'
+          : last === 'every' ? `a whole number from 1 to ${MAX_EVERY}`
+          : last === 'seed' ? `a whole number from 0 to ${Number.MAX_SAFE_INTEGER}`
+          : `${err.message}`;
+        return new UsageError(`${this.place(docPath)}: ${prefix}must be ${range}`);
+      }
+      case 'minItems':
+        return new UsageError(`${this.place(docPath)}: ${prefix}the list is empty`, { hint: 'give at least one rule' });
+      case 'minProperties':
+        return new UsageError(`${this.place(docPath)}: ${prefix}is empty`, { hint: 'list FIELD: VALUE pairs, e.g. ip.ttl: 1' });
+      default:
+        return new UsageError(`${this.place(docPath)}: ${prefix}${err.message ?? 'is not valid'}`);
+    }
+  }
+}
