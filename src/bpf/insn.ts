@@ -81,9 +81,11 @@ function checkFields(i: Insn): void {
   if (!(i.dst >= 0 && i.dst <= 15 && i.src >= 0 && i.src <= 15)) throw new RangeError(`bad register in ${JSON.stringify(i)}`);
   if (!(Number.isInteger(i.off) && i.off >= -32768 && i.off <= 32767)) throw new RangeError(`offset ${i.off} does not fit 16 bits`);
   if (!(Number.isInteger(i.imm) && i.imm >= -0x80000000 && i.imm <= 0xffffffff)) throw new RangeError(`immediate ${i.imm} does not fit 32 bits`);
+  const hi = i.imm2 ?? 0;
+  if (!(Number.isInteger(hi) && hi >= -0x80000000 && hi <= 0xffffffff)) throw new RangeError(`upper immediate ${hi} does not fit 32 bits`);
 }
 
-/** The 64-bit constant of a LD_IMM64 as a BigInt (for display and tests, not hot paths). */
+/** The 64-bit constant of a LD_IMM64 as a signed BigInt (for display and tests, not hot paths). */
 export function imm64(i: Insn): bigint {
   return (BigInt(i.imm2 ?? 0) << 32n) | BigInt(i.imm >>> 0);
 }
