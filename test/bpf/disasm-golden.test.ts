@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { readFileSync, readdirSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { join } from 'node:path';
-import { decode, encode, disassemble, formatListing, type ListingOptions } from '../../src/bpf/index.js';
+import { decode, encode, disassemble, formatInsn, formatListing, LD_IMM64, type Insn, type ListingOptions } from '../../src/bpf/index.js';
 
 const FIXTURES = fileURLToPath(new URL('../../../test/fixtures/bpf/', import.meta.url));
 
@@ -51,6 +51,41 @@ const names = readdirSync(FIXTURES).filter((f) => f.endsWith('.bin')).map((f) =>
 
 test('the golden fixtures are present', () => {
   for (const required of ['alu', 'jmp', 'mem', 'prog', 'fuzz']) assert.ok(names.includes(required), `missing ${required}.bin`);
+});
+
+/**
+ * What distinguishes one instruction form from another of the same opcode: the offset of ALU
+ * ops (sdiv/smod, movsx widths), the width of byte swaps, the operation of atomics, and
+ * whether a 64-bit load is a plain constant or a pseudo.
+ */
+function formOf(i: Insn): string {
+  const cls = i.code & 0x07;
+  const op = i.code & 0xf0;
+  if ((cls === 0x04 || cls === 0x07) && op === 0xd0) return `${i.code}/width${i.imm}`;
+  if ((cls === 0x04 || cls === 0x07) && op !== 0x80) return `${i.code}/off${i.off}`;
+  if (cls === 0x03 && (i.code & 0xe0) === 0xc0) return `${i.code}/op${i.imm & 0xff}`;
+  if (i.code === LD_IMM64) return `${i.code}/${i.src === 0 ? 'const' : 'pseudo'}`;
+  return String(i.code);
+}
+
+test('the hand-written fixtures cover every instruction form llvm-objdump knows', () => {
+  const known = new Set<string>();
+  for (let code = 0; code < 256; code++) {
+    for (const off of [0, 1, 8, 16, 32]) {
+      for (const imm of [0, 1, 16, 32, 64, 0x40, 0x41, 0x50, 0x51, 0xa0, 0xa1, 0xe1, 0xf1]) {
+        for (const src of code === LD_IMM64 ? [0, 1] : [2]) {
+          const insn: Insn = code === LD_IMM64 ? { code, dst: 1, src, off, imm, imm2: 0 } : { code, dst: 1, src, off, imm };
+          if (formatInsn(insn, { alu32: true }) !== '<unknown>') known.add(formOf(insn));
+        }
+      }
+    }
+  }
+  const seen = new Set<string>();
+  for (const name of names.filter((n) => n !== 'fuzz')) {
+    for (const insn of decode(new Uint8Array(readFileSync(join(FIXTURES, `${name}.bin`))))) seen.add(formOf(insn));
+  }
+  assert.ok(known.size > 150, `only ${known.size} forms found; the enumeration is broken`);
+  assert.deepEqual([...known].filter((f) => !seen.has(f)), []);
 });
 
 for (const name of names) {
