@@ -3,7 +3,8 @@ import type { Command } from 'commander';
 import { register as probe } from './probe.js';
 import { register as lab } from './lab.js';
 import { register as demo } from './demo.js';
+import { register as run } from './run.js';
 
 export type RegisterCommand = (program: Command) => void;
 
-export const commands: RegisterCommand[] = [probe, demo, lab];
+export const commands: RegisterCommand[] = [probe, demo, run, lab];

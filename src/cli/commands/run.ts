@@ -1,0 +1,182 @@
+/**
+ * `netmangle run`: compile rules, attach them, show what they do, detach on exit.
+ *
+ * The first stdout line starts with "attached" once every program is on its hook (scripts and
+ * the lab's experiments wait for it). On a terminal a counter table is redrawn every second;
+ * otherwise nothing more is printed until exit, when one line per rule gives the totals as
+ * name=value pairs.
+ */
+import { existsSync } from 'node:fs';
+import type { Command } from 'commander';
+import { randomSeed } from '../../compiler/prng.js';
+import { NetmangleError, UsageError, describeError } from '../../errors.js';
+import type { LiveSession } from '../../live/index.js';
+import type { Hook, RuleGroup } from '../../rules/ast.js';
+import { parseDuration } from '../duration.js';
+
+export interface RuleSourceOptions {
+  dev?: string;
+  hook?: string;
+  netns?: string;
+  probability?: string;
+  every?: string;
+  seed?: string;
+  name?: string;
+  checksum?: string;
+}
+
+/** Rules from a one-line rule or a rules file, with the command-line options applied. */
+export async function readRules(source: string, opts: RuleSourceOptions): Promise<{ groups: RuleGroup[]; seed: number; seedChosen: boolean }> {
+  // Loaded on demand, so `netmangle --help` and other commands start without the rule language.
+  const { loadRulesFile, parseRuleLine } = await import('../../rules/load.js');
+  const isFile = /\.(ya?ml|json)$/i.test(source) || (existsSync(source) && !source.includes('=>'));
+  let groups: RuleGroup[];
+  let fileSeed: number | undefined;
+  if (isFile) {
+    if (!existsSync(source)) throw new UsageError(`no rules file ${source}`);
+    for (const o of ['dev', 'hook', 'probability', 'every', 'name'] as const) {
+      if (opts[o] !== undefined) throw new UsageError(`--${o} applies to a one-line rule; a rules file sets ${o} per rule`);
+    }
+    const r = loadRulesFile(source);
+    groups = r.groups;
+    fileSeed = r.seed;
+    if (opts.netns) for (const g of groups) g.netns ??= opts.netns;
+  } else {
+    if (!opts.dev) throw new UsageError('a one-line rule needs --dev DEV (the interface to attach to)');
+    if (!opts.hook) throw new UsageError('a one-line rule needs --hook xdp|ingress|egress');
+    if (!['xdp', 'ingress', 'egress'].includes(opts.hook)) {
+      throw new UsageError(`--hook ${opts.hook}: must be xdp, ingress or egress`);
+    }
+    const r = parseRuleLine(source, {
+      dev: opts.dev,
+      hook: opts.hook as Hook,
+      netns: opts.netns,
+      probability: opts.probability === undefined ? undefined : parseNumber(opts.probability, '--probability'),
+      every: opts.every === undefined ? undefined : parseNumber(opts.every, '--every'),
+      name: opts.name,
+      checksum: opts.checksum === undefined ? undefined : (opts.checksum as 'fix' | 'keep'),
+    });
+    groups = r.groups;
+  }
+  const given = opts.seed !== undefined ? parseNumber(opts.seed, '--seed') : fileSeed;
+  if (given !== undefined && (!Number.isInteger(given) || given < 0 || given > 0xffffffff)) {
+    throw new UsageError(`--seed ${opts.seed}: must be an integer from 0 to 4294967295`);
+  }
+  return { groups, seed: given ?? randomSeed(), seedChosen: given === undefined };
+}
+
+function parseNumber(text: string, option: string): number {
+  const n = Number(text);
+  if (text.trim() === '' || !Number.isFinite(n)) throw new UsageError(`${option} ${text}: not a number`);
+  return n;
+}
+
+export function register(program: Command): void {
+  program
+    .command('run')
+    .description('compile rules to eBPF, attach them, show live counters, detach on exit')
+    .argument('<rule>', "a one-line rule 'MATCH => ACTION[, ACTION]...' or a rules file (.yaml)")
+    .option('--dev <dev>', 'interface to attach to (one-line rule)')
+    .option('--hook <hook>', 'xdp, ingress or egress (one-line rule)')
+    .option('--netns <name>', 'network namespace of the interface (like ip -n)')
+    .option('--probability <p>', 'act on a matching packet with this probability (0 < p <= 1)')
+    .option('--every <n>', 'act on the Nth, 2Nth ... matching packet')
+    .option('--seed <n>', 'seed of the random decisions (default: chosen and printed)')
+    .option('--name <name>', 'name of the one-line rule in counters')
+    .option('--checksum <mode>', 'fix (default) or keep: leave checksums stale on purpose')
+    .option('--for <duration>', 'detach after this long (e.g. 30s, 5m)')
+    .option('--per-segment', 'at tc egress, make every TCP segment a packet of its own at the hook (gso_max_segs 1 while attached)')
+    .option('--attach <path>', 'auto (default), link (XDP link / tcx) or netlink (legacy IFLA_XDP / cls_bpf)', 'auto')
+    .action(async (rule: string, opts: RuleSourceOptions & { for?: string; perSegment?: boolean; attach: string }) => {
+      const forMs = opts.for === undefined ? undefined : parseDuration(opts.for, '--for');
+      if (!['auto', 'link', 'netlink'].includes(opts.attach)) throw new UsageError(`--attach ${opts.attach}: must be auto, link or netlink`);
+      const { groups, seed, seedChosen } = await readRules(rule, opts);
+      if (typeof process.getuid === 'function' && process.getuid() !== 0) {
+        throw new NetmangleError('netmangle run needs root (CAP_BPF and CAP_NET_ADMIN) to load and attach programs', {
+          hint: 'run it with sudo, or try the rule offline first',
+        });
+      }
+      const { attachGroups } = await import('../../live/index.js');
+      const session = attachGroups(groups, { seed, path: opts.attach as 'auto' | 'link' | 'netlink', perSegment: opts.perSegment });
+      await runForeground(session, { seed, seedChosen, forMs, perSegment: !!opts.perSegment });
+    });
+}
+
+interface ForegroundOptions {
+  seed: number;
+  seedChosen: boolean;
+  forMs?: number;
+  perSegment: boolean;
+}
+
+async function runForeground(session: LiveSession, o: ForegroundOptions): Promise<void> {
+  const out = process.stdout;
+  const tty = out.isTTY === true;
+  for (const g of session.groups) {
+    const a = g.attachment;
+    const where = `${a.dev} ${a.hook}${a.netns ? ` (netns ${a.netns})` : ''}`;
+    const n = g.loaded.compiled.rules.length;
+    out.write(`attached ${n} rule${n === 1 ? '' : 's'} to ${where} via ${a.path}, program id ${g.loaded.prog.id}, seed ${o.seed}${o.seedChosen ? ' (chosen at random; pass --seed to repeat)' : ''}\n`);
+    if (a.warning) process.stderr.write(`warning: ${a.warning}\n`);
+    if (g.restoreGsoMaxSegs !== undefined) out.write(`gso_max_segs of ${a.dev} set to 1 while attached (was ${g.restoreGsoMaxSegs})\n`);
+  }
+  let gsoWarned = false;
+  let drawn = 0;
+  const draw = () => {
+    const snap = session.counters();
+    if (!o.perSegment && !gsoWarned && snap.some((s) => s.gso > 0)) {
+      gsoWarned = true;
+      process.stderr.write('note: matched packets include GSO super-packets that the kernel cuts into segments after the hook (flags like PSH end up on the last one only); --per-segment makes each segment meet the rules on its own\n');
+    }
+    if (!tty) return;
+    const lines = formatTable(session);
+    if (drawn > 0) out.write(`\x1b[${drawn}A\x1b[J`);
+    out.write(lines.join('\n') + '\n');
+    drawn = lines.length;
+  };
+  let timer: NodeJS.Timeout | undefined;
+  let reason = 'error';
+  let totals: ReturnType<LiveSession['counters']> = [];
+  try {
+    timer = setInterval(draw, 1000);
+    draw();
+    reason = await new Promise<string>((resolve) => {
+      const on = (sig: NodeJS.Signals) => resolve(sig);
+      process.once('SIGINT', on);
+      process.once('SIGTERM', on);
+      process.once('SIGHUP', on);
+      if (o.forMs !== undefined) setTimeout(() => resolve(`--for ${o.forMs} ms`), o.forMs).unref();
+    });
+    clearInterval(timer);
+    draw();
+    totals = session.counters();
+  } finally {
+    clearInterval(timer);
+    try {
+      session.detach();
+    } catch (err) {
+      process.stderr.write(`netmangle: while detaching: ${describeError(err)}\n`);
+      process.exitCode = 1;
+    }
+  }
+  out.write(`detached (${reason})\n`);
+  for (const s of totals) {
+    s.group.loaded.compiled.rules.forEach((r, i) => {
+      const c = s.rules[i]!;
+      out.write(`rule ${r.name}: matched=${c.matched} acted=${c.acted} dropped=${c.dropped}\n`);
+    });
+  }
+}
+
+function formatTable(session: LiveSession): string[] {
+  const rows: string[][] = [['rule', 'where', 'matched', 'acted', 'dropped']];
+  for (const s of session.counters()) {
+    const a = s.group.attachment;
+    s.group.loaded.compiled.rules.forEach((r, i) => {
+      const c = s.rules[i]!;
+      rows.push([r.name, `${a.dev}/${a.hook}`, String(c.matched), String(c.acted), String(c.dropped)]);
+    });
+  }
+  const widths = rows[0]!.map((_, col) => Math.max(...rows.map((r) => r[col]!.length)));
+  return rows.map((r) => r.map((cell, col) => (col >= 2 ? cell.padStart(widths[col]!) : cell.padEnd(widths[col]!))).join('  '));
+}
