@@ -1,0 +1,11 @@
+export { Vm, RunResult, type VmOptions, type Engine } from './vm.js';
+export { VmError } from './errors.js';
+export { createMap, VmMap, ArrayMap, HashMap, type VmMapSpec, type VmMapType, type MapKey, BPF_ANY, BPF_NOEXIST, BPF_EXIST } from './maps.js';
+export { prepareProgram, type PreparedProgram, type ProgramOptions, type MapTable } from './program.js';
+export { Machine, type RunInput, type ClonedPacket } from './machine.js';
+export { interpret } from './interpreter.js';
+export { compileProgram, type CompiledProgram } from './jit.js';
+export { contextLayout, type ProgramType, type ContextInit, type CtxField } from './context.js';
+export { implementedHelpers } from './helpers.js';
+export { helperName, helperId } from './helper-names.js';
+export { describeInsn } from './describe.js';
