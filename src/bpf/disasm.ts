@@ -122,8 +122,7 @@ function lineText(u: Unit, names: TargetNames, options: DisasmOptions): string {
   const text = u.insn ? insnText(u.insn, hex, options.alu32 ?? false) : null;
   if (text === null || !u.insn) return UNKNOWN;
   const insn = u.insn;
-  const slot = u.at / INSN_SIZE;
-  const target = branchTarget(insn, slot);
+  const target = branchTarget(insn, u.at);
   if (target !== undefined && names.sorted.length > 0) {
     const note = annotate(target, names);
     if (note) return `${text} <${note}>`;
@@ -135,14 +134,15 @@ function lineText(u: Unit, names: TargetNames, options: DisasmOptions): string {
   return text;
 }
 
-/** Slot a jump lands on, for the instructions objdump annotates (not calls). */
-function branchTarget(insn: Insn, slot: number): number | undefined {
+/** Byte address a jump at byte `at` lands on, for the instructions objdump annotates (not
+ *  calls). Bytes, not slots: after an elided zero run objdump may be walking unaligned. */
+function branchTarget(insn: Insn, at: number): number | undefined {
   const c = O.cls(insn.code);
   if (c !== O.BPF_JMP && c !== O.BPF_JMP32) return undefined;
   const op = O.op(insn.code);
   if (op === O.BPF_CALL || op === O.BPF_EXIT) return undefined;
-  if (c === O.BPF_JMP32 && op === O.BPF_JA) return slot + 1 + insn.imm;
-  return slot + 1 + insn.off;
+  const delta = c === O.BPF_JMP32 && op === O.BPF_JA ? insn.imm : insn.off;
+  return at + INSN_SIZE + delta * INSN_SIZE;
 }
 
 interface TargetNames {
@@ -167,14 +167,14 @@ function targetNames(code: readonly Insn[] | Uint8Array, units: Unit[], options:
 }
 
 /** objdump names a target by the nearest symbol at or below it, comparing 64-bit unsigned
- *  byte addresses, so a jump before the first symbol wraps around to a huge offset. */
-function annotate(targetSlot: number, names: TargetNames): string | undefined {
+ *  byte addresses, so a jump below the first symbol wraps around to a huge offset. */
+function annotate(targetByte: number, names: TargetNames): string | undefined {
   const mask = (1n << 64n) - 1n;
-  const target = (BigInt(targetSlot) * 8n) & mask;
+  const target = BigInt(targetByte) & mask;
   let best: number | undefined;
   let bestAddr = -1n;
   for (const s of names.sorted) {
-    const addr = (BigInt(s) * 8n) & mask;
+    const addr = (BigInt(s) * BigInt(INSN_SIZE)) & mask;
     if (addr <= target && addr > bestAddr) {
       best = s;
       bestAddr = addr;

@@ -97,5 +97,13 @@ test('bytes are walked as objdump walks them', () => {
   const zeros = new Uint8Array([...encode([I(0x95)]), ...new Uint8Array(16), ...encode([I(0x95)])]);
   assert.deepEqual(formatListing(zeros, { rawBytes: false }), ['       0:\texit', '\t\t...', '       3:\texit']);
   assert.deepEqual(formatListing(zeros, { rawBytes: false, skipZeroes: false }), ['       0:\texit', '       1:\t<unknown>', '       2:\t<unknown>', '       3:\texit']);
+  // After a 12-byte zero run the walk is unaligned, and so are jump targets.
+  const unaligned = new Uint8Array([...encode([I(0x95)]), ...new Uint8Array(12), ...encode([I(0x05, 0, 0, 1), I(0x95)])]);
+  assert.deepEqual(formatListing(unaligned, { symbols: new Map([['f', 0]]) }), [
+    '       0:\t95 00 00 00 00 00 00 00\texit',
+    '\t\t...',
+    '       2:\t05 00 01 00 00 00 00 00\tgoto +0x1 <f+0x24>',
+    '       3:\t95 00 00 00 00 00 00 00\texit',
+  ]);
   assert.deepEqual(disassemble(new Uint8Array(0)), []);
 });
