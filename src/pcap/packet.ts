@@ -43,7 +43,9 @@ export class CapturePacket {
   /** A copy that owns its bytes and is not touched by the reader again. */
   clone(): CapturePacket {
     const p = new CapturePacket();
-    p.bytes = this.bytes.slice(this.offset, this.offset + this.caplen);
+    // A copy (Buffer#slice would share the reader's memory).
+    p.bytes = new Uint8Array(this.caplen);
+    p.bytes.set(this.bytes.subarray(this.offset, this.offset + this.caplen));
     p.offset = 0;
     p.caplen = this.caplen;
     p.origLen = this.origLen;

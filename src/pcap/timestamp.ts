@@ -117,6 +117,14 @@ export function unitsFromTimestamp(out: UnitsTarget, sec: number, nsec: number, 
   } else {
     units = BigInt(sec) * 10n ** n + BigInt(nsec) * 10n ** (n - 9n);
   }
+  if (units >= 1n << 64n) throw new RangeError(`timestamp ${sec} s does not fit 64 bits of ${describeResolution(res.tsresol)}`);
   out.high = Number((units >> 32n) & 0xffffffffn);
   out.low = Number(units & 0xffffffffn);
+}
+
+/** "1 ns", "1 µs", "2^-30 s", "10^-12 s" … */
+export function describeResolution(tsresol: number): string {
+  const n = tsresol & 0x7f;
+  if ((tsresol & 0x80) !== 0) return `2^-${n} s units`;
+  return ({ 0: 's', 3: 'ms', 6: 'µs', 9: 'ns' } as Record<number, string>)[n] ?? `10^-${n} s units`;
 }

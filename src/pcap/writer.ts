@@ -412,7 +412,11 @@ export class PcapngWriter extends BufferedWriter {
     const v = this.view;
     const le = this.le;
     const units = this.units;
-    unitsFromTimestamp(units, tsSec, tsNsec, this.resolutions[interfaceId]!);
+    try {
+      unitsFromTimestamp(units, tsSec, tsNsec, this.resolutions[interfaceId]!);
+    } catch (err) {
+      throw new CaptureError(this.name, `packet ${this.packetCount}: ${(err as Error).message}`);
+    }
     v.setUint32(p, 6, le);
     v.setUint32(p + 4, total, le);
     v.setUint32(p + 8, interfaceId, le);
