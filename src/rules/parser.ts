@@ -387,8 +387,7 @@ class Parser {
 
   private unexpected(t: Token, expected: string): never {
     const found = t.kind === 'eof' ? 'the end of the rule' : `"${this.source.slice(t.span.start, t.span.end)}"`;
-    const span = t.kind === 'eof' ? { start: t.span.start, end: t.span.start + 1 } : t.span;
-    return this.fail(`expected ${expected}, found ${found}`, span);
+    return this.fail(`expected ${expected}, found ${found}`, t.span);
   }
 
   private fail(reason: string, span: Span, opts: { hint?: string } = {}): never {

@@ -24,12 +24,13 @@ export function assertRuleError(text: string, reason: RegExp, under: string, opt
   const err = caught;
   assert.match(err.reason, reason);
   assert.equal(err.exitCode, 2);
-  let start = -1;
-  for (let n = 0; n <= (opts.nth ?? 0); n++) start = text.indexOf(under, start + 1);
+  // An empty `under` means the end of the text (a missing part): a one-column caret there.
+  let start = under === '' ? text.length : -1;
+  for (let n = 0; under !== '' && n <= (opts.nth ?? 0); n++) start = text.indexOf(under, start + 1);
   assert.ok(start >= 0, `test bug: ${JSON.stringify(under)} not in the text`);
   assert.deepEqual(err.span, { start, end: start + under.length }, `caret under ${JSON.stringify(text.slice(err.span.start, err.span.end))}`);
   const lines = err.message.split('\n');
   assert.equal(lines[1], `  ${text}`);
-  assert.equal(lines[2], `  ${' '.repeat(start)}${'^'.repeat(under.length)}`);
+  assert.equal(lines[2], `  ${' '.repeat(start)}${'^'.repeat(Math.max(1, under.length))}`);
   return err;
 }
