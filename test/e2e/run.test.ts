@@ -1,0 +1,147 @@
+/**
+ * `netmangle run` end to end, as a user runs it, in a lab of its own: the article's two
+ * experiments with the receiver's checksum error counters watched (offloads on, and off so
+ * the receiver really verifies), and kill -9 leaving nothing attached.
+ */
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { kernelTest, uniqueName } from '../helpers/kernel.js';
+import { Lab } from '../../src/lab/lab.js';
+import { applyRule } from '../../src/lab/experiments.js';
+import { INTERESTING_COUNTERS, nstatDelta, nstatSnapshot, ping, tcpTransfer } from '../../src/lab/measure.js';
+import type { TopologySpec } from '../../src/lab/topology.js';
+import { inNetns } from '../../src/kernel/netns.js';
+import { ifindexByName } from '../../src/kernel/iface.js';
+import { queryProgs } from '../../src/kernel/info.js';
+import { xdpQueryNetlink } from '../../src/kernel/rtnetlink.js';
+
+const bin = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'bin', 'netmangle');
+
+const TTL_RULE = 'icmp.type == 0 => set ip.ttl = random(1, ip.ttl)';
+const PSH_RULE = 'tcp and not (tcp.flags.syn or tcp.flags.fin or tcp.flags.reset or tcp.flags.push) => set tcp.flags.push = 1';
+
+/** h1 ── sw ── h2, with checksum offloads on (veth's default) or off on every end. */
+function topology(offload: boolean, h1: { gso_max_segs?: number } = {}): TopologySpec {
+  const ends = offload ? {} : { tx_checksum: 'off' as const, rx_checksum: 'off' as const };
+  return { switch: 'sw', hosts: { h1, h2: {} }, links: [{ a: 'h1', b: 'sw', ...ends }, { a: 'h2', b: 'sw', ...ends }] };
+}
+
+const CSUM_COUNTERS = INTERESTING_COUNTERS.filter((n) => /Csum|HdrErrors/.test(n));
+
+for (const offload of [true, false]) {
+  const label = offload ? 'offloads on' : 'offloads off';
+
+  kernelTest(`run: XDP random TTL on echo replies, 50 pings all answered (${label})`, async () => {
+    await using lab = await Lab.up(topology(offload), { name: uniqueName('ttl') });
+    const before = await nstatSnapshot(lab, 'h1');
+    const rule = await applyRule(lab, 'h1', 'eth0', 'xdp', TTL_RULE, { seed: 11 });
+    let result;
+    try {
+      result = await ping(lab, 'h1', 'h2', { count: 50, intervalS: 0.01 });
+    } finally {
+      await rule.detach();
+    }
+    const after = await nstatSnapshot(lab, 'h1');
+    assert.equal(result.received, 50, result.output);
+    for (const ttl of result.ttls) assert.ok(ttl >= 1 && ttl <= 64, `ttl ${ttl} out of 1..64`);
+    assert.ok(new Set(result.ttls).size >= 15, `only ${new Set(result.ttls).size} distinct TTLs: ${result.ttls.join(' ')}`);
+    assert.match(rule.output(), /rule rule-1: matched=50 acted=50 dropped=0/);
+    for (const [name, delta] of Object.entries(nstatDelta(before, after, CSUM_COUNTERS))) assert.equal(delta, 0, `${name} rose by ${delta}`);
+    // Detached: replies come back untouched.
+    const clean = await ping(lab, 'h1', 'h2', { count: 3 });
+    assert.deepEqual(clean.ttls, [64, 64, 64]);
+  });
+
+  kernelTest(`run: tc egress PSH on 1 in 10 TCP segments, as the receiver counts them (${label})`, async () => {
+    // Every segment a packet of its own at the hook, for the baseline too.
+    await using lab = await Lab.up(topology(offload, { gso_max_segs: 1 }), { name: uniqueName('psh') });
+    const base = await tcpTransfer(lab, 'h1', 'h2', { bytes: 4_000_000 });
+    const before = await nstatSnapshot(lab, 'h2');
+    const rule = await applyRule(lab, 'h1', 'eth0', 'egress', PSH_RULE, { probability: 0.1, seed: 5 });
+    let t;
+    try {
+      t = await tcpTransfer(lab, 'h1', 'h2', { bytes: 8_000_000 });
+    } finally {
+      await rule.detach();
+    }
+    const after = await nstatSnapshot(lab, 'h2');
+    assert.ok(t.dataSegments > 2000, `only ${t.dataSegments} data segments`);
+    // Without the rule some segments carry PSH (the last of each send); the rule sets it on ~10% of the rest.
+    const ofTheRest = (t.pshShare - base.pshShare) / (1 - base.pshShare);
+    assert.ok(ofTheRest > 0.07 && ofTheRest < 0.13,
+      `PSH share ${t.pshShare.toFixed(3)} (baseline ${base.pshShare.toFixed(3)}): ${ofTheRest.toFixed(3)} of PSH-free segments, expected about 0.1`);
+    for (const [name, delta] of Object.entries(nstatDelta(before, after, CSUM_COUNTERS))) assert.equal(delta, 0, `${name} rose by ${delta}`);
+  });
+}
+
+/** Starts `netmangle run` and resolves once it printed its "attached" line. */
+function startRun(args: string[]): Promise<import('node:child_process').ChildProcess> {
+  const child = spawn(process.execPath, [bin, 'run', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  return new Promise((resolve, reject) => {
+    let out = '';
+    let err = '';
+    child.stderr!.on('data', (d) => (err += d));
+    child.stdout!.on('data', (d) => {
+      out += d;
+      if (/^attached/m.test(out)) resolve(child);
+    });
+    child.on('close', (code) => reject(new Error(`netmangle run exited ${code} before attaching: ${err || out}`)));
+  });
+}
+
+function waitExit(child: import('node:child_process').ChildProcess): Promise<void> {
+  return new Promise((resolve) => (child.exitCode !== null || child.signalCode !== null ? resolve() : child.on('close', () => resolve())));
+}
+
+kernelTest('run: kill -9 leaves no program on the interface (XDP link and tcx)', async () => {
+  await using lab = await Lab.up(undefined, { name: uniqueName('kill') });
+  const ns = lab.netns('h1');
+  const xdp = await startRun(['--netns', ns, '--dev', 'eth0', '--hook', 'xdp', TTL_RULE]);
+  const egress = await startRun(['--netns', ns, '--dev', 'eth0', '--hook', 'egress', PSH_RULE, '--probability', '0.1']);
+  const ifindex = ifindexByName('eth0', ns);
+  assert.notEqual(inNetns(ns, () => xdpQueryNetlink(ifindex)).attached, 'none');
+  assert.equal(inNetns(ns, () => queryProgs(ifindex, 'tcx_egress')).progIds.length, 1);
+  xdp.kill('SIGKILL');
+  egress.kill('SIGKILL');
+  await Promise.all([waitExit(xdp), waitExit(egress)]);
+  // The links die with the process's file descriptors; give the kernel a moment to release them.
+  for (let i = 0; i < 50; i++) {
+    const x = inNetns(ns, () => xdpQueryNetlink(ifindex)).attached;
+    const t = inNetns(ns, () => queryProgs(ifindex, 'tcx_egress')).progIds.length;
+    if (x === 'none' && t === 0) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  assert.fail('a program stayed attached after kill -9');
+});
+
+kernelTest('run: errors a user can act on, one line each, non-zero exit, nothing attached', async () => {
+  await using lab = await Lab.up(undefined, { name: uniqueName('err') });
+  const ns = lab.netns('h1');
+  const cases: Array<{ args: string[]; expect: RegExp }> = [
+    { args: ['--netns', ns, '--dev', 'nope0', '--hook', 'xdp', TTL_RULE], expect: /no interface nope0/ },
+    { args: ['--netns', 'nm-no-such-ns', '--dev', 'eth0', '--hook', 'xdp', TTL_RULE], expect: /no network namespace nm-no-such-ns/ },
+    { args: ['--netns', ns, '--dev', 'eth0', '--hook', 'xdp', 'icmp.type == 0 => set ip.tll = 1'], expect: /unknown field "ip\.tll".*ip\.ttl/s },
+    { args: ['--netns', ns, '--dev', 'eth0', '--hook', 'egress', 'tcp => set tcp.flags.push = 2'], expect: /tcp\.flags\.push/ },
+    { args: ['--netns', ns, '--dev', 'eth0', '--hook', 'sideways', TTL_RULE], expect: /--hook sideways/ },
+    { args: ['--netns', ns, '--hook', 'xdp', TTL_RULE], expect: /needs --dev/ },
+    { args: ['--netns', ns, '--dev', 'eth0', '--hook', 'xdp', TTL_RULE, '--probability', '2'], expect: /probability/ },
+  ];
+  for (const c of cases) {
+    const r = await new Promise<{ code: number | null; stderr: string; stdout: string }>((resolve) => {
+      const child = spawn(process.execPath, [bin, 'run', ...c.args, '--for', '1s'], { stdio: ['ignore', 'pipe', 'pipe'] });
+      let stderr = '';
+      let stdout = '';
+      child.stderr.on('data', (d) => (stderr += d));
+      child.stdout.on('data', (d) => (stdout += d));
+      child.on('close', (code) => resolve({ code, stderr, stdout }));
+    });
+    assert.notEqual(r.code, 0, `${c.args.join(' ')} exited 0`);
+    assert.match(r.stderr, c.expect, `${c.args.join(' ')}: ${r.stderr}`);
+    assert.doesNotMatch(r.stderr, /\n\s+at /, `stack trace for ${c.args.join(' ')}: ${r.stderr}`);
+    assert.doesNotMatch(r.stdout, /^attached/m);
+  }
+  const ifindex = ifindexByName('eth0', ns);
+  assert.equal(inNetns(ns, () => xdpQueryNetlink(ifindex)).attached, 'none');
+});
