@@ -8,6 +8,7 @@ import * as O from '../bpf/opcodes.js';
 import type { Insn } from '../bpf/insn.js';
 import type { MapRef } from '../bpf/asm.js';
 import { VmError } from './errors.js';
+import { formatInsn } from '../bpf/disasm.js';
 import { describeInsn } from './describe.js';
 import { helperName } from './helper-names.js';
 import { HELPERS } from './helpers.js';
@@ -47,7 +48,9 @@ export interface PreparedProgram {
 export function insnLabel(prog: PreparedProgram, index: number): string {
   const insn = prog.insns[index];
   if (!insn) return `insn ${index}`;
-  return `insn ${prog.slotOf[index]} (${describeInsn(insn)})`;
+  // The project's disassembler (llvm-objdump's text, decimal); ours for what objdump cannot decode.
+  const text = formatInsn(insn, { hex: false });
+  return `insn ${prog.slotOf[index]} (${text === '<unknown>' ? describeInsn(insn) : text})`;
 }
 
 function lookupMap(table: MapTable | undefined, key: string | number): VmMap | undefined {
