@@ -92,7 +92,13 @@ export class Lab implements AsyncDisposable {
     const plan = toPlan(topology);
     const name = checkLabName(opts.name ?? plan.name ?? DEFAULT_LAB_NAME);
     const lab = new Lab(name, plan);
-    const step = opts.onStep ?? (() => {});
+    const report = opts.onStep ?? (() => {});
+    // For tests that kill a builder half-way: a pause before every step.
+    const pause = Number(process.env.NETMANGLE_LAB_STEP_DELAY_MS ?? 0);
+    const step = async (s: string) => {
+      report(s);
+      if (pause > 0) await new Promise((res) => setTimeout(res, pause));
+    };
 
     const leftovers = (await listNamespaces()).filter((ns) => namespaceBelongsTo(ns, name));
     if (leftovers.length > 0 || stateExists(name)) throw new LabExistsError(name, leftovers.length ? leftovers : ['recorded in /run/netmangle/labs']);
@@ -242,22 +248,25 @@ export class Lab implements AsyncDisposable {
     }
   }
 
-  private async build(state: LabState, step: (s: string) => void): Promise<void> {
+  private async build(state: LabState, step: (s: string) => Promise<void>): Promise<void> {
     const ip = (node: string, args: string[], what: string) => runChecked(['ip', '-n', this.netns(node), ...args], what);
     const inNs = (node: string, argv: string[], what: string) => runChecked(['ip', 'netns', 'exec', this.netns(node), ...argv], what);
 
     for (const node of this.nodes()) {
       const ns = this.netns(node);
-      step(`namespace ${ns}`);
+      await step(`namespace ${ns}`);
       await runChecked(['ip', 'netns', 'add', ns], `create namespace for ${node}`);
       state.created.push(ns);
       updateState(state);
       await ip(node, ['link', 'set', 'lo', 'up'], `bring up loopback in ${node}`);
+      // No duplicate address detection: a lab's addresses are unique by construction, and
+      // while DAD runs (about 1 s) link-local addresses are tentative and routed IPv6 fails.
+      await inNs(node, ['sysctl', '-qw', 'net.ipv6.conf.all.accept_dad=0', 'net.ipv6.conf.default.accept_dad=0'], `turn off IPv6 DAD in ${node}`);
     }
 
     const sw = this.plan.switch;
     if (sw) {
-      step(`bridge ${sw}`);
+      await step(`bridge ${sw}`);
       // Without snooping the bridge floods multicast (IPv6 neighbour discovery) to every port.
       await ip(sw, ['link', 'add', sw, 'type', 'bridge', 'mcast_snooping', '0'], 'create the bridge');
       // The switch is a layer-2 box: no addresses, no router solicitations in captures.
@@ -268,7 +277,7 @@ export class Lab implements AsyncDisposable {
     const gsoOf = new Map(this.plan.hosts.map((h) => [h.name, h.gsoMaxSegs]));
     for (const link of this.plan.links) {
       const { a, b } = link;
-      step(`veth ${a.node}:${a.dev} ── ${b.node}:${b.dev}`);
+      await step(`veth ${a.node}:${a.dev} ── ${b.node}:${b.dev}`);
       await ip(a.node, ['link', 'add', a.dev, 'type', 'veth', 'peer', 'name', b.dev, 'netns', this.netns(b.node)], `create veth pair ${a.node}:${a.dev} ── ${b.node}:${b.dev}`);
       for (const end of [a, b]) {
         if (end.mtu !== undefined) await ip(end.node, ['link', 'set', 'dev', end.dev, 'mtu', String(end.mtu)], `set MTU of ${end.node}:${end.dev}`);
@@ -289,11 +298,11 @@ export class Lab implements AsyncDisposable {
 
     for (const host of this.plan.hosts) {
       if (host.forwarding) {
-        step(`forwarding on ${host.name}`);
+        await step(`forwarding on ${host.name}`);
         await inNs(host.name, ['sysctl', '-qw', 'net.ipv4.ip_forward=1', 'net.ipv6.conf.all.forwarding=1'], `enable forwarding on ${host.name}`);
       }
       for (const r of host.routes) {
-        step(`route ${host.name}: ${r.to} via ${r.via}`);
+        await step(`route ${host.name}: ${r.to} via ${r.via}`);
         const family = r.via.includes(':') ? '-6' : '-4';
         await runChecked(['ip', '-n', this.netns(host.name), family, 'route', 'add', r.to, 'via', r.via], `add route ${r.to} via ${r.via} on ${host.name}`);
       }

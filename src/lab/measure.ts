@@ -170,8 +170,10 @@ export interface TransferOptions {
 }
 
 export interface TransferResult extends PshCount {
-  /** Bytes the sender sent, per iperf3. */
+  /** Bytes the sender wrote into its socket, per iperf3 (a tail may never be delivered). */
   bytesSent: number;
+  /** Bytes the receiving application read, per iperf3's server. */
+  bytesReceived: number;
   seconds: number;
   bitsPerSecond: number;
   retransmits: number;
@@ -258,8 +260,17 @@ export async function tcpTransfer(lab: Lab, from: string, to: string, opts: Tran
       throw new NetmangleError(`iperf3 client in ${from} failed (exit ${client.code}): ${(client.stderr || client.stdout).trim().split('\n').pop() ?? ''}`);
     }
     if (report.error) throw new NetmangleError(`iperf3 client in ${from}: ${report.error}`);
-    // Let the last segments reach the capture before stopping it.
-    await new Promise((res) => setTimeout(res, 200));
+    // tcpdump may lag behind the traffic on a busy machine, and what it has not read when it
+    // stops is lost without being counted as dropped: wait until the file holds every byte.
+    const receivedBytes = report.end?.sum_received?.bytes ?? 0;
+    const settleUntil = Date.now() + 3000;
+    let lastSize = -1;
+    while (Date.now() < settleUntil) {
+      await new Promise((res) => setTimeout(res, 50));
+      const partial = readFileSync(file);
+      if (partial.byteLength === lastSize && countPshInPcap(partial).payloadBytes >= receivedBytes) break;
+      lastSize = partial.byteLength;
+    }
     tcpdump.kill('SIGINT');
     await exited(tcpdump, 3000);
     const dropped = /(\d+) packets? dropped by kernel/.exec(tcpdumpErr());
@@ -268,6 +279,7 @@ export async function tcpTransfer(lab: Lab, from: string, to: string, opts: Tran
     return {
       ...counts,
       bytesSent: sent?.bytes ?? 0,
+      bytesReceived: receivedBytes,
       seconds: sent?.seconds ?? 0,
       bitsPerSecond: sent?.bits_per_second ?? 0,
       retransmits: sent?.retransmits ?? 0,
@@ -282,7 +294,10 @@ export async function tcpTransfer(lab: Lab, from: string, to: string, opts: Tran
 
 interface IperfReport {
   error?: string;
-  end?: { sum_sent?: { bytes: number; seconds: number; bits_per_second: number; retransmits?: number } };
+  end?: {
+    sum_sent?: { bytes: number; seconds: number; bits_per_second: number; retransmits?: number };
+    sum_received?: { bytes: number };
+  };
 }
 
 // ───────────────────────────── nstat ─────────────────────────────

@@ -178,7 +178,8 @@ const topologySchema = {
   },
 };
 
-const ajv = new Ajv({ allErrors: true, strict: false });
+// verbose: errors carry their schema, so an unknown key can be answered with the allowed ones.
+const ajv = new Ajv({ allErrors: true, strict: false, verbose: true });
 const validateSchema = ajv.compile(topologySchema);
 
 /** The built-in default: h1 ── sw ── h2. */
@@ -259,10 +260,38 @@ function decodePointer(pointer: string): PathKey[] {
     .map((s) => (/^\d+$/.test(s) ? Number(s) : s));
 }
 
-/** Turns ajv's errors into one readable problem per place, keeping the most specific. */
-function schemaProblems(errors: ErrorObject[], loc: Locator): string[] {
+/** The value at a path of the checked object. */
+function valueAt(root: unknown, path: PathKey[]): unknown {
+  let v: unknown = root;
+  for (const k of path) v = v !== null && typeof v === 'object' ? (v as Record<string, unknown>)[k as string] : undefined;
+  return v;
+}
+
+function isUnder(path: string, parent: string): boolean {
+  return path === parent || path.startsWith(`${parent}/`);
+}
+
+/**
+ * Turns ajv's errors into one readable problem per place. Where a value may take one of
+ * several shapes (anyOf), a mapping is judged by the mapping shape's own errors (an unknown
+ * key, a wrong field), anything else by one summary of the shapes allowed.
+ */
+function schemaProblems(errors: ErrorObject[], loc: Locator, data: unknown): string[] {
+  let kept = errors.filter((e) => (e as { propertyName?: string }).propertyName === undefined || e.keyword === 'propertyNames');
+  for (const any of errors.filter((e) => e.keyword === 'anyOf')) {
+    const at = any.instancePath;
+    const value = valueAt(data, decodePointer(at));
+    const isMapping = value !== null && typeof value === 'object' && !Array.isArray(value);
+    kept = kept.filter((e) => {
+      if (e === any) return !isMapping;
+      if (!isUnder(e.instancePath, at)) return true;
+      if (!isMapping) return false;
+      // The other shapes' complaints about the value itself ("must be null", "must be string").
+      return !(e.instancePath === at && (e.keyword === 'type' || e.keyword === 'enum'));
+    });
+  }
   const byPlace = new Map<string, string>();
-  for (const e of errors) {
+  for (const e of kept) {
     let path = decodePointer(e.instancePath);
     let message: string;
     let atKey = false;
@@ -283,7 +312,7 @@ function schemaProblems(errors: ErrorObject[], loc: Locator): string[] {
         const name = String((e.params as { propertyName: string }).propertyName);
         path = [...path, name];
         atKey = true;
-        message = `bad name "${name}": use a lowercase letter then up to 11 lowercase letters, digits or _`;
+        message = `bad host name "${name}": use a lowercase letter then up to 11 lowercase letters, digits or _`;
         break;
       }
       case 'pattern': {
@@ -314,11 +343,8 @@ function schemaProblems(errors: ErrorObject[], loc: Locator): string[] {
         message = e.message ?? 'invalid';
     }
     const place = `${loc.where(path, atKey)}: ${formatPath(path)}`;
-    // anyOf reports its branches' failures too; the anyOf summary is the readable one.
-    const key = place;
-    if (e.keyword === 'anyOf' || !byPlace.has(key)) byPlace.set(key, `${place}: ${message}`);
+    if (!byPlace.has(place)) byPlace.set(place, `${place}: ${message}`);
   }
-  // Drop branch noise under a place that has an anyOf summary (e.g. links[0].a.host).
   return [...byPlace.values()];
 }
 
@@ -388,14 +414,17 @@ function asBool(v: OnOff | undefined): boolean | undefined {
 
 function resolveTopology(value: unknown, loc: Locator): TopologyPlan {
   if (value === null || value === undefined) throw new TopologyError([`${loc.where([])}: the topology is empty (it needs at least hosts:)`]);
-  if (!validateSchema(value)) throw new TopologyError(schemaProblems(validateSchema.errors ?? [], loc));
+  if (!validateSchema(value)) throw new TopologyError(schemaProblems(validateSchema.errors ?? [], loc, value));
   const spec = value as unknown as TopologySpec;
   const problems: string[] = [];
   const at = (path: PathKey[], msg: string, key = false) => problems.push(`${loc.where(path, key)}: ${formatPath(path)}: ${msg}`);
 
   const hostNames = Object.keys(spec.hosts);
   const sw = spec.switch;
-  if (sw !== undefined && hostNames.includes(sw)) at(['switch'], `"${sw}" is also a host name; a switch needs a name of its own`);
+  if (sw !== undefined && hostNames.includes(sw)) {
+    at(['switch'], `"${sw}" is also a host name; a switch needs a name of its own`);
+    throw new TopologyError(problems);
+  }
   const known = (n: string) => hostNames.includes(n) || n === sw;
   const knownList = () => `hosts are ${hostNames.join(', ')}${sw ? `; the switch is ${sw}` : ''}`;
 
