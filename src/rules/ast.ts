@@ -28,12 +28,13 @@ export interface FieldDef {
   width: 1 | 2 | 4 | 6 | 16;
   /** Right shift applied to the container (0 when the field fills it). */
   shift: number;
-  /** Mask applied after the shift (for whole containers: all ones of the width). */
+  /** Mask applied after the shift (for whole containers: all ones of the width; 0 for the
+   *  6- and 16-byte addresses, which are compared and copied bytewise). */
   mask: number;
   /** Multiplier from the raw value to the user-visible one (ip.hdr_len is 4 × the nibble). */
   scale: number;
   kind: FieldKind;
-  /** Largest value the field can hold, in user-visible units. */
+  /** Largest value the field can hold, in user-visible units (0 for 6- and 16-byte addresses). */
   max: number;
   /** Whether `set` may write it. */
   writable: boolean;
@@ -71,7 +72,8 @@ export type Cond =
   /** A bare expression used as a test: true when present and non-zero (`tcp.flags.push`, `tcp.flags & 0x12`). */
   | { kind: 'truthy'; expr: Expr; span: Span }
   | { kind: 'cmp'; op: CmpOp; left: Expr; right: Expr; span: Span }
-  /** `expr in {80 443 1000-2000}`: ranges inclusive. */
+  /** `expr in {80, 443, 1000..2000}`: ranges inclusive (Wireshark's `..`). The checker leaves
+   *  `in` only on numbers of a single field: on addresses and `either` fields it becomes `or`s. */
   | { kind: 'in'; expr: Expr; items: Array<{ lo: Expr; hi?: Expr }>; span: Span }
   | { kind: 'and' | 'or'; left: Cond; right: Cond }
   | { kind: 'not'; arg: Cond };

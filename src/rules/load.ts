@@ -298,7 +298,8 @@ function buildRule(
   let parsed: ParsedRule;
   const locate = (err: RuleError): never => {
     const part = [...parts].reverse().find((p) => p.start <= err.span.start) ?? parts[0];
-    throw err.at(where.place(part ? part.path : path));
+    if (!part) throw err.at(where.place(path));
+    throw err.at(`${where.fileName}:${where.line(part.path, err.span.start - part.start)}`);
   };
   try {
     if (entry.rule !== undefined) {
@@ -306,7 +307,7 @@ function buildRule(
       parsed = parseRuleText(source);
     } else {
       const segments: Array<{ text: string; path: Array<string | number>; kind: 'match' | 'key' | 'value' | 'verdict' }> = [];
-      const match = (entry.match ?? '').replace(/[\r\n\t]/g, ' ');
+      const match = (entry.match ?? '').replace(/[\r\n\t]/g, ' ').trimEnd();
       if (match.trim() !== '') segments.push({ text: match, path: [...path, 'match'], kind: 'match' });
       source = match.trim() === '' ? '=> ' : `${match} => `;
       const actionText: string[] = [];
@@ -362,21 +363,28 @@ function buildRule(
 
 /** Finds the line of a path in the YAML document, for `rules.yaml:4:` prefixes. */
 class Locator {
-  constructor(private readonly doc: Document, private readonly lines: LineCounter, private readonly fileName: string) {}
+  constructor(private readonly doc: Document, private readonly lines: LineCounter, readonly fileName: string) {}
 
   /** `file:line` of the node at `path`, or of its nearest existing ancestor. */
   place(path: Array<string | number>): string {
     return `${this.fileName}:${this.line(path)}`;
   }
 
-  line(path: Array<string | number>): number {
+  /**
+   * The line of the node at `path` (or of its nearest existing ancestor). With `offset`, the
+   * line of that character of a `|` block's text, whose line breaks the value keeps.
+   */
+  line(path: Array<string | number>, offset = 0): number {
     for (let n = path.length; n >= 0; n--) {
       const node = (n === 0 ? this.doc.contents : this.doc.getIn(path.slice(0, n), true)) as Node | null | undefined;
-      if (node && node.range) {
-        // Block scalars (| and >) start on the line after their indicator.
-        const blockStart = isScalar(node) && (node.type === Scalar.BLOCK_LITERAL || node.type === Scalar.BLOCK_FOLDED);
-        return this.lines.linePos(node.range[0]).line + (blockStart ? 1 : 0);
+      if (!node || !node.range) continue;
+      const first = this.lines.linePos(node.range[0]).line;
+      if (n === path.length && isScalar(node) && node.type === Scalar.BLOCK_LITERAL && typeof node.value === 'string') {
+        // Block text starts on the line after the `|` indicator.
+        return first + 1 + (node.value.slice(0, Math.max(0, offset)).match(/\n/g)?.length ?? 0);
       }
+      if (isScalar(node) && node.type === Scalar.BLOCK_FOLDED) return first + 1;
+      return first;
     }
     return 1;
   }
