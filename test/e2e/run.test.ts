@@ -57,9 +57,12 @@ for (const offload of [true, false]) {
   kernelTest(`run: tc egress PSH on 1 in 10 TCP segments, as the receiver counts them (${label})`, async () => {
     // Every segment a packet of its own at the hook, for the baseline too.
     await using lab = await Lab.up(topology(offload, { gso_max_segs: 1 }), { name: uniqueName('psh') });
+    // With offloads on, h1's own egress (checksum still owed by the kernel). With them off, the
+    // switch's port towards h2, where forwarded segments carry final checksums that h2 verifies.
+    const [host, dev] = offload ? ['h1', 'eth0'] : ['sw', 'h2'];
     const base = await tcpTransfer(lab, 'h1', 'h2', { bytes: 4_000_000 });
     const before = await nstatSnapshot(lab, 'h2');
-    const rule = await applyRule(lab, 'h1', 'eth0', 'egress', PSH_RULE, { probability: 0.1, seed: 5 });
+    const rule = await applyRule(lab, host, dev, 'egress', PSH_RULE, { probability: 0.1, seed: 5 });
     let t;
     try {
       t = await tcpTransfer(lab, 'h1', 'h2', { bytes: 8_000_000 });
@@ -73,6 +76,18 @@ for (const offload of [true, false]) {
     assert.ok(ofTheRest > 0.07 && ofTheRest < 0.13,
       `PSH share ${t.pshShare.toFixed(3)} (baseline ${base.pshShare.toFixed(3)}): ${ofTheRest.toFixed(3)} of PSH-free segments, expected about 0.1`);
     for (const [name, delta] of Object.entries(nstatDelta(before, after, CSUM_COUNTERS))) assert.equal(delta, 0, `${name} rose by ${delta}`);
+    if (!offload) {
+      // The control: with checksums left stale on purpose, h2 does count the damage.
+      const child = await startRun(['--netns', lab.netns(host), '--dev', dev, '--hook', 'egress', PSH_RULE, '--probability', '0.1', '--checksum', 'keep']);
+      try {
+        await tcpTransfer(lab, 'h1', 'h2', { bytes: 1_000_000, timeoutMs: 30_000 }).catch(() => undefined);
+      } finally {
+        child.kill('SIGINT');
+        await waitExit(child);
+      }
+      const broken = nstatDelta(after, await nstatSnapshot(lab, 'h2'), ['TcpInCsumErrors']);
+      assert.ok(broken.TcpInCsumErrors! > 0, 'with --checksum keep the receiver saw no checksum errors: the check above proves nothing');
+    }
   });
 }
 
