@@ -225,11 +225,11 @@ export class Machine {
     this.rtag = T_SCALAR;
     if (t === T_PACKET) {
       const len = this.pktEnd - this.pktStart;
-      if (h !== l >> 31 || a < 0 || a + size > len) throw this.outOfBounds(pc, 'read', size, t, h, a, len);
+      if (h !== l >> 31 || a < 0 || a + size > len) throw this.outOfBounds(pc, 'read', size, t, h !== l >> 31, a, len);
       return this.readLE(this.pktView, this.pktStart + a, size, signed);
     }
     if (t === T_STACK) {
-      if (h !== l >> 31 || a < 0 || a + size > this.stackLimit) throw this.outOfBounds(pc, 'read', size, t, h, a, this.stackLimit);
+      if (h !== l >> 31 || a < 0 || a + size > this.stackLimit) throw this.outOfBounds(pc, 'read', size, t, h !== l >> 31, a, this.stackLimit);
       const first = a >> 3, last = (a + size - 1) >> 3;
       const spilled = this.stackSpill[first]!;
       if (spilled !== 0 || this.stackSpill[last] !== 0) {
@@ -242,11 +242,11 @@ export class Machine {
     }
     if (t >= T_VALUE) {
       const region = this.values[t - T_VALUE]!;
-      if (h !== l >> 31 || a < 0 || a + size > region.length) throw this.outOfBounds(pc, 'read', size, t, h, a, region.length);
+      if (h !== l >> 31 || a < 0 || a + size > region.length) throw this.outOfBounds(pc, 'read', size, t, h !== l >> 31, a, region.length);
       return this.readBytes(region, a, size, signed);
     }
     if (t === T_CTX) {
-      if (h !== l >> 31) throw this.outOfBounds(pc, 'read', size, t, h, a, this.layout.size);
+      if (h !== l >> 31) throw this.outOfBounds(pc, 'read', size, t, h !== l >> 31, a, this.layout.size);
       return this.ctxLoad(pc, a, size, signed);
     }
     throw this.badBase(pc, t, 'read');
@@ -259,13 +259,13 @@ export class Machine {
     if (vt !== T_SCALAR && t !== T_STACK) throw this.fail(pc, `stores ${this.describeTag(vt)} outside the stack; the VM cannot give a pointer a numeric address`);
     if (t === T_PACKET) {
       const len = this.pktEnd - this.pktStart;
-      if (h !== l >> 31 || a < 0 || a + size > len) throw this.outOfBounds(pc, 'write', size, t, h, a, len);
+      if (h !== l >> 31 || a < 0 || a + size > len) throw this.outOfBounds(pc, 'write', size, t, h !== l >> 31, a, len);
       if (this.prog.type === 'socket_filter') throw this.fail(pc, 'socket filters may not write to the packet');
       this.writeLE(this.pktView, this.pktStart + a, size, vh, vl);
       return;
     }
     if (t === T_STACK) {
-      if (h !== l >> 31 || a < 0 || a + size > this.stackLimit) throw this.outOfBounds(pc, 'write', size, t, h, a, this.stackLimit);
+      if (h !== l >> 31 || a < 0 || a + size > this.stackLimit) throw this.outOfBounds(pc, 'write', size, t, h !== l >> 31, a, this.stackLimit);
       if (vt !== T_SCALAR) {
         if (size !== 8 || (a & 7) !== 0) throw this.fail(pc, `spills ${this.describeTag(vt)} with a ${size}-byte store at fp${a - this.fp()}; pointers are spilled whole, 8-byte aligned`);
         this.stackSpill[a >> 3] = vt;
@@ -278,12 +278,12 @@ export class Machine {
     }
     if (t >= T_VALUE) {
       const region = this.values[t - T_VALUE]!;
-      if (h !== l >> 31 || a < 0 || a + size > region.length) throw this.outOfBounds(pc, 'write', size, t, h, a, region.length);
+      if (h !== l >> 31 || a < 0 || a + size > region.length) throw this.outOfBounds(pc, 'write', size, t, h !== l >> 31, a, region.length);
       this.writeBytes(region, a, size, vh, vl);
       return;
     }
     if (t === T_CTX) {
-      if (h !== l >> 31) throw this.outOfBounds(pc, 'write', size, t, h, a, this.layout.size);
+      if (h !== l >> 31) throw this.outOfBounds(pc, 'write', size, t, h !== l >> 31, a, this.layout.size);
       this.ctxStore(pc, a, size, vh, vl);
       return;
     }
@@ -375,8 +375,8 @@ export class Machine {
     }
   }
 
-  outOfBounds(pc: number, what: 'read' | 'write', size: number, t: number, h: number, a: number, limit: number): VmError {
-    if (h !== (a | 0) >> 31 && !(h === 0 && a >= 0) && !(h === -1 && a < 0)) {
+  outOfBounds(pc: number, what: 'read' | 'write', size: number, t: number, wide: boolean, a: number, limit: number): VmError {
+    if (wide) {
       return this.fail(pc, `${what} of ${size} bytes through ${this.describeTag(t)} whose offset does not fit 32 bits`);
     }
     const where = this.regionText(t, a);
@@ -596,12 +596,12 @@ export class Machine {
     const what = write ? 'write' : 'read';
     if (t === T_PACKET) {
       const plen = this.pktEnd - this.pktStart;
-      if (h !== a >> 31 || a < 0 || a + len > plen) throw this.outOfBounds(pc, what, len, t, h, a, plen);
+      if (h !== a >> 31 || a < 0 || a + len > plen) throw this.outOfBounds(pc, what, len, t, h !== a >> 31, a, plen);
       this.rbuf = this.pkt;
       return this.pktStart + a;
     }
     if (t === T_STACK) {
-      if (h !== a >> 31 || a < 0 || a + len > this.stackLimit) throw this.outOfBounds(pc, what, len, t, h, a, this.stackLimit);
+      if (h !== a >> 31 || a < 0 || a + len > this.stackLimit) throw this.outOfBounds(pc, what, len, t, h !== a >> 31, a, this.stackLimit);
       if (len > 0) {
         for (let s = a >> 3; s <= (a + len - 1) >> 3; s++) {
           if (this.stackSpill[s] === 0) continue;
@@ -614,7 +614,7 @@ export class Machine {
     }
     if (t >= T_VALUE) {
       const region = this.values[t - T_VALUE]!;
-      if (h !== a >> 31 || a < 0 || a + len > region.length) throw this.outOfBounds(pc, what, len, t, h, a, region.length);
+      if (h !== a >> 31 || a < 0 || a + len > region.length) throw this.outOfBounds(pc, what, len, t, h !== a >> 31, a, region.length);
       this.rbuf = region;
       return a;
     }
