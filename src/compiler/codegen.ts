@@ -23,7 +23,7 @@ import { BPF_ADD, BPF_FETCH, R0, R1, R2, R3, R4, R5, R6, R7, R8, R9, R10, type R
 import type { Action, Cond, Expr, FieldDef, Hook, Rule, RuleGroup } from '../rules/ast.js';
 import { NetmangleError } from '../errors.js';
 import {
-  BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, CTX, EVERY_MAP, HELPER, LAYER_BIT, SKB, STATE_GSO, STATE_MAP, STATE_PRNG,
+  BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, CTX, EVERY_MAP, HELPER, LAYER_BIT, SEED_SECTION, SKB, STATE_GSO, STATE_MAP, STATE_PRNG,
   progKindOf, ruleCounterOffset, verdicts, type ProgKind,
 } from './layout.js';
 import { probabilityThreshold } from './prng.js';
@@ -53,6 +53,12 @@ export type FieldLookup = (name: string) => FieldDef | undefined;
 
 export interface GenOptions {
   lookupField: FieldLookup;
+  /**
+   * For objects loaded by other tools (libbpf creates maps empty): when the PRNG state is still
+   * zero, seed it from the `.rodata` global SEED_GLOBAL and the CPU number, exactly as
+   * CompiledProgram.initialState() would have (splitmix64 of seed + (cpu << 32)).
+   */
+  selfSeed?: boolean;
 }
 
 export interface GenResult {
@@ -236,7 +242,23 @@ class Gen {
     a.st(4, FP, SLOT_KEY, 0).ldMap(R1, STATE_MAP).mov64(R2, FP).alu64('add', R2, imm(SLOT_KEY)).call(HELPER.map_lookup_elem);
     // The lookup of key 0 in a one-entry array cannot fail; the verifier still wants the test.
     a.jmp('jeq', R0, imm(0), 'verdict_none').stx(8, FP, SLOT_STATE, R0);
+    if (this.opts.selfSeed) this.seedIfZero(have);
     a.label(have);
+  }
+
+  /** After the state lookup (r0 = value): seeds a zero PRNG state (see GenOptions.selfSeed). */
+  private seedIfZero(done: string): void {
+    const a = this.a;
+    const store = this.fresh('seed_store');
+    a.ldx(8, R1, R0, STATE_PRNG).jmp('jne', R1, imm(0), done);
+    a.call(HELPER.get_smp_processor_id).alu64('lsh', R0, imm(32));
+    a.ldMapValue(R1, SEED_SECTION, 0).ldx(8, R1, R1, 0).alu64('add', R1, R0);
+    a.ldImm64(R2, 0x9e3779b97f4a7c15n).alu64('add', R1, R2);
+    a.mov64(R2, R1).alu64('rsh', R2, imm(30)).alu64('xor', R1, R2).ldImm64(R2, 0xbf58476d1ce4e5b9n).alu64('mul', R1, R2);
+    a.mov64(R2, R1).alu64('rsh', R2, imm(27)).alu64('xor', R1, R2).ldImm64(R2, 0x94d049bb133111ebn).alu64('mul', R1, R2);
+    a.mov64(R2, R1).alu64('rsh', R2, imm(31)).alu64('xor', R1, R2);
+    a.jmp('jne', R1, imm(0), store).ldImm64(R1, 0x9e3779b97f4a7c15n);
+    a.label(store).ldx(8, R0, FP, SLOT_STATE).stx(8, R0, STATE_PRNG, R1);
   }
 
   private bumpCounter(rule: number, which: 'matched' | 'acted' | 'dropped'): void {

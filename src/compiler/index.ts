@@ -40,10 +40,12 @@ export interface CompiledProgram {
 export interface CompileOptions {
   seed: number;
   lookupField: FieldLookup;
+  /** Seed the PRNG from a `.rodata` global on first use (objects for libbpf-based loaders). */
+  selfSeed?: boolean;
 }
 
 export function compileGroup(group: RuleGroup, opts: CompileOptions): CompiledProgram {
-  const { asm, usesEvery } = generate(group, { lookupField: opts.lookupField });
+  const { asm, usesEvery } = generate(group, { lookupField: opts.lookupField, selfSeed: opts.selfSeed });
   const { insns, mapRefs } = asm.assemble();
   const valueSize = stateValueSize(group.rules.length);
   const maps: MapSpec[] = [{ name: STATE_MAP, type: 'percpu_array', keySize: 4, valueSize, maxEntries: 1 }];

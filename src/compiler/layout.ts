@@ -37,6 +37,7 @@ export const HELPER = {
   l3_csum_replace: 10,
   l4_csum_replace: 11,
   xdp_get_buff_len: 188,
+  get_smp_processor_id: 8,
 } as const;
 
 /** bpf_l4_csum_replace flags. */
@@ -67,6 +68,13 @@ export const RULE_COUNTERS = 24;
 export const stateValueSize = (rules: number): number => STATE_RULES + RULE_COUNTERS * rules;
 export const ruleCounterOffset = (rule: number, which: 'matched' | 'acted' | 'dropped'): number =>
   STATE_RULES + RULE_COUNTERS * rule + (which === 'matched' ? 0 : which === 'acted' ? 8 : 16);
+
+/**
+ * Objects written by `netmangle build` carry the seed as a u64 global SEED_GLOBAL in section
+ * SEED_SECTION; programs compiled with selfSeed read it (a map-value reference to SEED_SECTION).
+ */
+export const SEED_SECTION = '.rodata';
+export const SEED_GLOBAL = 'nm_seed';
 
 /** The shared (not per-CPU) every-N map: one entry, a u64 match count per rule, added atomically. */
 export const EVERY_MAP = 'nm_every';
