@@ -148,7 +148,16 @@ kernelTest('netmangle demo finishes in under 30 s, exits 0 and leaves nothing be
     assert.match(out, /PSH among data segments at h2 +\d+\.\d% \(\d+\/\d+\)/);
     // Either both experiments ran with the rule, or the demo says plainly that they could not.
     const ran = /after: +ttl \d/.test(out);
-    if (!ran) assert.match(out, /The rule experiments need `netmangle run`/);
+    if (ran) {
+      // With the rules on, the TTLs spread out and PSH becomes more common than before.
+      const after = /TTL of ping replies at h1 +64 \(all 10\) +(\d+)\.\.(\d+), (\d+) distinct/.exec(out);
+      assert.ok(after, `no spread of TTLs after the rule:\n${out}`);
+      assert.ok(Number(after[1]) >= 1 && Number(after[2]) <= 64 && Number(after[3]) >= 3);
+      const psh = /PSH among data segments at h2 +([\d.]+)% \(\d+\/\d+\) +([\d.]+)%/.exec(out);
+      assert.ok(psh, `no PSH share after the rule:\n${out}`);
+      assert.ok(Number(psh[2]) > Number(psh[1]) + 4, `PSH ${psh[1]}% -> ${psh[2]}%`);
+      assert.match(out, /rule counters: matched=10 acted=10/);
+    } else assert.match(out, /The rule experiments need `netmangle run`/);
     await assertLabGone(name);
     const leftovers = (await listNamespaces()).filter((ns) => !before.has(ns) && ns.startsWith('nm-demo'));
     assert.deepEqual(leftovers, []);

@@ -48,14 +48,29 @@ function rate(bitsPerSecond: number): string {
   return bitsPerSecond >= 1e9 ? `${(bitsPerSecond / 1e9).toFixed(1)} Gbit/s` : `${(bitsPerSecond / 1e6).toFixed(0)} Mbit/s`;
 }
 
-/** Runs `measure` with the rule on, and always detaches. */
-async function withRule<T>(lab: Lab, host: string, hook: Hook, rule: string, opts: ApplyRuleOptions, measure: () => Promise<T>): Promise<T> {
+/** Runs `measure` with the rule on, always detaches, and returns what `run` counted too. */
+async function withRule<T>(
+  lab: Lab,
+  host: string,
+  hook: Hook,
+  rule: string,
+  opts: ApplyRuleOptions,
+  measure: () => Promise<T>,
+): Promise<{ result: T; counters: Record<string, number> }> {
   const applied: AppliedRule = await applyRule(lab, host, 'eth0', hook, rule, opts);
+  let result: T;
   try {
-    return await measure();
+    result = await measure();
   } finally {
     await applied.detach();
   }
+  // `run` prints its totals as it detaches.
+  return { result, counters: await applied.counters() };
+}
+
+function countersLine(c: Record<string, number>): string {
+  const parts = Object.entries(c).map(([k, v]) => `${k}=${v}`);
+  return parts.length ? `  rule counters: ${parts.join(' ')}\n` : '';
 }
 
 export async function runDemo(opts: DemoOptions): Promise<void> {
@@ -91,8 +106,10 @@ export async function runDemo(opts: DemoOptions): Promise<void> {
     out(`  before: ttl ${ttlBefore.ttls.join(' ') || '(no replies)'}\n`);
     let ttlAfter: PingResult | undefined;
     if (canRun) {
-      ttlAfter = await withRule(lab, h1, 'xdp', TTL_RULE, {}, () => ping(lab, h1, h2, { count: PING_COUNT }));
+      const applied = await withRule(lab, h1, 'xdp', TTL_RULE, {}, () => ping(lab, h1, h2, { count: PING_COUNT }));
+      ttlAfter = applied.result;
       out(`  after:  ttl ${ttlAfter.ttls.join(' ') || '(no replies)'}\n`);
+      out(countersLine(applied.counters));
     } else out(`  after:  not measured: ${missing}, which this build does not have yet\n`);
 
     out(`\nexperiment 2: PSH among TCP data segments as ${h2} receives them, tc egress rule on ${h1}'s eth0\n`);
@@ -103,10 +120,12 @@ export async function runDemo(opts: DemoOptions): Promise<void> {
     out(`  before: ${pshSummary(pshBefore)} PSH, ${(pshBefore.payloadBytes / 1e6).toFixed(1)} MB at ${rate(pshBefore.bitsPerSecond)}${dropNote(pshBefore)}\n`);
     let pshAfter: TransferResult | undefined;
     if (canRun) {
-      pshAfter = await withRule(lab, h1, 'egress', PSH_RULE, { probability: PSH_PROBABILITY, perSegment: true }, () =>
+      const applied = await withRule(lab, h1, 'egress', PSH_RULE, { probability: PSH_PROBABILITY, perSegment: true }, () =>
         tcpTransfer(lab, h1, h2, { bytes: TRANSFER_BYTES }),
       );
+      pshAfter = applied.result;
       out(`  after:  ${pshSummary(pshAfter)} PSH, ${(pshAfter.payloadBytes / 1e6).toFixed(1)} MB at ${rate(pshAfter.bitsPerSecond)}${dropNote(pshAfter)}\n`);
+      out(countersLine(applied.counters));
     } else out(`  after:  not measured: ${missing}, which this build does not have yet\n`);
 
     const rows: Array<[string, string, string]> = [
