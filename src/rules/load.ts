@@ -41,6 +41,9 @@ export interface RuleLineOptions {
 
 /** One rule from the command line: `MATCH => ACTION[, ACTION]…` and its options. */
 export function parseRuleLine(text: string, opts: RuleLineOptions): LoadedRules {
+  if (text.trim() === '') {
+    throw new UsageError('the rule is empty', { hint: "write MATCH => ACTION, for example 'icmp.type == 8 => drop'" });
+  }
   const hook = checkHook(opts.hook, '--hook');
   const dev = checkDev(opts.dev, '--dev');
   const netns = opts.netns === undefined ? undefined : checkNetns(opts.netns, '--netns');

@@ -74,6 +74,7 @@ test('parseRuleLine: option errors say which option and what it takes', () => {
     });
   }
   assert.throws(() => parseRuleLine('tcp => drop', { dev: 'veth0', hook: 'xpd' }), (err: UsageError) => err.hint === 'did you mean xdp?');
+  assert.throws(() => parseRuleLine('  ', { dev: 'veth0', hook: 'xdp' }), /^UsageError: the rule is empty$/);
   assert.equal(parseRuleLine('tcp => drop', { dev: 'veth0', hook: 'xdp', seed: '0x10' }).seed, 16);
 });
 

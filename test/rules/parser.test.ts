@@ -120,6 +120,10 @@ test('the one-line form: match, =>, actions', () => {
     ['ip.ttl', ['random', 1, 'ip.ttl']], ['ip.id', 7], 'pass',
   ]);
   assert.deepEqual(parseRuleText('=> drop').match, { kind: 'true' });
+  // Spaces are optional between tokens.
+  assert.deepEqual(shape(parseRuleText('ip.ttl==1&&eth.src==aa:bb:cc:dd:ee:ff=>drop').match),
+    ['and', ['==', 'ip.ttl', 1], ['==', 'eth.src', 'mac:170.187.204.221.238.255']]);
+  assert.deepEqual(parseRuleText('tcp=>set ip.ttl=ip.ttl-1,pass').actions.map((a) => a.kind), ['set', 'pass']);
   const s = parseRuleText('tcp => set tcp.window_size_value = 0').actions[0]!;
   assert.deepEqual(s.span, { start: 7, end: 36 });
 });
