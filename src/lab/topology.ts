@@ -573,6 +573,16 @@ function resolveTopology(value: unknown, loc: Locator): TopologyPlan {
     }
   }
 
+  // The kernel refuses IPv6 on an interface with an MTU below 1280.
+  for (const [l, i] of links.map((l, i) => [l, i] as const)) {
+    for (const [end, side] of [[l.a, 'a'], [l.b, 'b']] as const) {
+      if (end.mtu !== undefined && end.mtu < 1280 && end.addresses.some((c) => c.includes(':'))) {
+        at(['links', i, side], `MTU ${end.mtu} is below 1280, the least IPv6 allows; raise it or give this end IPv4 addresses only (addresses: [...])`);
+      }
+    }
+  }
+  if (problems.length > 0) throw new TopologyError(problems);
+
   // Hosts, forwarding and routes.
   const hosts: PlannedHost[] = hostNames.map((name) => {
     const h = spec.hosts[name] ?? {};

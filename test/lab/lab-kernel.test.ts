@@ -132,3 +132,11 @@ kernelTest('measurements: TCP transfer counted at the receiver, nstat deltas', a
   assert.ok(nstatDelta(before, after, ['TcpInSegs']).TcpInSegs! >= t.dataSegments - t.captureDropped);
   assert.equal(nstatDelta(before, after).TcpInCsumErrors, 0);
 });
+
+kernelTest('a build step that fails takes down what was built and says which step', async () => {
+  const name = uniqueName('lt');
+  // Valid on paper, refused by the kernel: the gateway is on no subnet of h1.
+  const topology = { switch: 'sw', hosts: { h1: { routes: [{ to: '198.18.7.0/24', via: '198.18.99.1' }] }, h2: {} } };
+  await assert.rejects(Lab.up(topology, { name }), /add route 198\.18\.7\.0\/24 via 198\.18\.99\.1 on h1: `ip -n nm-\w+-h1 -4 route add/);
+  await assertLabGone(name);
+});

@@ -128,3 +128,12 @@ test('two links from one host to the switch get distinct port names', () => {
   const plan = parseTopology('switch: sw\nhosts: {a: }\nlinks:\n  - {a: a, b: sw}\n  - {a: a, b: sw}\n');
   assert.deepEqual(plan.links.map((l) => [l.a.dev, l.b.dev]), [['eth0', 'a-1'], ['eth1', 'a-2']]);
 });
+
+test('an MTU below 1280 with IPv6 addresses is refused before anything is built', () => {
+  assert.deepEqual(problemsOf('hosts: {a: , b: }\nlinks:\n  - {a: a, b: b, mtu: 1000}\n'), [
+    'lab.yaml:3: links[0].a: MTU 1000 is below 1280, the least IPv6 allows; raise it or give this end IPv4 addresses only (addresses: [...])',
+    'lab.yaml:3: links[0].b: MTU 1000 is below 1280, the least IPv6 allows; raise it or give this end IPv4 addresses only (addresses: [...])',
+  ]);
+  const plan = parseTopology('hosts: {a: , b: }\nlinks:\n  - {a: {host: a, addresses: [198.18.0.1/24]}, b: {host: b, addresses: [198.18.0.2/24]}, mtu: 576}\n');
+  assert.equal(plan.links[0]!.a.mtu, 576);
+});
