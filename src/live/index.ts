@@ -124,6 +124,19 @@ export class LiveSession implements Disposable {
     if (first) throw first;
   }
 
+  /**
+   * Closes this process's handles but leaves every program attached: for pinned sets, whose
+   * links and maps bpffs now holds (and netlink attachments, which hold themselves).
+   */
+  release(): void {
+    if (this.detached) return;
+    this.detached = true;
+    for (const g of this.groups) {
+      g.attachment.link?.close();
+      g.loaded.close();
+    }
+  }
+
   [Symbol.dispose](): void {
     this.detach();
   }

@@ -160,3 +160,33 @@ kernelTest('run: errors a user can act on, one line each, non-zero exit, nothing
   const ifindex = ifindexByName('eth0', ns);
   assert.equal(inNetns(ns, () => xdpQueryNetlink(ifindex)).attached, 'none');
 });
+
+kernelTest('run --pin keeps the rule after exit; status shows it with counters; clear removes it', async () => {
+  await using lab = await Lab.up(undefined, { name: uniqueName('pin') });
+  const ns = lab.netns('h1');
+  const run = (args: string[]) => new Promise<{ code: number | null; out: string }>((resolve) => {
+    const child = spawn(process.execPath, [bin, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.stderr.on('data', (d) => (out += d));
+    child.on('close', (code) => resolve({ code, out }));
+  });
+  try {
+    const pinned = await run(['run', '--netns', ns, '--dev', 'eth0', '--hook', 'xdp', 'icmp.type == 0 => set ip.ttl = 9', '--pin', '--seed', '1']);
+    assert.equal(pinned.code, 0, pinned.out);
+    const p = await ping(lab, 'h1', 'h2', { count: 3 });
+    assert.deepEqual(p.ttls, [9, 9, 9]);
+    const status = await run(['status', '--json']);
+    const entry = (JSON.parse(status.out) as Array<{ netns?: string; kind: string; counters?: { rules: Array<{ acted: number }> } }>)
+      .find((e) => e.netns === ns);
+    assert.equal(entry?.kind, 'pinned');
+    assert.equal(entry?.counters?.rules[0]?.acted, 3);
+  } finally {
+    const cleared = await run(['clear', '--netns', ns]);
+    assert.match(cleared.out, /removed 1 rule from eth0 xdp/);
+  }
+  const after = await ping(lab, 'h1', 'h2', { count: 2 });
+  assert.deepEqual(after.ttls, [64, 64]);
+  const ifindex = ifindexByName('eth0', ns);
+  assert.equal(inNetns(ns, () => xdpQueryNetlink(ifindex)).attached, 'none');
+});

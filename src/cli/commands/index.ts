@@ -4,9 +4,10 @@ import { register as probe } from './probe.js';
 import { register as lab } from './lab.js';
 import { register as demo } from './demo.js';
 import { register as run } from './run.js';
+import { register as status } from './status.js';
 import { register as build } from './build.js';
 import { register as load } from './load.js';
 
 export type RegisterCommand = (program: Command) => void;
 
-export const commands: RegisterCommand[] = [probe, demo, run, build, load, lab];
+export const commands: RegisterCommand[] = [probe, demo, run, status, build, load, lab];

@@ -86,8 +86,15 @@ export function register(program: Command): void {
     .option('--checksum <mode>', 'fix (default) or keep: leave checksums stale on purpose')
     .option('--for <duration>', 'detach after this long (e.g. 30s, 5m)')
     .option('--per-segment', 'at tc egress, make every TCP segment a packet of its own at the hook (gso_max_segs 1 while attached)')
+    .option('--pin', 'keep the rules attached after exit (see netmangle status, netmangle clear)')
     .option('--attach <path>', 'auto (default), link (XDP link / tcx) or netlink (legacy IFLA_XDP / cls_bpf)', 'auto')
-    .action(async (rule: string, opts: RuleSourceOptions & { for?: string; perSegment?: boolean; attach: string }) => {
+    .action(async (rule: string, opts: RuleSourceOptions & { for?: string; perSegment?: boolean; attach: string; pin?: boolean }) => {
+      if (opts.pin && opts.perSegment) {
+        throw new UsageError('--per-segment cannot be combined with --pin: nothing would restore gso_max_segs afterwards', {
+          hint: 'set it yourself with: ip link set dev DEV gso_max_segs 1',
+        });
+      }
+      if (opts.pin && opts.for) throw new UsageError('--for cannot be combined with --pin yet: a pinned rule stays until netmangle clear');
       const forMs = opts.for === undefined ? undefined : parseDuration(opts.for, '--for');
       if (!['auto', 'link', 'netlink'].includes(opts.attach)) throw new UsageError(`--attach ${opts.attach}: must be auto, link or netlink`);
       const { groups, seed, seedChosen } = await readRules(rule, opts);
@@ -97,8 +104,27 @@ export function register(program: Command): void {
         });
       }
       const { attachGroups } = await import('../../live/index.js');
+      const registry = await import('../../live/registry.js');
       const session = attachGroups(groups, { seed, path: opts.attach as 'auto' | 'link' | 'netlink', perSegment: opts.perSegment });
-      await runForeground(session, { seed, seedChosen, forMs, perSegment: !!opts.perSegment });
+      if (opts.pin) {
+        try {
+          for (const r of registry.pinGroups(session.groups, seed)) {
+            process.stdout.write(`attached and pinned ${r.rules.length} rule${r.rules.length === 1 ? '' : 's'} on ${r.dev} ${r.hook}${r.netns ? ` (netns ${r.netns})` : ''}, program id ${r.progId}, seed ${seed}: ${r.pinDir}\n`);
+          }
+        } catch (err) {
+          session.detach();
+          throw err;
+        }
+        session.release();
+        process.stdout.write('they stay attached after this command; see them with netmangle status, remove them with netmangle clear\n');
+        return;
+      }
+      const unrecord = registry.recordRun(session.groups, seed);
+      try {
+        await runForeground(session, { seed, seedChosen, forMs, perSegment: !!opts.perSegment });
+      } finally {
+        unrecord();
+      }
     });
 }
 

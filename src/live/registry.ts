@@ -1,0 +1,185 @@
+/**
+ * What netmangle has attached, for `status` and `clear`.
+ *
+ * - A pinned rule set (`run --pin`) lives in bpffs under /sys/fs/bpf/netmangle/<netns>/<dev>/<hook>/
+ *   (`link` when attached through a BPF link, `prog`, `state`), with a record of its rules in
+ *   /run/netmangle/pinned/<netns>.<dev>.<hook>.json.
+ * - A foreground `run` records itself in /run/netmangle/runs/<pid>.<n>.json (program and state
+ *   map ids) and removes the record on exit; records of dead processes are ignored and swept.
+ */
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { NetmangleError } from '../errors.js';
+import { NETMANGLE_PIN_ROOT, openPinnedMap, BpfMap, mapFdById, pinObject } from '../kernel/index.js';
+import { detachXdpNetlink, delClsBpfFilter } from '../kernel/rtnetlink.js';
+import { inNetns } from '../kernel/netns.js';
+import { ifindexByName } from '../kernel/iface.js';
+import { STATE_MAP, type RuleCounters } from '../compiler/index.js';
+import { readStateCounters, type AttachedGroup } from './index.js';
+
+const RUN_DIR = '/run/netmangle';
+const PINNED_DIR = join(RUN_DIR, 'pinned');
+const RUNS_DIR = join(RUN_DIR, 'runs');
+
+export interface AttachmentRecord {
+  dev: string;
+  hook: 'xdp' | 'ingress' | 'egress';
+  netns?: string;
+  path: 'link' | 'tcx' | 'netlink';
+  progId: number;
+  stateMapId: number;
+  seed: number;
+  rules: Array<{ name: string; text: string }>;
+  since: string;
+  pid?: number;
+  /** bpffs directory of a pinned set. */
+  pinDir?: string;
+  tcFilter?: { prio: number; handle: number };
+}
+
+const nsPart = (netns: string | undefined) => netns ?? '-';
+const key = (r: { netns?: string; dev: string; hook: string }) => `${nsPart(r.netns)}.${r.dev}.${r.hook}`;
+
+function recordOf(g: AttachedGroup, seed: number): AttachmentRecord {
+  const a = g.attachment;
+  const state = g.loaded.maps[STATE_MAP];
+  return {
+    dev: a.dev,
+    hook: a.hook,
+    netns: a.netns,
+    path: a.path,
+    progId: a.progId,
+    stateMapId: state?.id ?? 0,
+    seed,
+    rules: g.loaded.compiled.rules,
+    since: new Date().toISOString(),
+    tcFilter: a.tcFilter ? { prio: a.tcFilter.prio, handle: a.tcFilter.handle } : undefined,
+  };
+}
+
+/** Records a foreground run's attachments; returns a function that removes the records. */
+export function recordRun(groups: AttachedGroup[], seed: number): () => void {
+  mkdirSync(RUNS_DIR, { recursive: true });
+  const files = groups.map((g, i) => {
+    const file = join(RUNS_DIR, `${process.pid}.${i}.json`);
+    writeFileSync(file, JSON.stringify({ ...recordOf(g, seed), pid: process.pid }));
+    return file;
+  });
+  return () => {
+    for (const f of files) rmSync(f, { force: true });
+  };
+}
+
+/**
+ * Pins every group so it stays attached after this process exits. Refuses a hook that already
+ * holds a pinned set. After this, closing the session's fds must not detach (see LiveSession.release).
+ */
+export function pinGroups(groups: AttachedGroup[], seed: number): AttachmentRecord[] {
+  mkdirSync(PINNED_DIR, { recursive: true });
+  const out: AttachmentRecord[] = [];
+  for (const g of groups) {
+    const rec = recordOf(g, seed);
+    const file = join(PINNED_DIR, `${key(rec)}.json`);
+    if (existsSync(file)) {
+      throw new NetmangleError(`rules are already pinned on ${rec.dev} ${rec.hook}${rec.netns ? ` in ${rec.netns}` : ''}`, {
+        hint: `remove them first: netmangle clear --dev ${rec.dev}${rec.netns ? ` --netns ${rec.netns}` : ''}`,
+      });
+    }
+    const dir = join(NETMANGLE_PIN_ROOT, nsPart(rec.netns), rec.dev, rec.hook);
+    rmSync(dir, { recursive: true, force: true });
+    pinObject(g.loaded.prog.fd, join(dir, 'prog'));
+    for (const [name, m] of Object.entries(g.loaded.maps)) pinObject(m.fd, join(dir, name));
+    g.attachment.link?.pin(join(dir, 'link'));
+    rec.pinDir = dir;
+    writeFileSync(file, JSON.stringify(rec, null, 2));
+    out.push(rec);
+  }
+  return out;
+}
+
+export interface StatusEntry extends AttachmentRecord {
+  kind: 'pinned' | 'running';
+  counters?: { rules: RuleCounters[]; gso: number };
+}
+
+function readJson(file: string): AttachmentRecord | undefined {
+  try {
+    return JSON.parse(readFileSync(file, 'utf8')) as AttachmentRecord;
+  } catch {
+    return undefined;
+  }
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** Everything netmangle has attached: pinned sets and foreground runs, with their counters. */
+export function listAttached(): StatusEntry[] {
+  const out: StatusEntry[] = [];
+  if (existsSync(PINNED_DIR)) {
+    for (const f of readdirSync(PINNED_DIR).filter((n) => n.endsWith('.json')).sort()) {
+      const rec = readJson(join(PINNED_DIR, f));
+      if (!rec) continue;
+      let counters;
+      if (rec.pinDir && existsSync(join(rec.pinDir, STATE_MAP))) {
+        using map = openPinnedMap(join(rec.pinDir, STATE_MAP));
+        counters = readStateCounters(rec.rules.length, map);
+      }
+      out.push({ ...rec, kind: 'pinned', counters });
+    }
+  }
+  if (existsSync(RUNS_DIR)) {
+    for (const f of readdirSync(RUNS_DIR).filter((n) => n.endsWith('.json')).sort()) {
+      const rec = readJson(join(RUNS_DIR, f));
+      if (!rec || !rec.pid || !alive(rec.pid)) {
+        rmSync(join(RUNS_DIR, f), { force: true });
+        continue;
+      }
+      let counters;
+      try {
+        using map = BpfMap.fromFd(mapFdById(rec.stateMapId));
+        counters = readStateCounters(rec.rules.length, map);
+      } catch {
+        counters = undefined;
+      }
+      out.push({ ...rec, kind: 'running', counters });
+    }
+  }
+  return out;
+}
+
+/** Removes pinned rule sets (all, or those on `dev` / in `netns`); returns what was removed. */
+export function clearPinned(filter: { dev?: string; netns?: string } = {}): AttachmentRecord[] {
+  if (!existsSync(PINNED_DIR)) return [];
+  const removed: AttachmentRecord[] = [];
+  for (const f of readdirSync(PINNED_DIR).filter((n) => n.endsWith('.json'))) {
+    const file = join(PINNED_DIR, f);
+    const rec = readJson(file);
+    if (!rec) continue;
+    if (filter.dev !== undefined && rec.dev !== filter.dev) continue;
+    if (filter.netns !== undefined && rec.netns !== filter.netns) continue;
+    if (rec.path === 'netlink') {
+      // Attached through netlink: the pins do not hold it, so detach it explicitly.
+      try {
+        inNetns(rec.netns, () => {
+          const ifindex = ifindexByName(rec.dev);
+          if (rec.hook === 'xdp') detachXdpNetlink(ifindex);
+          else if (rec.tcFilter) delClsBpfFilter(ifindex, rec.hook, rec.tcFilter);
+        });
+      } catch {
+        // The interface or namespace is gone, and the program with it.
+      }
+    }
+    // Unpinning the link drops its last reference: the kernel detaches the program.
+    if (rec.pinDir) rmSync(rec.pinDir, { recursive: true, force: true });
+    unlinkSync(file);
+    removed.push(rec);
+  }
+  return removed;
+}
