@@ -128,7 +128,6 @@ class Checker {
     const fieldSide = left.kind === 'field' ? left : right.kind === 'field' ? right : undefined;
     if (!fieldSide || fieldSide.kind !== 'field') this.fail('this compares two constant addresses; one side should be a field', span);
     const other = fieldSide === left ? right : left;
-    if (left.kind === 'addr' && right.kind === 'addr') this.fail('this compares two constant addresses; one side should be a field', span);
     const wide = fieldSide.field.width === 6 || fieldSide.field.width === 16;
     if (other.kind === 'field') {
       if (wide) this.fail(`${fieldSide.field.name} can be compared with an address, not with another field`, other.span);

@@ -163,13 +163,11 @@ class Parser {
     const first = this.peek();
     if (first.kind === 'ident' && !fieldCatalog.get(first.text) && fieldCatalog.protocol(first.text)) {
       this.next();
-      const after = this.peek();
       if (this.startsContinuation() || this.isOp('=')) {
         this.fail(`"${first.text}" is a protocol name: it tests that the packet has that header and has no value`, first.span, {
           hint: `compare one of its fields instead, e.g. ${exampleFieldOf(first.text)}`,
         });
       }
-      void after;
       return { kind: 'proto', layer: fieldCatalog.protocol(first.text)!, span: first.span };
     }
     const left = this.expr();
