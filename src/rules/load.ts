@@ -19,6 +19,9 @@ export const HOOKS: readonly Hook[] = ['xdp', 'ingress', 'egress'];
 /** `every` is compiled into a 32-bit signed immediate. */
 export const MAX_EVERY = 0x7fffffff;
 
+/** Seeds are 32 bits: what `run` accepts and what a built object stores. */
+export const MAX_SEED = 0xffffffff;
+
 export interface LoadedRules {
   groups: RuleGroup[];
   /** The file's `seed:` (the one-line form passes --seed through here too). */
@@ -129,8 +132,8 @@ export function checkSeed(value: unknown, what: string): number {
     const t = value.trim();
     n = /^\d+$/.test(t) || /^0x[0-9a-f]+$/i.test(t) ? Number(t) : NaN;
   }
-  if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < 0) {
-    return fail(what, `must be a whole number from 0 to ${Number.MAX_SAFE_INTEGER}, not ${JSON.stringify(value)}`);
+  if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < 0 || n > MAX_SEED) {
+    return fail(what, `must be a whole number from 0 to ${MAX_SEED}, not ${JSON.stringify(value)}`);
   }
   return n;
 }
@@ -167,7 +170,7 @@ const fileSchema = {
   additionalProperties: false,
   required: ['rules'],
   properties: {
-    seed: { type: 'integer', minimum: 0, maximum: Number.MAX_SAFE_INTEGER },
+    seed: { type: 'integer', minimum: 0, maximum: MAX_SEED },
     dev: { type: 'string' },
     hook: { enum: HOOKS },
     netns: { type: 'string' },
@@ -444,7 +447,7 @@ class Locator {
         const last = path[path.length - 1];
         const range = last === 'probability' ? 'a number greater than 0 and at most 1'
           : last === 'every' ? `a whole number from 1 to ${MAX_EVERY}`
-          : last === 'seed' ? `a whole number from 0 to ${Number.MAX_SAFE_INTEGER}`
+          : last === 'seed' ? `a whole number from 0 to ${MAX_SEED}`
           : `${err.message}`;
         return new UsageError(`${this.place(docPath)}: ${prefix}must be ${range}`);
       }

@@ -63,6 +63,7 @@ test('parseRuleLine: option errors say which option and what it takes', () => {
     [{ every: 3.5 }, /--every/],
     [{ seed: '-1' }, /^--seed must be a whole number/],
     [{ seed: 'abc' }, /--seed/],
+    [{ seed: '4294967296' }, /^--seed must be a whole number from 0 to 4294967295/],
     [{ checksum: 'maybe' }, /^--checksum must be fix or keep/],
     [{ name: 'has space' }, /--name "has space" is not a valid rule name/],
   ];
@@ -136,7 +137,8 @@ test('schema errors carry the line and the path', () => {
   assertFileError('dev: v\nhook: xdp\nrules:\n  - action: drop\n    checksum: later\n', 'rules.yaml:5: rules[0].checksum: must be one of fix, keep');
   assertFileError('dev: v\nhook: xdp\nrules:\n  - set:\n      ip.ttl: [1]\n', 'rules.yaml:5: rules[0].set.ip.ttl: must be a string or integer');
   assertFileError('dev: v\nhook: xdp\nrules:\n  - set: {}\n', 'rules.yaml:4: rules[0].set: is empty');
-  assertFileError('seed: -1\ndev: v\nhook: xdp\nrules:\n  - action: drop\n', 'rules.yaml:1: seed: must be a whole number from 0 to 9007199254740991');
+  assertFileError('seed: -1\ndev: v\nhook: xdp\nrules:\n  - action: drop\n', 'rules.yaml:1: seed: must be a whole number from 0 to 4294967295');
+  assertFileError('seed: 4294967296\ndev: v\nhook: xdp\nrules:\n  - action: drop\n', 'rules.yaml:1: seed: must be a whole number from 0 to 4294967295');
   assertFileError('dev: v\n', 'rules.yaml:1: missing "rules"');
   assertFileError('dev: v\nrules: []\n', 'rules.yaml:2: rules: the list is empty');
   assertFileError('', 'rules.yaml: the file has no rules');
