@@ -1,2 +1,81 @@
+/**
+ * `netmangle load OBJ.o --dev D --hook H`: load one program of a BPF object (clang's or
+ * netmangle build's) and attach it, in the foreground like `netmangle run`: the first stdout
+ * line starts with "attached"; SIGINT, SIGTERM, SIGHUP or --for detach it and exit.
+ */
 import type { Command } from 'commander';
-export function register(_program: Command): void {}
+import { NetmangleError, UsageError, describeError } from '../../errors.js';
+import { parseDuration } from '../duration.js';
+
+interface LoadCliOptions {
+  dev?: string;
+  hook?: string;
+  section?: string;
+  netns?: string;
+  for?: string;
+  attach: string;
+}
+
+export function register(program: Command): void {
+  program
+    .command('load')
+    .description('load a program from a BPF object file (e.g. built by clang), attach it, detach on exit')
+    .argument('<object>', 'ELF object file (clang -O2 -g -target bpf -c, or netmangle build)')
+    .requiredOption('--dev <dev>', 'interface to attach to')
+    .requiredOption('--hook <hook>', 'xdp, ingress or egress')
+    .option('--section <name>', 'program to load: a section name or a function name (needed when several fit the hook)')
+    .option('--netns <name>', 'network namespace of the interface (like ip -n)')
+    .option('--for <duration>', 'detach after this long (e.g. 30s, 5m)')
+    .option('--attach <path>', 'auto (default), link (XDP link / tcx) or netlink (legacy IFLA_XDP / cls_bpf)', 'auto')
+    .action(async (file: string, opts: LoadCliOptions) => {
+      const hook = opts.hook!;
+      if (!['xdp', 'ingress', 'egress'].includes(hook)) throw new UsageError(`--hook ${hook}: must be xdp, ingress or egress`);
+      if (!['auto', 'link', 'netlink'].includes(opts.attach)) throw new UsageError(`--attach ${opts.attach}: must be auto, link or netlink`);
+      const forMs = opts.for === undefined ? undefined : parseDuration(opts.for, '--for');
+      const { readObjectFile, chooseProgram, loadObjectProgram } = await import('../../elf/load.js');
+      const object = readObjectFile(file);
+      const name = chooseProgram(object, { select: opts.section, wantType: hook === 'xdp' ? 'xdp' : 'sched_cls' });
+      const chosen = object.programs.find((p) => p.name === name)!;
+      const want = hook === 'xdp' ? 'xdp' : 'sched_cls';
+      if (chosen.type !== undefined && chosen.type !== want) {
+        throw new UsageError(`program ${name} (section ${chosen.section}) is a ${chosen.type} program; --hook ${hook} needs ${want}`);
+      }
+      if (typeof process.getuid === 'function' && process.getuid() !== 0) {
+        throw new NetmangleError('netmangle load needs root (CAP_BPF and CAP_NET_ADMIN) to load and attach programs', { hint: 'run it with sudo' });
+      }
+      const { attachProgram } = await import('../../kernel/attach.js');
+      const loaded = loadObjectProgram(object, name);
+      let attachment;
+      try {
+        attachment = attachProgram(loaded.prog, { dev: opts.dev!, hook: hook as 'xdp' | 'ingress' | 'egress', netns: opts.netns, path: opts.attach as 'auto' | 'link' | 'netlink' });
+      } catch (err) {
+        loaded.close();
+        throw err;
+      }
+      const where = `${attachment.dev} ${attachment.hook}${attachment.netns ? ` (netns ${attachment.netns})` : ''}`;
+      process.stdout.write(`attached ${name} (section ${chosen.section}) from ${file} to ${where} via ${attachment.path}, program id ${loaded.prog.id}\n`);
+      if (attachment.warning) process.stderr.write(`warning: ${attachment.warning}\n`);
+      let reason = 'error';
+      // Signal listeners do not keep Node running; this timer does, until a signal or --for.
+      const keepAlive = setInterval(() => {}, 1 << 30);
+      try {
+        reason = await new Promise<string>((resolve) => {
+          const on = (sig: NodeJS.Signals) => resolve(sig);
+          process.once('SIGINT', on);
+          process.once('SIGTERM', on);
+          process.once('SIGHUP', on);
+          if (forMs !== undefined) setTimeout(() => resolve(`--for ${forMs} ms`), forMs).unref();
+        });
+      } finally {
+        clearInterval(keepAlive);
+        try {
+          attachment.detach();
+        } catch (err) {
+          process.stderr.write(`netmangle: while detaching: ${describeError(err)}\n`);
+          process.exitCode = 1;
+        }
+        loaded.close();
+      }
+      process.stdout.write(`detached (${reason})\n`);
+    });
+}
