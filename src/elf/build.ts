@@ -190,6 +190,7 @@ export function buildObject(compiled: CompiledProgram[], opts: BuildOptions = {}
     if (!sym) throw new NetmangleError(`the program refers to map '${r.map}', which it does not declare`);
     w.addRelocation(r.section, r.offset, sym, R_BPF.R_64_64);
   }
+  built.sort((a, b) => compiled.indexOf(a.compiled) - compiled.indexOf(b.compiled));
   return { bytes: w.finish(), programs: built, seed };
 }
 
