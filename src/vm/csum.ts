@@ -24,15 +24,21 @@ export function csumFold(sum: number): number {
 }
 
 /**
- * csum_partial over `len` bytes (a multiple of 4: the helpers that use it require it) at
- * buf[off..], starting from `seed`. The x86-64 implementation adds 64-bit words with carry
+ * csum_partial over `len` bytes at buf[off..], starting from `seed`. The x86-64 implementation adds 64-bit words with carry
  * and folds to 32 bits; that equals adding the 32-bit words with end-around carry.
  */
 export function csumPartial(buf: Uint8Array, off: number, len: number, seed: number): number {
   let sum = seed >>> 0;
-  for (let i = 0; i < len; i += 4) {
+  let i = 0;
+  for (; i + 4 <= len; i += 4) {
     const w = (buf[off + i]! | (buf[off + i + 1]! << 8) | (buf[off + i + 2]! << 16) | (buf[off + i + 3]! << 24)) >>> 0;
     sum = csumAdd(sum, w);
+  }
+  // A tail of 1-3 bytes counts as a little-endian word padded with zeros, as x86-64 reads it.
+  if (i < len) {
+    let w = 0;
+    for (let j = 0; i + j < len; j++) w |= buf[off + i + j]! << (8 * j);
+    sum = csumAdd(sum, w >>> 0);
   }
   return sum;
 }
