@@ -194,10 +194,17 @@ class Gen {
     a.jmp('jeq', R0, imm(6), 'l4_tcp').jmp('jeq', R0, imm(17), 'l4_udp').jmp('jeq', R0, imm(58), 'l4_icmpv6');
     a.label('ip6_nol4').movImm(L4, 0).ja(done);
 
-    a.label('l4_tcp').alu64('or', LAYERS, imm(LAYER_BIT.tcp)).ja(done);
-    a.label('l4_udp').alu64('or', LAYERS, imm(LAYER_BIT.udp)).ja(done);
-    a.label('l4_icmp').alu64('or', LAYERS, imm(LAYER_BIT.icmp)).ja(done);
-    a.label('l4_icmpv6').alu64('or', LAYERS, imm(LAYER_BIT.icmpv6));
+    // An L4 layer is present only when its whole fixed header is in the frame: a rule never
+    // writes a field whose checksum lies beyond the end, and never half-parses a header.
+    const l4 = (label: string, bit: number, size: number): void => {
+      a.label(label).mov64(R4, R2).alu64('add', R4, L4).alu64('add', R4, imm(size)).jmp('jgt', R4, R3, 'l4_cut');
+      a.alu64('or', LAYERS, imm(bit)).ja(done);
+    };
+    l4('l4_tcp', LAYER_BIT.tcp, 20);
+    l4('l4_udp', LAYER_BIT.udp, 8);
+    l4('l4_icmp', LAYER_BIT.icmp, 8);
+    l4('l4_icmpv6', LAYER_BIT.icmpv6, 8);
+    a.label('l4_cut').movImm(L4, 0);
     a.label(done);
   }
 
