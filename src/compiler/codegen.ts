@@ -704,7 +704,19 @@ class Gen {
     if (width === 1) return; // a lone byte is never under a checksum (see writeSet)
     for (const cover of covers) {
       if (cover === 'ipv4-header') this.fixIpv4Header(OLD, NEW, width);
-      else this.fixL4(cover === 'l4-pseudo', f, OLD, NEW, width);
+      else if (cover === 'l4') this.fixL4(false, f, OLD, NEW, width);
+    }
+    if (covers.includes('l4-pseudo')) {
+      if (f.width === 1 && f.offset % 2 === 0) {
+        // A protocol byte (ipv6.nxt) is the high byte of its header word but the low byte of
+        // the pseudo-header's: move the old and new bytes there (raw words load little-endian).
+        const t = this.alloc();
+        for (const slot of [OLD, NEW]) {
+          a.ldx(8, t, FP, slot).alu64('and', t, imm(0xff)).alu64('lsh', t, imm(8)).stx(8, FP, slot, t);
+        }
+        this.release(t);
+      }
+      this.fixL4(true, f, OLD, NEW, width);
     }
   }
 
@@ -733,8 +745,13 @@ class Gen {
     const l4Layers = ['tcp', 'udp', 'icmp', 'icmpv6'] as const;
     if (!pseudo) {
       if ((l4Layers as readonly string[]).includes(f.layer)) targets.push({ layer: f.layer as typeof l4Layers[number], off: L4_CSUM[f.layer as typeof l4Layers[number]] });
+    } else if ((l4Layers as readonly string[]).includes(f.layer)) {
+      // udp.length: UDP's pseudo-header repeats its own length field.
+      targets.push({ layer: f.layer as typeof l4Layers[number], off: L4_CSUM[f.layer as typeof l4Layers[number]] });
     } else {
-      targets.push({ layer: 'tcp', off: 16 }, { layer: 'udp', off: 6 });
+      targets.push({ layer: 'tcp', off: 16 });
+      // UDP's pseudo-header carries the UDP length field, not the IP length (RFC 768, RFC 8200 8.1).
+      if (!isL3Length(f)) targets.push({ layer: 'udp', off: 6 });
       if (f.layer === 'ipv6') targets.push({ layer: 'icmpv6', off: 2 });
     }
     for (const t of targets) {
@@ -743,6 +760,11 @@ class Gen {
       const w = this.alloc();
       const csum: FieldDef = { ...IPV4_CSUM, name: `${t.layer}.checksum`, layer: t.layer, offset: t.off };
       a.mov64(w, LAYERS).alu64('and', w, imm(LAYER_BIT[t.layer])).jmp('jeq', w, imm(0), skip);
+      if (pseudo && isIpv6NextHeader(f)) {
+        // The pseudo-header names the upper-layer protocol, which ipv6.nxt is only when no
+        // extension header follows the fixed header.
+        a.mov64(w, L3).alu64('add', w, imm(40)).jmp('jne', w, L4, skip);
+      }
       this.fieldPointer(csum, p, w, skip);
       const udp = t.layer === 'udp';
       if (this.kind === 'xdp') {
@@ -802,6 +824,16 @@ const ARITH: Record<Extract<Expr, { kind: 'arith' }>['op'], AluOp> = {
 };
 
 const L4_CSUM = { tcp: 16, udp: 6, icmp: 2, icmpv6: 2 } as const;
+
+/** The IP header's length field: ip.len (total length) or ipv6.plen (payload length). */
+function isL3Length(f: FieldDef): boolean {
+  return (f.layer === 'ip' && f.offset === 2 && f.width === 2) || (f.layer === 'ipv6' && f.offset === 4 && f.width === 2);
+}
+
+/** ipv6.nxt: the next-header byte of the fixed IPv6 header. */
+function isIpv6NextHeader(f: FieldDef): boolean {
+  return f.layer === 'ipv6' && f.offset === 6 && f.width === 1;
+}
 
 const IPV4_CSUM: FieldDef = {
   name: 'ip.checksum', layer: 'ip', offset: 10, width: 2, shift: 0, mask: 0xffff, scale: 1, kind: 'uint', max: 0xffff,
