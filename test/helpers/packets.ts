@@ -240,12 +240,22 @@ function padTo4(b: Uint8Array): Uint8Array {
   return b.length % 4 === 0 ? b : concat(b, new Uint8Array(4 - (b.length % 4)));
 }
 
+/**
+ * The length as one's complement arithmetic sees an integer: its value modulo 0xffff. A real
+ * length always fits 16 bits, where this is the plain value; a rule can write lengths that
+ * make the pseudo-header's negative or past 65535 (ip.len below the header, on a fragment),
+ * and a receiver summing the integer length (as Linux does) sees this value.
+ */
+function lengthWord(length: number): Uint8Array {
+  return u16(((length % 0xffff) + 0xffff) % 0xffff);
+}
+
 function pseudoV4(src: Uint8Array, dst: Uint8Array, proto: number, length: number): Uint8Array {
-  return concat(src, dst, Uint8Array.from([0, proto]), u16(length));
+  return concat(src, dst, Uint8Array.from([0, proto]), lengthWord(length));
 }
 
 function pseudoV6(src: Uint8Array, dst: Uint8Array, proto: number, length: number): Uint8Array {
-  return concat(src, dst, u32(length), Uint8Array.from([0, 0, 0, proto]));
+  return concat(src, dst, u16(0), lengthWord(length), Uint8Array.from([0, 0, 0, proto]));
 }
 
 /** Fills the L4 checksum of a whole segment given its pseudo-header (or none). */
