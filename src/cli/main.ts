@@ -11,6 +11,7 @@ const program = new Command('netmangle')
   .description('Reproduce network misbehaviour on demand with eBPF')
   .version(process.env.npm_package_version ?? '0.1.0')
   .showHelpAfterError('(run with --help for usage)')
+  .enablePositionalOptions()
   .exitOverride();
 
 for (const register of commands) register(program);

@@ -73,6 +73,8 @@ export function register(program: Command): void {
     .argument('<host>', 'host name (h1, h2, … or the switch)')
     .argument('<command...>', 'the command and its arguments, after -- (lab exec h1 -- ping -c 1 198.18.0.2)')
     .option('-n, --name <name>', 'lab name', DEFAULT_LAB_NAME)
+    // Options after the host belong to the command (`lab exec h1 ping -c 1 …` works without --).
+    .passThroughOptions()
     .action(async (host: string, command: string[], opts: { name: string }) => {
       requireRoot('lab exec');
       const opened = Lab.open(opts.name);
