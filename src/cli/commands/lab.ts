@@ -77,6 +77,8 @@ export function register(program: Command): void {
     .passThroughOptions()
     .action(async (host: string, command: string[], opts: { name: string }) => {
       requireRoot('lab exec');
+      if (command[0] === '--') command = command.slice(1);
+      if (command.length === 0) throw new UsageError('lab exec: no command given', { hint: 'netmangle lab exec h1 -- ping -c 1 198.18.0.2' });
       const opened = Lab.open(opts.name);
       const ns = opened.netns(host);
       const code = await new Promise<number>((resolve, reject) => {
