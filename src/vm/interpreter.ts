@@ -13,6 +13,7 @@ export function interpret(m: Machine): number {
   const insns = prog.insns;
   const target = prog.target;
   const lo = m.lo, hi = m.hi, tag = m.tag;
+  m.resetRegisters();
   let pc = 0;
   for (;;) {
     const insn = insns[pc]!;

@@ -265,7 +265,7 @@ function emitStore(prog: PreparedProgram, pc: number): string {
   const packetWritable = prog.type !== 'socket_filter';
   lines.push(
     `${packetWritable ? `if (${scalar}${T(d)} === ${T_PACKET} && ${inRange('pe - ps')}) { ${writeView('pv', 'ps + a', size, vl, vh)} }\nelse ` : ''}` +
-      `if (${scalar}${T(d)} === ${T_STACK} && ${inRange('m.stackLimit')}) { spill[a >> 3] = 0; spill[${last} >> 3] = 0; ${writeView('sv', 'a', size, vl, vh)} }`,
+      `if (${scalar}${T(d)} === ${T_STACK} && ${inRange('m.stackLimit')}) { if (a < m.stackLow) m.stackLow = a; spill[a >> 3] = 0; spill[${last} >> 3] = 0; ${writeView('sv', 'a', size, vl, vh)} }`,
     `else m.store(${pc}, ${T(d)}, ${H(d)}, ${L(d)}, ${insn.off}, ${size}, ${vt}, ${vh}, ${vl});`,
   );
   return lines.join('\n');

@@ -49,8 +49,12 @@ export class Machine {
 
   readonly stack = new Uint8Array(STACK_SIZE * MAX_FRAMES);
   readonly stackView = new DataView(this.stack.buffer);
+  /** The stack as 64-bit words, for clearing it quickly. */
+  private readonly stackWords = new Float64Array(this.stack.buffer);
   /** Tag of the pointer spilled to each 8-byte stack slot; 0 when the slot holds plain bytes. */
   readonly stackSpill = new Int32Array((STACK_SIZE * MAX_FRAMES) / 8);
+  /** Lowest stack byte written this run (engines and helpers lower it), so the next run clears only that much. */
+  stackLow = 0;
   /** Bytes of stack the current frames may use: [0, stackLimit). */
   stackLimit = STACK_SIZE;
   depth = 0;
@@ -68,6 +72,7 @@ export class Machine {
 
   readonly ctx: Uint8Array;
   readonly ctxView: DataView;
+  private readonly ctxWords: Int32Array;
 
   /** Map value regions: the program's static ones first, then one per lookup in this run. */
   readonly values: Uint8Array[] = [];
@@ -75,6 +80,7 @@ export class Machine {
   valueCount = 0;
 
   budget = LOOP_BUDGET;
+  private readonly isXdp: boolean;
   cpu = 0;
   ktimeHi = 0;
   ktimeLo = 0;
@@ -87,8 +93,10 @@ export class Machine {
   constructor(prog: PreparedProgram, opts: { seed?: number; cpu?: number } = {}) {
     this.prog = prog;
     this.layout = contextLayout(prog.type);
+    this.isXdp = prog.type === 'xdp';
     this.ctx = new Uint8Array(this.layout.size);
     this.ctxView = new DataView(this.ctx.buffer);
+    this.ctxWords = new Int32Array(this.ctx.buffer);
     for (const sv of prog.staticValues) {
       this.values.push(sv.bytes);
       this.valueMaps.push(sv.map);
@@ -100,9 +108,9 @@ export class Machine {
   // ---------------------------------------------------------------- runs
 
   /** Sets everything up for one run of the program on `packet`. */
-  begin(packet: Uint8Array, input: RunInput = {}): void {
+  begin(packet: Uint8Array, input?: RunInput): void {
     const len = packet.length;
-    const cap = this.prog.type === 'xdp' ? Math.max(len, XDP_MAX_DATA) : MAX_PACKET;
+    const cap = this.isXdp ? Math.max(len, XDP_MAX_DATA) : MAX_PACKET;
     if (len > MAX_PACKET) throw new UsageError(`packet of ${len} bytes is larger than the VM's ${MAX_PACKET}-byte limit`);
     const start = HEADROOM, end = HEADROOM + len;
     // Outside the packet the buffer reads as zeros at the start of every run, as a fresh test-run buffer does.
@@ -115,27 +123,24 @@ export class Machine {
     this.dirtyLow = start;
     this.dirtyHigh = end;
 
-    this.stack.fill(0, 0, STACK_SIZE);
-    this.stackSpill.fill(0, 0, STACK_SIZE / 8);
+    // Clear only the part of frame 0's stack the previous run wrote (deeper frames are cleared on call).
+    const words = this.stackWords, spill = this.stackSpill;
+    for (let i = this.stackLow >> 3; i < STACK_SIZE / 8; i++) { words[i] = 0; spill[i] = 0; }
+    this.stackLow = STACK_SIZE;
     this.stackLimit = STACK_SIZE;
     this.depth = 0;
-    this.lo.fill(0);
-    this.hi.fill(0);
-    this.tag.fill(T_UNINIT);
-    this.tag[1] = T_CTX;
-    this.tag[10] = T_STACK;
-    this.lo[10] = STACK_SIZE;
 
-    this.ctx.fill(0);
+    const ctxWords = this.ctxWords;
+    for (let i = 0; i < ctxWords.length; i++) ctxWords[i] = 0;
     this.applyDefaultContext(packet, len);
-    if (input.ctx) for (const name in input.ctx) this.setCtxField(name, input.ctx[name]!);
+    if (input?.ctx) for (const name in input.ctx) this.setCtxField(name, input.ctx[name]!);
 
     this.valueCount = this.prog.staticValues.length;
     this.budget = LOOP_BUDGET;
     this.redirectIfindex = -1;
     this.redirectFlags = 0;
-    this.clones.length = 0;
-    const t = input.ktimeNs ?? 0;
+    if (this.clones.length !== 0) this.clones.length = 0; // setting length is slow even when unchanged
+    const t = input?.ktimeNs ?? 0;
     if (!Number.isSafeInteger(t) || t < 0) throw new UsageError(`ktimeNs must be a non-negative safe integer, got ${t}`);
     this.ktimeLo = I64.fromNumber(t);
     this.ktimeHi = I64.HI[0]!;
@@ -160,6 +165,15 @@ export class Machine {
       }
       v.setUint32(4, broadcast ? 1 : (packet[0]! & 1) !== 0 ? 2 : toSelf ? 0 : 3, true);
     }
+  }
+
+  /** Registers at entry: r1 = context, r10 = frame pointer, the rest unwritten. The JIT keeps its own copy. */
+  resetRegisters(): void {
+    const lo = this.lo, hi = this.hi, tag = this.tag;
+    for (let r = 0; r <= 10; r++) { lo[r] = 0; hi[r] = 0; tag[r] = T_UNINIT; }
+    tag[1] = T_CTX;
+    tag[10] = T_STACK;
+    lo[10] = STACK_SIZE;
   }
 
   private setCtxField(name: string, value: number): void {
@@ -266,6 +280,7 @@ export class Machine {
     }
     if (t === T_STACK) {
       if (h !== l >> 31 || a < 0 || a + size > this.stackLimit) throw this.outOfBounds(pc, 'write', size, t, h !== l >> 31, a, this.stackLimit);
+      if (a < this.stackLow) this.stackLow = a;
       if (vt !== T_SCALAR) {
         if (size !== 8 || (a & 7) !== 0) throw this.fail(pc, `spills ${this.describeTag(vt)} with a ${size}-byte store at fp${a - this.fp()}; pointers are spilled whole, 8-byte aligned`);
         this.stackSpill[a >> 3] = vt;
@@ -506,7 +521,7 @@ export class Machine {
   private invalidatePacketPointers(): void {
     for (let r = 0; r <= 10; r++) if (this.tag[r] === T_PACKET) this.tag[r] = T_PACKET_STALE;
     const slots = this.stackLimit >> 3;
-    for (let s = 0; s < slots; s++) if (this.stackSpill[s] === T_PACKET) this.stackSpill[s] = T_PACKET_STALE;
+    for (let s = this.stackLow >> 3; s < slots; s++) if (this.stackSpill[s] === T_PACKET) this.stackSpill[s] = T_PACKET_STALE;
   }
 
   helperDef(id: number): HelperDef {
@@ -609,6 +624,7 @@ export class Machine {
           this.stackSpill[s] = 0;
         }
       }
+      if (write && a < this.stackLow) this.stackLow = a;
       this.rbuf = this.stack;
       return a;
     }
