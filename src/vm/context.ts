@@ -82,27 +82,6 @@ export function contextLayout(type: ProgramType): CtxLayout {
 /**
  * Context field values a caller may set for a run, by field name (`mark`, `ifindex`,
  * `cb[0]`, `tstamp` ...). Unset fields take the values BPF_PROG_TEST_RUN gives on the
- * loopback device: see `defaultContext`.
+ * loopback device: see Machine.applyDefaultContext.
  */
 export type ContextInit = Readonly<Record<string, number>>;
-
-/**
- * What BPF_PROG_TEST_RUN presents when the caller passes no context: the packet arrives on
- * the namespace's loopback device (ifindex 1), protocol and pkt_type are what eth_type_trans
- * derives from the Ethernet header (loopback's address is all zeros), everything else 0.
- */
-export function defaultContext(type: ProgramType, packet: Uint8Array, length: number): Record<string, number> {
-  if (type === 'xdp') return { ingress_ifindex: 1, rx_queue_index: 0, egress_ifindex: 0 };
-  const out: Record<string, number> = { ifindex: 1, ingress_ifindex: 0, wire_len: 0, gso_segs: 0 };
-  if (length >= 14) {
-    // skb->protocol is big-endian; a u32 load of it on this little-endian machine gives the raw bytes.
-    let etherType = (packet[12]! << 8) | packet[13]!;
-    if (etherType < 0x600) etherType = 0x0004; // 802.2 frames: ETH_P_802_2 (eth_type_trans's fallback, simplified)
-    out.protocol = ((etherType & 0xff) << 8) | (etherType >>> 8);
-    const multicast = (packet[0]! & 1) !== 0;
-    const broadcast = packet.subarray(0, 6).every((b) => b === 0xff);
-    const toSelf = packet.subarray(0, 6).every((b) => b === 0);
-    out.pkt_type = broadcast ? 1 : multicast ? 2 : toSelf ? 0 : 3;
-  }
-  return out;
-}
