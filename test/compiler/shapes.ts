@@ -15,11 +15,12 @@ const TCP_OPTIONS = Uint8Array.from([2, 4, 5, 0xb4, 4, 2, 8, 10, 0, 0, 0, 1, 0, 
 export const SPECS: Record<string, PacketSpec> = {
   'ipv4 tcp ack': { l3: { kind: 'ipv4' }, l4: { kind: 'tcp', flags: 0x010 } },
   'ipv4 tcp data with options': {
-    l3: { kind: 'ipv4', ttl: 200, id: 0xfffe, df: true },
-    l4: { kind: 'tcp', flags: 0x018, options: TCP_OPTIONS, payload: payload(33) },
+    eth: { src: '02:00:00:00:00:07', dst: '02:00:00:00:00:01' },
+    l3: { kind: 'ipv4', ttl: 200, id: 0xfffe, df: true, src: '198.19.7.7', dst: '198.18.0.1' },
+    l4: { kind: 'tcp', sport: 5201, dport: 40001, seq: 0x90000000, flags: 0x018, options: TCP_OPTIONS, payload: payload(33) },
   },
   'ipv4 options tcp': { l3: { kind: 'ipv4', options: IPV4_OPTIONS }, l4: { kind: 'tcp', flags: 0x011, payload: payload(7, 3) } },
-  'ipv4 udp': { l3: { kind: 'ipv4', tos: 0xb8 }, l4: { kind: 'udp', payload: payload(19, 5) } },
+  'ipv4 udp': { l3: { kind: 'ipv4', tos: 0xb8, src: '198.19.255.1', dst: '198.18.0.9' }, l4: { kind: 'udp', sport: 123, dport: 53, payload: payload(19, 5) } },
   'ipv4 udp no checksum': { l3: { kind: 'ipv4' }, l4: { kind: 'udp', checksum: 'none', payload: payload(12) } },
   'ipv4 icmp echo request': { l3: { kind: 'ipv4' }, l4: { kind: 'icmp', type: 8, ident: 0x4321, seq: 7 } },
   'ipv4 icmp echo reply': { l3: { kind: 'ipv4', ttl: 57 }, l4: { kind: 'icmp', type: 0, ident: 0x4321, seq: 8 } },
@@ -27,7 +28,7 @@ export const SPECS: Record<string, PacketSpec> = {
   'vlan ipv4 tcp': { eth: { vlans: [{ vid: 100, pcp: 5 }] }, l3: { kind: 'ipv4' }, l4: { kind: 'tcp', flags: 0x010, payload: payload(10) } },
   'qinq ipv4 udp': {
     eth: { vlans: [{ tpid: 0x88a8, vid: 4000, dei: 1 }, { vid: 7 }] },
-    l3: { kind: 'ipv4', options: IPV4_OPTIONS }, l4: { kind: 'udp', payload: payload(9) },
+    l3: { kind: 'ipv4', options: IPV4_OPTIONS }, l4: { kind: 'udp', dport: 40, payload: payload(9) },
   },
   'ipv4 first fragment tcp': {
     l3: { kind: 'ipv4', fragment: { offset: 0, more: true, length: 48 } },
@@ -43,8 +44,8 @@ export const SPECS: Record<string, PacketSpec> = {
     l4: { kind: 'tcp', flags: 0x018, payload: payload(100, 9) },
   },
   'ipv4 unknown protocol': { l3: { kind: 'ipv4' }, l4: { kind: 'raw', proto: 47, bytes: payload(24) } },
-  'ipv6 tcp': { l3: { kind: 'ipv6', hlim: 255 }, l4: { kind: 'tcp', flags: 0x010, payload: payload(8) } },
-  'ipv6 udp': { l3: { kind: 'ipv6', tclass: 0x2e }, l4: { kind: 'udp', payload: payload(21) } },
+  'ipv6 tcp': { l3: { kind: 'ipv6', hlim: 255, dst: '2001:db8::3' }, l4: { kind: 'tcp', flags: 0x010, payload: payload(8) } },
+  'ipv6 udp': { l3: { kind: 'ipv6', tclass: 0x2e, src: '2001:db8:ffff::3', dst: '2001:db8:1::2' }, l4: { kind: 'udp', payload: payload(21) } },
   'ipv6 icmpv6 echo request': { l3: { kind: 'ipv6' }, l4: { kind: 'icmpv6', type: 128, ident: 77, seq: 3 } },
   'ipv6 ext headers tcp': {
     l3: { kind: 'ipv6', ext: [{ type: 'hop' }, { type: 'routing', len: 2 }, { type: 'dest', len: 1 }] },
