@@ -214,6 +214,7 @@ class Gen {
     const a = this.a;
     this.rule = rule;
     const next = `rule${index}_end`;
+    a.label(`rule${index}`); // no code: marks where the rule starts, for listings and --emit c
     this.cond(rule.match, next);
     this.ensureState();
     this.bumpCounter(index, 'matched');

@@ -31,6 +31,8 @@ export interface CompiledProgram {
   rules: Array<{ name: string; text: string }>;
   insns: Insn[];
   mapRefs: MapRef[];
+  /** The code generator's label names to instruction indices (rule<i> marks where rule i starts). */
+  labels?: ReadonlyMap<string, number>;
   maps: MapSpec[];
   seed: number;
   /** The state map's initial value for one CPU: the PRNG seeded, counters zero. */
@@ -46,7 +48,7 @@ export interface CompileOptions {
 
 export function compileGroup(group: RuleGroup, opts: CompileOptions): CompiledProgram {
   const { asm, usesEvery } = generate(group, { lookupField: opts.lookupField, selfSeed: opts.selfSeed });
-  const { insns, mapRefs } = asm.assemble();
+  const { insns, mapRefs, labels } = asm.assemble();
   const valueSize = stateValueSize(group.rules.length);
   const maps: MapSpec[] = [{ name: STATE_MAP, type: 'percpu_array', keySize: 4, valueSize, maxEntries: 1 }];
   if (usesEvery) maps.push({ name: EVERY_MAP, type: 'array', keySize: 4, valueSize: 8 * group.rules.length, maxEntries: 1 });
@@ -59,6 +61,7 @@ export function compileGroup(group: RuleGroup, opts: CompileOptions): CompiledPr
     rules: group.rules.map((r) => ({ name: r.name, text: r.text })),
     insns,
     mapRefs,
+    labels,
     maps,
     seed: opts.seed,
     initialState(cpu: number): Uint8Array {

@@ -15,7 +15,12 @@ export function objectListing(built: BuiltObject): string {
     out.push(`; section ${p.section}, program ${p.symbol} (${c.hook}${p.dev !== 'any' ? ` on ${p.dev}` : ''}), seed ${built.seed}`);
     for (const r of c.rules) out.push(`;   rule ${r.name}: ${r.text}`);
     out.push('', `0000000000000000 <${p.symbol}>:`);
-    const text = disassemble(c.insns, { hex: true });
+    // As the object holds them: map loads carry no fd yet, only an offset (llvm-objdump shows `r1 = 0x0 ll`).
+    const asInObject = c.insns.map((insn, i) => {
+      const ref = c.mapRefs.find((r) => r.index === i);
+      return ref ? { ...insn, src: 0, imm: ref.kind === 'value' ? ref.offset : 0, imm2: 0 } : insn;
+    });
+    const text = disassemble(asInObject, { hex: true });
     const notes = new Map<number, string>();
     for (const ref of c.mapRefs) {
       const map = ref.map === SEED_SECTION ? `${SEED_GLOBAL} (${SEED_SECTION})` : p.maps[ref.map] ?? ref.map;
