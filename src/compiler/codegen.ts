@@ -295,8 +295,10 @@ class Gen {
       a.movImm(R1, 1).atomic(8, R0, 8 * index, R1, BPF_ADD | BPF_FETCH);
       a.alu64('add', R1, imm(1)).alu64('mod', R1, imm(rule.every)).jmp('jne', R1, imm(0), skip);
     }
-    if (rule.probability !== undefined && rule.probability < 1) {
-      const t = probabilityThreshold(rule.probability);
+    // A probability that rounds to 2^32 in 32-bit draws always acts: no draw (and no 32-bit
+    // immediate, where 2^32 would wrap to 0 and never act).
+    const t = rule.probability === undefined ? 0x100000000 : probabilityThreshold(rule.probability);
+    if (t < 0x100000000) {
       const r = this.alloc();
       this.draw(r);
       a.jmp32('jge', r, imm(t | 0), skip);
