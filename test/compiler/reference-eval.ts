@@ -8,7 +8,8 @@ import type { Cond, Expr, FieldDef } from '../../src/rules/ast.js';
 import { lookupField } from '../../src/rules/catalog.js';
 import { decode, fieldOffset, readField } from '../helpers/packets.js';
 
-class Absent extends Error {}
+/** Thrown when an expression reads a field the packet lacks. */
+export class Absent extends Error {}
 
 const U64 = (v: bigint): bigint => BigInt.asUintN(64, v);
 
