@@ -3,7 +3,7 @@
  * frozen), the program loaded with them. Maps live exactly as long as the LoadedObjectProgram.
  */
 import { readFileSync } from 'node:fs';
-import { NetmangleError } from '../errors.js';
+import { NetmangleError, UsageError } from '../errors.js';
 import { createMap, loadProgram, type BpfMap, type Program } from '../kernel/index.js';
 import { Attr, bpfCall } from '../kernel/sys.js';
 import { parseObject, type BpfObject, type LinkedProgram } from './object.js';
@@ -39,14 +39,14 @@ export function chooseProgram(object: BpfObject, opts: { select?: string; wantTy
     const byName = object.programs.filter((p) => p.name === opts.select);
     const bySection = object.programs.filter((p) => p.section === opts.select);
     const found = byName.length > 0 ? byName : bySection;
-    if (found.length === 0) throw new NetmangleError(`${object.file} has no section or program named ${opts.select}`, { hint: `its programs: ${list}` });
-    if (found.length > 1) throw new NetmangleError(`${object.file}: section ${opts.select} holds ${found.length} programs`, { hint: `name one of them: ${found.map((p) => p.name).join(', ')}` });
+    if (found.length === 0) throw new UsageError(`${object.file} has no section or program named ${opts.select}`, { hint: `its programs: ${list}` });
+    if (found.length > 1) throw new UsageError(`${object.file}: section ${opts.select} holds ${found.length} programs`, { hint: `name one of them: ${found.map((p) => p.name).join(', ')}` });
     return found[0]!.name;
   }
   const fitting = object.programs.filter((p) => opts.wantType === undefined || p.type === opts.wantType);
   if (fitting.length === 1) return fitting[0]!.name;
-  if (fitting.length === 0) throw new NetmangleError(`${object.file} has no ${opts.wantType ?? ''} program`.replace('  ', ' '), { hint: `its programs: ${list}` });
-  throw new NetmangleError(`${object.file} has ${fitting.length} programs that fit; choose one with --section`, { hint: `its programs: ${list}` });
+  if (fitting.length === 0) throw new UsageError(`${object.file} has no ${opts.wantType ?? ''} program`.replace('  ', ' '), { hint: `its programs: ${list}` });
+  throw new UsageError(`${object.file} has ${fitting.length} programs that fit; choose one with --section`, { hint: `its programs: ${list}` });
 }
 
 /** Creates the maps `name` uses and loads it. */
