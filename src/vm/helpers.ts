@@ -316,6 +316,16 @@ def(65, XDP, true, (m, pc, name) => {
   ret(m, 0);
 });
 
+/**
+ * bpf_xdp_get_buff_len: the frame's whole length. The VM keeps every frame in one linear
+ * buffer, so that is data_end - data; the kernel adds the fragments of a multi-buffer frame
+ * (a test run puts bytes beyond 3520 there), which is the same total.
+ */
+def(188, XDP, false, (m, pc, name) => {
+  m.argCtx(pc, 1, name);
+  retU32(m, m.packetLength);
+});
+
 /** Ids the VM implements, for documentation and tests. */
 export function implementedHelpers(): { id: number; name: string; types: readonly ProgramType[] }[] {
   return HELPERS.filter((h): h is HelperDef => h !== undefined).map((h) => ({ id: h.id, name: h.name, types: h.types }));

@@ -7,7 +7,8 @@ import { register as run } from './run.js';
 import { register as status } from './status.js';
 import { register as build } from './build.js';
 import { register as load } from './load.js';
+import { register as replay } from './replay.js';
 
 export type RegisterCommand = (program: Command) => void;
 
-export const commands: RegisterCommand[] = [probe, demo, run, status, build, load, lab];
+export const commands: RegisterCommand[] = [probe, demo, run, status, build, load, replay, lab];

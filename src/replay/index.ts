@@ -1,0 +1,309 @@
+/**
+ * Offline replay: every packet of a capture goes through the compiled programs of the hooks
+ * chosen, and the packets that leave are written to a new capture (dropped ones gone, changed
+ * ones changed, timestamps kept). docs/replay.md describes the choices made here.
+ *
+ * Memory stays flat: the capture is read and written as a stream, the packet and run objects
+ * are reused, and nothing is allocated per packet on the path of a packet that no rule changes.
+ */
+import { realpathSync } from 'node:fs';
+import { compileGroup, type CompiledProgram } from '../compiler/index.js';
+import { UsageError } from '../errors.js';
+import type { Hook, RuleGroup } from '../rules/ast.js';
+import { lookupField } from '../rules/catalog.js';
+import {
+  checkLinkType, createPcapngWriter, createPcapWriter, forEachPacket, LINKTYPE_ETHERNET, openCaptureSync, toEthernet,
+  type CaptureWriter,
+} from '../pcap/index.js';
+import { changedFields, differingBytes, formatChanges } from './fields.js';
+import { KernelRunner, VmRunner, type ProgramRunner, type ReplayEngine } from './runner.js';
+
+export { changedFields, formatChanges, locateLayers, type FieldChange, type LayerOffsets } from './fields.js';
+export { REPLAY_ENGINES, REPLAY_CPU, VmRunner, KernelRunner, type ProgramRunner, type ReplayEngine } from './runner.js';
+
+export type CaptureFileFormat = 'pcap' | 'pcapng';
+
+// ---------------------------------------------------------------- which rules apply
+
+export interface GroupSelection {
+  /** Only the groups of this hook. */
+  hook?: Hook;
+  /** Only the groups of this interface (a rules file may name several). */
+  dev?: string;
+  /** Only the groups of this network namespace. */
+  netns?: string;
+}
+
+/**
+ * The groups a capture goes through, in the order a packet meets them. A capture holds one
+ * direction of one interface, so the groups left after the filters must share one interface
+ * and be either receive-side (xdp, then tc ingress) or egress alone.
+ */
+export function selectGroups(groups: readonly RuleGroup[], sel: GroupSelection = {}): RuleGroup[] {
+  let chosen = groups.filter((g) => (sel.hook === undefined || g.hook === sel.hook)
+    && (sel.dev === undefined || g.dev === sel.dev)
+    && (sel.netns === undefined || g.netns === sel.netns));
+  if (chosen.length === 0) {
+    const what = [sel.hook && `hook ${sel.hook}`, sel.dev && `interface ${sel.dev}`, sel.netns && `namespace ${sel.netns}`].filter(Boolean).join(', ');
+    const have = [...new Set(groups.map(whereOf))].join('; ');
+    throw new UsageError(`no rules ${what ? `for ${what}` : 'to replay'}`, { hint: have ? `the rules are for: ${have}` : undefined });
+  }
+  const places = [...new Set(chosen.map((g) => `${g.netns ? `${g.netns}/` : ''}${g.dev}`))];
+  if (places.length > 1) {
+    throw new UsageError(`the rules are for ${places.length} interfaces (${places.join(', ')}); a capture is what one interface saw`, {
+      hint: 'pick one with --dev (and --netns)',
+    });
+  }
+  const hooks = new Set(chosen.map((g) => g.hook));
+  if (hooks.has('egress') && hooks.size > 1) {
+    throw new UsageError('the rules are for egress and for the receive side (xdp, ingress); a capture holds one direction', {
+      hint: 'pick one with --hook egress, --hook xdp or --hook ingress',
+    });
+  }
+  const order: Record<Hook, number> = { xdp: 0, ingress: 1, egress: 2 };
+  chosen = chosen.slice().sort((a, b) => order[a.hook] - order[b.hook]);
+  return chosen;
+}
+
+function whereOf(g: RuleGroup): string {
+  return `${g.dev} ${g.hook}${g.netns ? ` (netns ${g.netns})` : ''}`;
+}
+
+// ---------------------------------------------------------------- the replay
+
+export interface ReplayOptions {
+  /** Groups in the order packets meet them (see selectGroups). */
+  groups: readonly RuleGroup[];
+  seed: number;
+  engine: ReplayEngine;
+  /** Capture to read (pcap or pcapng; Ethernet, or a link type toEthernet converts). */
+  input: string;
+  /** Capture to write. */
+  output: string;
+  /** Default: pcapng when the output's name ends in .pcapng, else pcap. */
+  format?: CaptureFileFormat;
+  /** Comment changed packets in a pcapng output (default true). */
+  comments?: boolean;
+  /** Called every few thousand packets and at the end, with bytes of the input read so far. */
+  onProgress?: (bytesRead: number, packets: number) => void;
+}
+
+export interface RuleSummary {
+  name: string;
+  hook: Hook;
+  dev: string;
+  /** Packets the rule's program ran on. */
+  seen: number;
+  matched: number;
+  /** Times the rule's actions ran (a matching packet passed its probability / every-N test). */
+  acted: number;
+  /** Packets that left with bytes different from the input, this rule having acted on them. */
+  changed: number;
+  dropped: number;
+}
+
+export interface ReplaySummary {
+  input: string;
+  output: string;
+  format: CaptureFileFormat;
+  engine: ReplayEngine;
+  seed: number;
+  hooks: Hook[];
+  packetsIn: number;
+  packetsOut: number;
+  dropped: number;
+  changed: number;
+  /** Packets written without running the rules, and why (see docs/replay.md). */
+  notRun: {
+    /** Shorter than an Ethernet header: no hook sees such a frame. */
+    tooShort: number;
+    /** At tc: an IPv4 or IPv6 frame cut inside its fixed IP header, which no skb at tc can be. */
+    cutIpHeader: number;
+    /** --engine kernel: frames BPF_PROG_TEST_RUN refused (tc frames over 3712 bytes). */
+    kernelRefused: number;
+  };
+  rules: RuleSummary[];
+}
+
+/** The format a file name asks for. */
+export function formatForPath(path: string): CaptureFileFormat {
+  return /\.(pcapng|ntar)$/i.test(path) ? 'pcapng' : 'pcap';
+}
+
+/** Whether BPF_PROG_TEST_RUN could hand this frame to a tc program (an untagged IP frame needs its fixed IP header). */
+function tcCanSee(frame: Uint8Array): boolean {
+  const type = (frame[12]! << 8) | frame[13]!;
+  if (type === 0x0800) return frame.length >= 34;
+  if (type === 0x86dd) return frame.length >= 54;
+  return true;
+}
+
+function isDrop(hook: Hook, retval: number): boolean {
+  // XDP_ABORTED (0) drops too; TC_ACT_SHOT is 2. Compiled programs return only pass/drop/none verdicts.
+  return hook === 'xdp' ? retval === 0 || retval === 1 : retval === 2;
+}
+
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  const n = a.length;
+  if (n !== b.length) return false;
+  for (let i = 0; i < n; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+interface Stage {
+  hook: Hook;
+  runner: ProgramRunner;
+  seen: number;
+  changed: Float64Array;
+}
+
+/** Compiles the groups, replays the capture through them, and writes the packets that leave. */
+export async function replayCapture(opts: ReplayOptions): Promise<ReplaySummary> {
+  const format = opts.format ?? formatForPath(opts.output);
+  if (opts.groups.length === 0) throw new UsageError('no rules to replay');
+  if (sameFile(opts.input, opts.output)) throw new UsageError(`the output ${opts.output} is the input capture; write to another file`);
+  const compiled: CompiledProgram[] = opts.groups.map((g) => compileGroup(g, { seed: opts.seed, lookupField }));
+  const reader = openCaptureSync(opts.input);
+  const summary: ReplaySummary = {
+    input: opts.input, output: opts.output, format, engine: opts.engine, seed: opts.seed, hooks: opts.groups.map((g) => g.hook),
+    packetsIn: 0, packetsOut: 0, dropped: 0, changed: 0, notRun: { tooShort: 0, cutIpHeader: 0, kernelRefused: 0 }, rules: [],
+  };
+  const stages: Stage[] = [];
+  let unpin: (() => void) | undefined;
+  let writer: CaptureWriter | undefined;
+  try {
+    if (opts.engine === 'kernel') {
+      // Every test run on one CPU, so the per-CPU PRNG state advances as the VM's does.
+      const { pinThread } = await import('../kernel/affinity.js');
+      unpin = pinThread().restore;
+    }
+    for (const c of compiled) {
+      const runner = opts.engine === 'kernel' ? await KernelRunner.open(c) : new VmRunner(c, opts.engine === 'interp' ? 'interpreter' : 'jit');
+      stages.push({ hook: c.hook, runner, seen: 0, changed: new Float64Array(c.rules.length) });
+    }
+    const nanosecond = reader.nanosecond;
+    writer = format === 'pcapng'
+      ? createPcapngWriter(opts.output, { interfaces: [{ linkType: LINKTYPE_ETHERNET, tsresol: nanosecond ? 9 : 6, ...(reader.interfaces[0]?.name ? { name: reader.interfaces[0].name } : {}) }] })
+      : createPcapWriter(opts.output, { linkType: LINKTYPE_ETHERNET, nanosecond });
+    const out = writer;
+    const comments = format === 'pcapng' && opts.comments !== false;
+    const scratch = new Uint8Array(65536 + 64);
+    // Rules that acted on the current packet, per stage: indices and counts, reused.
+    const acted = stages.map((s) => new Int32Array(s.runner.compiled.rules.length));
+    const actedN = new Int32Array(stages.length);
+    const progressEvery = 4096;
+    let checkedLinkType = -1;
+
+    reader.forEach((pkt) => {
+      summary.packetsIn++;
+      if (pkt.linkType !== checkedLinkType) {
+        checkLinkType(pkt.linkType, reader.name);
+        checkedLinkType = pkt.linkType;
+      }
+      const captured = pkt.bytes.subarray(pkt.offset, pkt.offset + pkt.caplen);
+      const frame = pkt.linkType === LINKTYPE_ETHERNET ? captured : toEthernet(captured, pkt.linkType, scratch, reader.name);
+      let cur = frame;
+      let dropped = false;
+      let ran = false;
+      if (frame.length < 14) {
+        summary.notRun.tooShort++;
+      } else {
+        for (let s = 0; s < stages.length; s++) {
+          actedN[s] = 0;
+          const stage = stages[s]!;
+          if (stage.hook !== 'xdp' && !tcCanSee(cur)) {
+            summary.notRun.cutIpHeader++;
+            continue;
+          }
+          const rv = stage.runner.run(cur);
+          if (rv === undefined) {
+            summary.notRun.kernelRefused++;
+            continue;
+          }
+          ran = true;
+          stage.seen++;
+          actedN[s] = stage.runner.actedSinceLast(acted[s]!);
+          if (isDrop(stage.hook, rv)) {
+            dropped = true;
+            break;
+          }
+          cur = stage.runner.output;
+        }
+      }
+      if (dropped) {
+        summary.dropped++;
+      } else {
+        let comment: string | undefined;
+        if (ran && !sameBytes(cur, frame)) {
+          summary.changed++;
+          const names: string[] = [];
+          for (let s = 0; s < stages.length; s++) {
+            const stage = stages[s]!;
+            for (let k = 0; k < actedN[s]!; k++) {
+              const r = acted[s]![k]!;
+              stage.changed[r]!++;
+              if (comments) names.push(stage.runner.compiled.rules[r]!.name);
+            }
+          }
+          if (comments) {
+            const changes = changedFields(frame, cur);
+            const what = changes.length > 0 ? formatChanges(changes) : `bytes ${differingBytes(frame, cur).join(', ')} changed`;
+            comment = `${names.length > 0 ? names.join(', ') : 'netmangle'}: ${what}`;
+          }
+        }
+        // The wire length grows or shrinks with the frame (never, for today's rules).
+        const origLen = Math.max(cur.length, pkt.origLen - frame.length + cur.length);
+        out.writeBytes(cur, 0, cur.length, pkt.tsSec, pkt.tsNsec, origLen, 0, comment);
+        summary.packetsOut++;
+      }
+      if (opts.onProgress && summary.packetsIn % progressEvery === 0) opts.onProgress(pkt.fileOffset, summary.packetsIn);
+    });
+  } finally {
+    try {
+      if (writer) await writer.close();
+    } finally {
+      for (const s of stages) {
+        const counters = s.runner.counters();
+        s.runner.compiled.rules.forEach((r, i) => {
+          summary.rules.push({
+            name: r.name, hook: s.hook, dev: s.runner.compiled.dev, seen: s.seen,
+            matched: counters[i]!.matched, acted: counters[i]!.acted, changed: s.changed[i]!, dropped: counters[i]!.dropped,
+          });
+        });
+        s.runner.close();
+      }
+      unpin?.();
+      reader.close();
+    }
+  }
+  return summary;
+}
+
+function sameFile(a: string, b: string): boolean {
+  try {
+    return realpathSync(a) === realpathSync(b);
+  } catch {
+    return false;
+  }
+}
+
+// ---------------------------------------------------------------- the summary as text
+
+/** The per-rule table printed at the end of a replay. */
+export function formatSummaryTable(s: ReplaySummary, opts: { seedChosen?: boolean } = {}): string[] {
+  const rows: string[][] = [['rule', 'hook', 'seen', 'matched', 'changed', 'dropped']];
+  for (const r of s.rules) rows.push([r.name, r.hook, String(r.seen), String(r.matched), String(r.changed), String(r.dropped)]);
+  const widths = rows[0]!.map((_, col) => Math.max(...rows.map((r) => r[col]!.length)));
+  const lines = rows.map((r) => r.map((cell, col) => (col >= 2 ? cell.padStart(widths[col]!) : cell.padEnd(widths[col]!))).join('  ').trimEnd());
+  const notRun = s.notRun.tooShort + s.notRun.cutIpHeader + s.notRun.kernelRefused;
+  lines.push(`${s.packetsIn} packets in, ${s.packetsOut} out (${s.changed} changed), ${s.dropped} dropped; engine ${s.engine}, seed ${s.seed}${opts.seedChosen ? ' (chosen at random; pass --seed to repeat)' : ''}`);
+  if (notRun > 0) {
+    const parts = [
+      s.notRun.tooShort && `${s.notRun.tooShort} shorter than an Ethernet header`,
+      s.notRun.cutIpHeader && `${s.notRun.cutIpHeader} cut inside the IP header (no tc hook sees such a frame)`,
+      s.notRun.kernelRefused && `${s.notRun.kernelRefused} refused by the kernel's test run (tc frames over 3712 bytes)`,
+    ].filter(Boolean);
+    lines.push(`passed through without running the rules: ${parts.join(', ')}`);
+  }
+  return lines;
+}
