@@ -20,6 +20,8 @@ import type { BenchContext, SectionResult } from './lib/context.js';
 import { describeEnvironment, installMissingPackages } from './lib/environment.js';
 import { table } from './lib/report.js';
 import { measureCost } from './sections/cost.js';
+import { measureManyRules } from './sections/many.js';
+import { measureAttach } from './sections/attach.js';
 
 interface Section {
   key: string;
@@ -29,6 +31,8 @@ interface Section {
 
 const SECTIONS: Section[] = [
   { key: 'cost', title: '1. Cost per packet in the kernel', run: measureCost },
+  { key: 'many', title: '2. Many rules: one program against a chain of programs', run: measureManyRules },
+  { key: 'attach', title: '3. From rule to attached program', run: measureAttach },
 ];
 
 interface Options {
