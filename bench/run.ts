@@ -22,6 +22,7 @@ import { table } from './lib/report.js';
 import { measureCost } from './sections/cost.js';
 import { measureManyRules } from './sections/many.js';
 import { measureAttach } from './sections/attach.js';
+import { measureReplay } from './sections/replay.js';
 
 interface Section {
   key: string;
@@ -33,6 +34,7 @@ const SECTIONS: Section[] = [
   { key: 'cost', title: '1. Cost per packet in the kernel', run: measureCost },
   { key: 'many', title: '2. Many rules: one program against a chain of programs', run: measureManyRules },
   { key: 'attach', title: '3. From rule to attached program', run: measureAttach },
+  { key: 'replay', title: '4. Offline replay', run: measureReplay },
 ];
 
 interface Options {

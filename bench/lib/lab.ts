@@ -63,7 +63,10 @@ export async function startIperfServer(l: BenchLab, port = IPERF_PORT): Promise<
 }
 
 export interface IperfOptions {
-  seconds: number;
+  /** How long to send; or `bytes`. */
+  seconds?: number;
+  /** How much to send (iperf3 -n), instead of a duration. */
+  bytes?: number;
   udp?: boolean;
   /** Target bit rate, e.g. '500M' (UDP; iperf3's default is 1 Mbit/s for UDP). */
   bitrate?: string;
@@ -80,11 +83,13 @@ export interface IperfResult {
 
 /** Runs an iperf3 client on the sender against the server on the receiver. */
 export async function iperfClient(l: BenchLab, o: IperfOptions): Promise<IperfResult> {
-  const argv = ['iperf3', '-c', l.receiverAddress, '-p', String(o.port ?? IPERF_PORT), '-t', String(o.seconds), '-J'];
+  const argv = ['iperf3', '-c', l.receiverAddress, '-p', String(o.port ?? IPERF_PORT), '-J'];
+  if (o.bytes !== undefined) argv.push('-n', String(o.bytes));
+  else argv.push('-t', String(o.seconds ?? 10));
   if (o.udp) argv.push('-u');
   if (o.bitrate) argv.push('-b', o.bitrate);
   if (o.length) argv.push('-l', String(o.length));
-  const r = await l.lab.exec(SENDER, argv, { timeoutMs: (o.seconds + 15) * 1000 });
+  const r = await l.lab.exec(SENDER, argv, { timeoutMs: ((o.seconds ?? 10) + 20) * 1000 });
   let report: { error?: string; end?: { sum_received?: { bits_per_second?: number }; sum_sent?: { bits_per_second?: number; retransmits?: number }; sum?: { bits_per_second?: number } } };
   try {
     report = JSON.parse(r.stdout) as typeof report;
