@@ -23,6 +23,7 @@ import { measureCost } from './sections/cost.js';
 import { measureManyRules } from './sections/many.js';
 import { measureAttach } from './sections/attach.js';
 import { measureReplay } from './sections/replay.js';
+import { measureLive } from './sections/live.js';
 
 interface Section {
   key: string;
@@ -35,6 +36,7 @@ const SECTIONS: Section[] = [
   { key: 'many', title: '2. Many rules: one program against a chain of programs', run: measureManyRules },
   { key: 'attach', title: '3. From rule to attached program', run: measureAttach },
   { key: 'replay', title: '4. Offline replay', run: measureReplay },
+  { key: 'live', title: '5. Live throughput', run: measureLive },
 ];
 
 interface Options {
