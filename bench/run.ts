@@ -93,6 +93,7 @@ async function main(): Promise<number> {
     return 2;
   }
   const started = Date.now();
+  const startedAt = new Date(started).toISOString();
   const log = (line: string) => process.stderr.write(`[${((Date.now() - started) / 1000).toFixed(1).padStart(6)} s] ${line}\n`);
   const tmp = mkdtempSync(join(tmpdir(), 'netmangle-bench-'));
   onCleanup('temporary directory', () => rmSync(tmp, { recursive: true, force: true }));
@@ -136,7 +137,8 @@ async function main(): Promise<number> {
     '',
     table(['', ''], [
       ['command', `\`${commandLine(argv)}\``],
-      ...env.rows.map(([k, v]) => [k, v]),
+      ['started', startedAt],
+      ...env.rows.filter(([k]) => k !== 'date').map(([k, v]) => [k, v]),
       ['bench wall time', `${seconds.toFixed(0)} s`],
       ...(installedNow.length ? [['installed by this run', installedNow.join(', ')]] : []),
     ], ['l', 'l']),
