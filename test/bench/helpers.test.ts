@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { interleave, median, medianRatio, spread } from '../../bench/lib/stats.js';
 import { int, ratio, sig, table } from '../../bench/lib/report.js';
 import { checksum, icmpEchoFrame, tcpFrame, udpFrame } from '../../bench/lib/packets.js';
-import { portChainSource } from '../../bench/lib/anchors.js';
+import { emptyChainSource, portChainSource } from '../../bench/lib/anchors.js';
 import { rulePorts } from '../../bench/lib/rules.js';
 
 test('median of odd and even counts, and of nothing', () => {
@@ -94,4 +94,11 @@ test('the generated chain has one tc program per port, none on 5201', () => {
   assert.equal(src.match(/^PORT_RULE\(/gm)?.length, 100);
   assert.match(src, /PORT_RULE\(port_rule_099, 20100\)/);
   assert.match(src, /return TC_ACT_UNSPEC;/);
+});
+
+test('the generated empty chain has distinct program names', () => {
+  const src = emptyChainSource(64);
+  const names = [...src.matchAll(/^EMPTY\((\w+)\)$/gm)].map((m) => m[1]);
+  assert.equal(names.length, 64);
+  assert.equal(new Set(names).size, 64);
 });
