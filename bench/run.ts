@@ -10,6 +10,7 @@
  * Every figure is a ratio against an anchor measured in the same rounds; a section that fails
  * says so in the report instead of showing figures, and the run then exits with status 1.
  */
+import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -78,6 +79,14 @@ function parseArgs(argv: string[]): Options {
   return o;
 }
 
+/** The commit measured, and whether the code differed from it. */
+function commitMeasured(): string {
+  const head = spawnSync('git', ['-C', root, 'rev-parse', '--short', 'HEAD'], { encoding: 'utf8' });
+  if (head.status !== 0) return 'unknown (not a git checkout)';
+  const dirty = spawnSync('git', ['-C', root, 'status', '--porcelain', '--', 'src', 'bench', 'bin', 'package.json'], { encoding: 'utf8' });
+  return `${head.stdout.trim()}${dirty.stdout.trim() ? ' with uncommitted changes in src/, bench/, bin/ or package.json' : ''}`;
+}
+
 /** The command as the user typed it, as far as it can be told. */
 function commandLine(argv: string[]): string {
   const args = argv.length ? ` ${argv.join(' ')}` : '';
@@ -137,6 +146,7 @@ async function main(): Promise<number> {
     '',
     table(['', ''], [
       ['command', `\`${commandLine(argv)}\``],
+      ['commit', commitMeasured()],
       ['started', startedAt],
       ...env.rows.filter(([k]) => k !== 'date').map(([k, v]) => [k, v]),
       ['bench wall time', `${seconds.toFixed(0)} s`],
