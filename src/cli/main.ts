@@ -5,7 +5,7 @@
  */
 import { Command, CommanderError } from 'commander';
 import { describeError, NetmangleError } from '../errors.js';
-import { commands } from './commands/index.js';
+import { commandsFor } from './commands/index.js';
 
 const program = new Command('netmangle')
   .description('Reproduce network misbehaviour on demand with eBPF')
@@ -14,7 +14,7 @@ const program = new Command('netmangle')
   .enablePositionalOptions()
   .exitOverride();
 
-for (const register of commands) register(program);
+for (const register of await commandsFor(process.argv.slice(2))) register(program);
 
 try {
   await program.parseAsync(process.argv);

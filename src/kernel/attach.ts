@@ -17,7 +17,7 @@ import { programInfo, queryProgs } from './info.js';
 import { createTcxLink, createXdpLink, tryDetachLink, type Link } from './link.js';
 import { inNetns, netnsExists, requireNetns } from './netns.js';
 import { NetlinkError } from './netlink.js';
-import { probeFeatures, type ProbeResult } from './probe.js';
+import { probeFeaturesCached, type ProbeResult } from './probe.js';
 import type { Program } from './program.js';
 import {
   addClsBpfFilter, attachXdpNetlink, delClsBpfFilter, ensureClsact, getLink, listClsBpfFilters, noInterface, removeClsact,
@@ -71,7 +71,7 @@ let probed: ProbeResult | undefined;
 
 /** probeFeatures(), run once per process. */
 function features(): ProbeResult {
-  probed ??= probeFeatures();
+  probed ??= probeFeaturesCached();
   return probed;
 }
 

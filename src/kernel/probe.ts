@@ -5,7 +5,8 @@
  * create an XDP link and a tcx link on the loopback device of a brand-new network namespace
  * (so nothing real is touched, and a refusal cannot be mistaken for a busy hook).
  */
-import { closeSync, openSync, readFileSync } from 'node:fs';
+import { closeSync, mkdirSync, openSync, readFileSync, writeFileSync } from 'node:fs';
+import { dirname } from 'node:path';
 import { release } from 'node:os';
 import { Assembler } from '../bpf/asm.js';
 import { R0 } from '../bpf/opcodes.js';
@@ -195,4 +196,32 @@ function finish(features: ProbeFeatures): ProbeResult {
       egress: features.tcx ? 'tcx' : 'netlink',
     },
   };
+}
+
+const PROBE_CACHE = '/run/netmangle/probe.json';
+
+/**
+ * probeFeatures(), remembered for this boot of this kernel in /run (a tmpfs, gone at reboot):
+ * the probe attaches test programs in a fresh namespace and costs tens of milliseconds, which
+ * every `netmangle run` would otherwise pay before attaching.
+ */
+export function probeFeaturesCached(): ProbeResult {
+  let boot = '';
+  try {
+    boot = readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
+    const cached = JSON.parse(readFileSync(PROBE_CACHE, 'utf8')) as { boot: string; result: ProbeResult };
+    if (cached.boot === boot && cached.result.kernel === release()) return cached.result;
+  } catch {
+    // No cache yet, or unreadable: probe.
+  }
+  const result = probeFeatures();
+  if (boot) {
+    try {
+      mkdirSync(dirname(PROBE_CACHE), { recursive: true });
+      writeFileSync(PROBE_CACHE, JSON.stringify({ boot, result }));
+    } catch {
+      // A cache we cannot write only costs time.
+    }
+  }
+  return result;
 }

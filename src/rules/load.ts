@@ -5,8 +5,10 @@
  * (namespace, interface, hook) in the order they first appear: one group, one program.
  */
 import { readFileSync } from 'node:fs';
-import { Ajv, type ErrorObject } from 'ajv';
-import { isMap, isScalar, LineCounter, parseDocument, Scalar, type Document, type Node } from 'yaml';
+import { createRequire } from 'node:module';
+import type { Ajv as AjvClass, ErrorObject, ValidateFunction } from 'ajv';
+import type * as YamlModule from 'yaml';
+import type { Document, LineCounter, Node } from 'yaml';
 import { UsageError } from '../errors.js';
 import type { Action, Hook, Rule, RuleGroup } from './ast.js';
 import { editDistance, fieldCatalog } from './catalog.js';
@@ -179,8 +181,22 @@ const fileSchema = {
   },
 } as const;
 
-const ajv = new Ajv({ allErrors: false, strict: true, allowUnionTypes: true });
-const validateFile = ajv.compile(fileSchema);
+// The YAML parser and the schema validator are loaded (and the schema compiled) on the first
+// rules file only: a one-line rule, the common case, starts without them.
+const requireLazy = createRequire(import.meta.url);
+let yamlModule: typeof YamlModule | undefined;
+let fileValidator: ValidateFunction | undefined;
+function yaml(): typeof YamlModule {
+  return (yamlModule ??= requireLazy('yaml') as typeof YamlModule);
+}
+function validateFile(data: unknown): boolean {
+  if (!fileValidator) {
+    const { Ajv } = requireLazy('ajv') as { Ajv: typeof AjvClass };
+    fileValidator = new Ajv({ allErrors: false, strict: true, allowUnionTypes: true }).compile(fileSchema);
+  }
+  return fileValidator(data) as boolean;
+}
+validateFile.errors = (): ErrorObject[] | null | undefined => fileValidator?.errors;
 
 interface RuleEntry {
   name?: string;
@@ -220,6 +236,7 @@ export function loadRulesFile(path: string): LoadedRules {
 
 /** A rules file's content; `fileName` is what error messages call it. */
 export function loadRulesText(text: string, fileName: string): LoadedRules {
+  const { LineCounter, parseDocument } = yaml();
   const lines = new LineCounter();
   const doc = parseDocument(text, { lineCounter: lines, prettyErrors: false });
   if (doc.errors.length > 0) {
@@ -234,7 +251,7 @@ export function loadRulesText(text: string, fileName: string): LoadedRules {
   const bare = Array.isArray(data);
   if (bare) data = { rules: data };
   if (!validateFile(data)) {
-    const err = validateFile.errors![0]!;
+    const err = validateFile.errors()![0]!;
     throw where.schemaError(err, bare);
   }
   const file = data as FileEntry;
@@ -385,6 +402,7 @@ class Locator {
       const node = (n === 0 ? this.doc.contents : this.doc.getIn(path.slice(0, n), true)) as Node | null | undefined;
       if (!node || !node.range) continue;
       const first = this.lines.linePos(node.range[0]).line;
+      const { isScalar, Scalar } = yaml();
       if (n === path.length && isScalar(node) && node.type === Scalar.BLOCK_LITERAL && typeof node.value === 'string') {
         // Block text starts on the line after the `|` indicator.
         return first + 1 + (node.value.slice(0, Math.max(0, offset)).match(/\n/g)?.length ?? 0);
@@ -398,6 +416,7 @@ class Locator {
   /** The line of a key (for unknown keys), when the map at `path` has it. */
   keyLine(path: Array<string | number>, key: string): number | undefined {
     const map = path.length === 0 ? this.doc.contents : this.doc.getIn(path, true);
+    const { isMap, isScalar } = yaml();
     if (!isMap(map)) return undefined;
     for (const pair of map.items) {
       const k = pair.key as Node | null;

@@ -1,14 +1,30 @@
-/** Every subcommand, in the order `netmangle --help` lists them. Add a line per command. */
+/**
+ * Every subcommand, in the order `netmangle --help` lists them. Each is loaded only when it is
+ * the one being run (or for the full help), so a command's start-up never pays for another's
+ * modules (the lab's schemas, koffi, the VM).
+ */
 import type { Command } from 'commander';
-import { register as probe } from './probe.js';
-import { register as lab } from './lab.js';
-import { register as demo } from './demo.js';
-import { register as run } from './run.js';
-import { register as status } from './status.js';
-import { register as build } from './build.js';
-import { register as load } from './load.js';
-import { register as replay } from './replay.js';
 
 export type RegisterCommand = (program: Command) => void;
 
-export const commands: RegisterCommand[] = [probe, demo, run, status, build, load, replay, lab];
+export const commandModules: Record<string, () => Promise<{ register: RegisterCommand }>> = {
+  probe: () => import('./probe.js'),
+  demo: () => import('./demo.js'),
+  run: () => import('./run.js'),
+  status: () => import('./status.js'),
+  clear: () => import('./status.js'),
+  replay: () => import('./replay.js'),
+  build: () => import('./build.js'),
+  load: () => import('./load.js'),
+  lab: () => import('./lab.js'),
+};
+
+/** The register functions needed for `argv`: just the named command's, or all of them. */
+export async function commandsFor(argv: readonly string[]): Promise<RegisterCommand[]> {
+  const name = argv.find((a) => !a.startsWith('-'));
+  const loaders = name !== undefined && name in commandModules && name !== 'help'
+    ? [commandModules[name]!]
+    : [...new Set(Object.values(commandModules))];
+  const mods = await Promise.all(loaders.map((load) => load()));
+  return [...new Set(mods.map((m) => m.register))];
+}
