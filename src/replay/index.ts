@@ -131,10 +131,10 @@ export function formatForPath(path: string): CaptureFileFormat {
 }
 
 /** Whether BPF_PROG_TEST_RUN could hand this frame to a tc program (an untagged IP frame needs its fixed IP header). */
-function tcCanSee(frame: Uint8Array): boolean {
-  const type = (frame[12]! << 8) | frame[13]!;
-  if (type === 0x0800) return frame.length >= 34;
-  if (type === 0x86dd) return frame.length >= 54;
+function tcCanSee(b: Uint8Array, off: number, len: number): boolean {
+  const type = (b[off + 12]! << 8) | b[off + 13]!;
+  if (type === 0x0800) return len >= 34;
+  if (type === 0x86dd) return len >= 54;
   return true;
 }
 
@@ -143,10 +143,9 @@ function isDrop(hook: Hook, retval: number): boolean {
   return hook === 'xdp' ? retval === 0 || retval === 1 : retval === 2;
 }
 
-function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
-  const n = a.length;
-  if (n !== b.length) return false;
-  for (let i = 0; i < n; i++) if (a[i] !== b[i]) return false;
+function sameBytes(a: Uint8Array, aOff: number, n: number, b: Uint8Array, bOff: number, bLen: number): boolean {
+  if (n !== bLen) return false;
+  for (let i = 0; i < n; i++) if (a[aOff + i] !== b[bOff + i]) return false;
   return true;
 }
 
@@ -200,41 +199,50 @@ export async function replayCapture(opts: ReplayOptions): Promise<ReplaySummary>
         checkLinkType(pkt.linkType, reader.name);
         checkedLinkType = pkt.linkType;
       }
-      const captured = pkt.bytes.subarray(pkt.offset, pkt.offset + pkt.caplen);
-      const frame = pkt.linkType === LINKTYPE_ETHERNET ? captured : toEthernet(captured, pkt.linkType, scratch, reader.name);
-      let cur = frame;
+      // The frame is bytes[off, off + len): the reader's buffer for Ethernet, else a converted copy.
+      let inBytes = pkt.bytes, inOff = pkt.offset, inLen = pkt.caplen;
+      if (pkt.linkType !== LINKTYPE_ETHERNET) {
+        const converted = toEthernet(pkt.bytes.subarray(inOff, inOff + inLen), pkt.linkType, scratch, reader.name);
+        inBytes = converted;
+        inOff = 0;
+        inLen = converted.length;
+      }
+      let buf = inBytes, off = inOff, len = inLen;
       let dropped = false;
       let ran = false;
-      if (frame.length < 14) {
+      if (inLen < 14) {
         summary.notRun.tooShort++;
       } else {
         for (let s = 0; s < stages.length; s++) {
           actedN[s] = 0;
           const stage = stages[s]!;
-          if (stage.hook !== 'xdp' && !tcCanSee(cur)) {
+          if (stage.hook !== 'xdp' && !tcCanSee(buf, off, len)) {
             summary.notRun.cutIpHeader++;
             continue;
           }
-          const rv = stage.runner.run(cur);
+          const runner = stage.runner;
+          const rv = runner.run(buf, off, len);
           if (rv === undefined) {
             summary.notRun.kernelRefused++;
             continue;
           }
           ran = true;
           stage.seen++;
-          actedN[s] = stage.runner.actedSinceLast(acted[s]!);
+          actedN[s] = runner.actedSinceLast(acted[s]!);
           if (isDrop(stage.hook, rv)) {
             dropped = true;
             break;
           }
-          cur = stage.runner.output;
+          buf = runner.outBytes;
+          off = runner.outOffset;
+          len = runner.outLength;
         }
       }
       if (dropped) {
         summary.dropped++;
       } else {
         let comment: string | undefined;
-        if (ran && !sameBytes(cur, frame)) {
+        if (ran && !sameBytes(buf, off, len, inBytes, inOff, inLen)) {
           summary.changed++;
           const names: string[] = [];
           for (let s = 0; s < stages.length; s++) {
@@ -246,14 +254,16 @@ export async function replayCapture(opts: ReplayOptions): Promise<ReplaySummary>
             }
           }
           if (comments) {
-            const changes = changedFields(frame, cur);
-            const what = changes.length > 0 ? formatChanges(changes) : `bytes ${differingBytes(frame, cur).join(', ')} changed`;
+            const before = inBytes.subarray(inOff, inOff + inLen);
+            const after = buf.subarray(off, off + len);
+            const changes = changedFields(before, after);
+            const what = changes.length > 0 ? formatChanges(changes) : `bytes ${differingBytes(before, after).join(', ')} changed`;
             comment = `${names.length > 0 ? names.join(', ') : 'netmangle'}: ${what}`;
           }
         }
         // The wire length grows or shrinks with the frame (never, for today's rules).
-        const origLen = Math.max(cur.length, pkt.origLen - frame.length + cur.length);
-        out.writeBytes(cur, 0, cur.length, pkt.tsSec, pkt.tsNsec, origLen, 0, comment);
+        const origLen = Math.max(len, pkt.origLen - inLen + len);
+        out.writeBytes(buf, off, len, pkt.tsSec, pkt.tsNsec, origLen, 0, comment);
         summary.packetsOut++;
       }
       if (opts.onProgress && summary.packetsIn % progressEvery === 0) opts.onProgress(pkt.fileOffset, summary.packetsIn);

@@ -27,9 +27,13 @@ export interface ProgramRunner {
    * Runs the program on `frame` (not modified); returns its return value, or undefined when
    * the engine cannot run this frame (the kernel's test run refuses tc frames over 3712 bytes).
    */
-  run(frame: Uint8Array): number | undefined;
-  /** The packet as the last run left it (valid until the next run). */
+  run(bytes: Uint8Array, offset?: number, length?: number): number | undefined;
+  /** The packet as the last run left it, as a view (valid until the next run). */
   readonly output: Uint8Array;
+  /** The same without a view: outBytes[outOffset, outOffset + outLength). */
+  readonly outBytes: Uint8Array;
+  readonly outOffset: number;
+  readonly outLength: number;
   /**
    * Indices of the rules whose `acted` counter rose since the previous call, written into
    * `into` (reused); returns how many.
@@ -64,8 +68,8 @@ export class VmRunner implements ProgramRunner {
     this.actedWord = Int32Array.from({ length: n }, (_, i) => ruleCounterOffset(i, 'acted') >> 2);
   }
 
-  run(frame: Uint8Array): number {
-    const r = this.vm.run(frame);
+  run(bytes: Uint8Array, offset = 0, length = bytes.length - offset): number {
+    const r = this.vm.runAt(bytes, offset, length);
     this.result = r;
     return r.retval | 0;
   }
@@ -73,6 +77,18 @@ export class VmRunner implements ProgramRunner {
   get output(): Uint8Array {
     if (!this.result) throw new Error('no run yet');
     return this.result.packet;
+  }
+
+  get outBytes(): Uint8Array {
+    return this.vm.machine.pkt;
+  }
+
+  get outOffset(): number {
+    return this.vm.machine.pktStart;
+  }
+
+  get outLength(): number {
+    return this.vm.machine.pktEnd - this.vm.machine.pktStart;
   }
 
   actedSinceLast(into: Int32Array): number {
@@ -132,10 +148,10 @@ export class KernelRunner implements ProgramRunner {
     return new KernelRunner(compiled, loaded, testRun);
   }
 
-  run(frame: Uint8Array): number | undefined {
+  run(bytes: Uint8Array, offset = 0, length = bytes.length - offset): number | undefined {
     let r;
     try {
-      r = this.testRun(this.loaded.prog, { data: frame });
+      r = this.testRun(this.loaded.prog, { data: offset === 0 && length === bytes.length ? bytes : bytes.subarray(offset, offset + length) });
     } catch (err) {
       // A BpfError from the test run (checked by shape: src/kernel loads only for this engine).
       if ((err as { operation?: string; errno?: number }).operation === 'test-run' && (err as { errno?: number }).errno === EINVAL) return undefined;
@@ -147,6 +163,16 @@ export class KernelRunner implements ProgramRunner {
 
   get output(): Uint8Array {
     return this.out;
+  }
+
+  get outBytes(): Uint8Array {
+    return this.out;
+  }
+
+  readonly outOffset = 0;
+
+  get outLength(): number {
+    return this.out.length;
   }
 
   actedSinceLast(into: Int32Array): number {

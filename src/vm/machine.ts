@@ -109,14 +109,20 @@ export class Machine {
 
   /** Sets everything up for one run of the program on `packet`. */
   begin(packet: Uint8Array, input?: RunInput): void {
-    const len = packet.length;
+    this.beginAt(packet, 0, packet.length, input);
+  }
+
+  /** begin() for the packet bytes[offset, offset + len), without a view of them (replay's hot path). */
+  beginAt(bytes: Uint8Array, offset: number, len: number, input?: RunInput): void {
     const cap = this.isXdp ? Math.max(len, XDP_MAX_DATA) : MAX_PACKET;
     if (len > MAX_PACKET) throw new UsageError(`packet of ${len} bytes is larger than the VM's ${MAX_PACKET}-byte limit`);
     const start = HEADROOM, end = HEADROOM + len;
     // Outside the packet the buffer reads as zeros at the start of every run, as a fresh test-run buffer does.
     if (this.dirtyLow < start) this.pkt.fill(0, this.dirtyLow, start);
     if (this.dirtyHigh > end) this.pkt.fill(0, end, this.dirtyHigh);
-    this.pkt.set(packet, start);
+    if (offset === 0 && len === bytes.length) this.pkt.set(bytes, start);
+    else if (len > 128) this.pkt.set(bytes.subarray(offset, offset + len), start);
+    else for (let i = 0; i < len; i++) this.pkt[start + i] = bytes[offset + i]!; // cheaper than a view for small packets
     this.pktStart = start;
     this.pktEnd = end;
     this.pktHardEnd = HEADROOM + cap;
@@ -132,7 +138,7 @@ export class Machine {
 
     const ctxWords = this.ctxWords;
     for (let i = 0; i < ctxWords.length; i++) ctxWords[i] = 0;
-    this.applyDefaultContext(packet, len);
+    this.applyDefaultContext(this.pkt, start, len);
     if (input?.ctx) for (const name in input.ctx) this.setCtxField(name, input.ctx[name]!);
 
     this.valueCount = this.prog.staticValues.length;
@@ -147,7 +153,7 @@ export class Machine {
   }
 
   /** What BPF_PROG_TEST_RUN presents without a caller's context (see defaultContext), written without allocating. */
-  private applyDefaultContext(packet: Uint8Array, len: number): void {
+  private applyDefaultContext(packet: Uint8Array, at: number, len: number): void {
     const v = this.ctxView;
     if (this.prog.type === 'xdp') {
       v.setUint32(12, 1, true); // ingress_ifindex: loopback
@@ -155,15 +161,15 @@ export class Machine {
     }
     v.setUint32(40, 1, true); // ifindex: loopback
     if (len >= ETH_HLEN) {
-      let etherType = (packet[12]! << 8) | packet[13]!;
+      let etherType = (packet[at + 12]! << 8) | packet[at + 13]!;
       if (etherType < 0x600) etherType = 0x0004;
       v.setUint32(16, ((etherType & 0xff) << 8) | (etherType >>> 8), true);
       let broadcast = true, toSelf = true;
       for (let i = 0; i < 6; i++) {
-        if (packet[i] !== 0xff) broadcast = false;
-        if (packet[i] !== 0) toSelf = false;
+        if (packet[at + i] !== 0xff) broadcast = false;
+        if (packet[at + i] !== 0) toSelf = false;
       }
-      v.setUint32(4, broadcast ? 1 : (packet[0]! & 1) !== 0 ? 2 : toSelf ? 0 : 3, true);
+      v.setUint32(4, broadcast ? 1 : (packet[at]! & 1) !== 0 ? 2 : toSelf ? 0 : 3, true);
     }
   }
 

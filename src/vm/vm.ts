@@ -91,6 +91,14 @@ export class Vm {
     return this.result;
   }
 
+  /** run() on the packet bytes[offset, offset + length), without making a view of it. */
+  runAt(bytes: Uint8Array, offset: number, length: number, input?: RunInput): RunResult {
+    const m = this.machine;
+    m.beginAt(bytes, offset, length, input);
+    this.result.retval = this.compiled ? this.compiled.run(m) : interpret(m);
+    return this.result;
+  }
+
   /** The generated JavaScript (JIT engine only), for debugging. */
   get source(): string | undefined {
     return this.compiled?.source;
