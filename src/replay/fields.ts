@@ -133,21 +133,27 @@ function formatValue(f: FieldDef, v: number): string {
   return String(v);
 }
 
-/** Bits of a field as masks of the frame bytes it spans: [byte offset, mask] pairs. */
-function fieldBits(f: FieldDef, start: number): Array<[number, number]> {
+/** Bits of a field as masks of the bytes it spans, relative to the field's offset: [byte, mask] pairs. */
+function fieldBits(f: FieldDef): Array<[number, number]> {
   const out: Array<[number, number]> = [];
   if (f.width === 6 || f.width === 16) {
-    for (let i = 0; i < f.width; i++) out.push([start + i, 0xff]);
+    for (let i = 0; i < f.width; i++) out.push([i, 0xff]);
     return out;
   }
   const bits = f.mask * 2 ** f.shift;
   for (let i = 0; i < f.width; i++) {
     const shift = 8 * (f.width - 1 - i);
     const m = Math.floor(bits / 2 ** shift) & 0xff;
-    if (m !== 0) out.push([start + i, m]);
+    if (m !== 0) out.push([i, m]);
   }
   return out;
 }
+
+/** Each listed field with its bytes' masks and its width in bits, computed once. */
+const LISTED_BITS = LISTED.map((f) => {
+  const bits = fieldBits(f);
+  return { field: f, bits, size: bits.reduce((n, [, m]) => n + popcount(m), 0) };
+});
 
 /**
  * The catalog fields whose values differ between `before` and `after` (two versions of one
@@ -158,53 +164,47 @@ function fieldBits(f: FieldDef, start: number): Array<[number, number]> {
  */
 export function changedFields(before: Uint8Array, after: Uint8Array): FieldChange[] {
   const layers = locateLayers(before);
-  const candidates: Array<{ change: FieldChange; bits: Array<[number, number]>; size: number }> = [];
-  for (const f of LISTED) {
+  const candidates: Array<{ field: FieldDef; at: number; bits: Array<[number, number]>; size: number }> = [];
+  const lengthChanged = before.length !== after.length;
+  for (const { field: f, bits, size } of LISTED_BITS) {
     if (f.special === 'frame.len') {
-      if (before.length !== after.length) candidates.push({ change: { field: f, before: String(before.length), after: String(after.length) }, bits: [], size: Infinity });
+      if (lengthChanged) candidates.push({ field: f, at: 0, bits: [], size: Infinity });
       continue;
     }
     const base = layers[f.layer];
     if (base === undefined) continue;
     const at = base + f.offset;
     if (at + f.width > before.length || at + f.width > after.length) continue;
-    const changedBits: Array<[number, number]> = [];
-    for (const [byte, mask] of fieldBits(f, at)) {
-      const d = (before[byte]! ^ after[byte]!) & mask;
-      if (d !== 0) changedBits.push([byte, d]);
+    let changedBits: Array<[number, number]> | undefined;
+    for (const [i, mask] of bits) {
+      const d = (before[at + i]! ^ after[at + i]!) & mask;
+      if (d !== 0) (changedBits ??= []).push([at + i, d]);
     }
-    if (changedBits.length === 0) continue;
-    let b: string, a: string;
-    if (f.width === 6 || f.width === 16) {
-      b = formatBytes(f, before, at);
-      a = formatBytes(f, after, at);
-    } else {
-      const value = (buf: Uint8Array) => (Math.floor(readContainer(buf, at, f.width) / 2 ** f.shift) % (f.mask + 1)) * f.scale;
-      if (f.kind === 'ipv4') {
-        b = formatBytes(f, before, at);
-        a = formatBytes(f, after, at);
-      } else {
-        b = formatValue(f, value(before));
-        a = formatValue(f, value(after));
-      }
-    }
-    const size = fieldBits(f, at).reduce((n, [, m]) => n + popcount(m), 0);
-    candidates.push({ change: { field: f, before: b, after: a }, bits: changedBits, size });
+    if (changedBits) candidates.push({ field: f, at, bits: changedBits, size });
   }
-  return candidates
-    .filter((c) => {
-      // Covered when every changed bit is also a changed bit of a narrower candidate.
-      if (c.bits.length === 0) return true;
-      return !c.bits.every(([byte, mask]) => {
-        let covered = 0;
-        for (const o of candidates) {
-          if (o === c || o.size >= c.size) continue;
-          for (const [ob, om] of o.bits) if (ob === byte) covered |= om;
-        }
-        return (mask & ~covered) === 0;
-      });
-    })
-    .map((c) => c.change);
+  const out: FieldChange[] = [];
+  for (const c of candidates) {
+    // Covered when every changed bit is also a changed bit of a narrower candidate.
+    const covered = c.bits.length > 0 && c.bits.every(([byte, mask]) => {
+      let m = 0;
+      for (const o of candidates) {
+        if (o === c || o.size >= c.size) continue;
+        for (const [ob, om] of o.bits) if (ob === byte) m |= om;
+      }
+      return (mask & ~m) === 0;
+    });
+    if (covered) continue;
+    const f = c.field;
+    if (f.special === 'frame.len') {
+      out.push({ field: f, before: String(before.length), after: String(after.length) });
+    } else if (f.width === 6 || f.width === 16 || f.kind === 'ipv4') {
+      out.push({ field: f, before: formatBytes(f, before, c.at), after: formatBytes(f, after, c.at) });
+    } else {
+      const value = (buf: Uint8Array) => (Math.floor(readContainer(buf, c.at, f.width) / 2 ** f.shift) % (f.mask + 1)) * f.scale;
+      out.push({ field: f, before: formatValue(f, value(before)), after: formatValue(f, value(after)) });
+    }
+  }
+  return out;
 }
 
 function popcount(x: number): number {
