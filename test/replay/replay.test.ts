@@ -7,7 +7,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { appendFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { appendFileSync, chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -297,5 +297,29 @@ kernelTest('netmangle replay --engine kernel writes the same capture as --engine
       assert.deepEqual(outs[1]!.file, outs[0]!.file, rule);
       assert.deepEqual(outs[1]!.summary.rules, outs[0]!.summary.rules);
     }
+  });
+});
+
+test('netmangle replay runs without privileges with jit and interp, and says why kernel cannot', async () => {
+  await withDir(async (dir) => {
+    await shapesCapture(join(dir, 'in.pcap'));
+    chmodSync(dir, 0o777);
+    chmodSync(join(dir, 'in.pcap'), 0o644);
+    // As root, drop to nobody for the run (setpriv, util-linux); otherwise we are unprivileged already.
+    const asUser = (args: string[]) => {
+      const argv = process.getuid?.() === 0 ? ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', bin, ...args] : [bin, ...args];
+      const r = spawnSync(argv[0]!, argv.slice(1), { encoding: 'utf8' });
+      return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+    };
+    const outs: Buffer[] = [];
+    for (const engine of ['jit', 'interp']) {
+      const r = asUser(['replay', 'ip => set ip.ttl = random(1, 9)', join(dir, 'in.pcap'), '--hook', 'egress', '-o', join(dir, `${engine}.pcap`), '--seed', '4', '--engine', engine]);
+      assert.equal(r.status, 0, r.stderr);
+      outs.push(readFileSync(join(dir, `${engine}.pcap`)));
+    }
+    assert.deepEqual(outs[0], outs[1]);
+    const k = asUser(['replay', 'ip => drop', join(dir, 'in.pcap'), '--hook', 'egress', '-o', join(dir, 'k.pcap'), '--engine', 'kernel']);
+    assert.equal(k.status, 2);
+    assert.match(k.stderr, /^netmangle: --engine kernel needs root/);
   });
 });
