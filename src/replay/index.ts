@@ -12,7 +12,7 @@ import { UsageError } from '../errors.js';
 import type { Hook, RuleGroup } from '../rules/ast.js';
 import { lookupField } from '../rules/catalog.js';
 import {
-  checkLinkType, createPcapngWriter, createPcapWriter, forEachPacket, LINKTYPE_ETHERNET, openCaptureSync, toEthernet,
+  checkLinkType, createPcapngWriter, createPcapWriter, LINKTYPE_ETHERNET, openCaptureSync, toEthernet,
   type CaptureWriter,
 } from '../pcap/index.js';
 import { changedFields, differingBytes, formatChanges } from './fields.js';
