@@ -3,24 +3,34 @@
  * rule is evaluated in order. Register plan, kept for the whole program:
  *
  *   r6  the context (xdp_md or __sk_buff)
- *   r7  offset of the L3 header from the start of the frame (0 when there is none)
- *   r8  offset of the L4 header (0 when not visible: no IP, unknown protocol, non-first fragment)
+ *   r7  packet pointer to the L3 header; valid when ip or ipv6 is present, and then the whole
+ *       fixed header (20 or 40 bytes) lies before data_end
+ *   r8  packet pointer to the L4 header; valid when tcp, udp, icmp or icmpv6 is present, and
+ *       then its whole fixed header (20 or 8 bytes) lies before data_end
  *   r9  bit set of the layers present (LAYER_BIT)
  *   r0-r5  temporaries; helper calls clobber them, so nothing lives in them across a call.
  *
- * Stack: fp-8 state map value pointer (0 until looked up), fp-16 every-N map value pointer,
- * fp-24 map key, fp-32/-40 a write's old and new words, fp-48 the XDP frame length, fp-64 and
- * down: the values of a rule's `set` actions, computed before any write so that every
- * right-hand side reads the packet as it was before the rule touched it.
+ * So IP and L4 fields are one load each: the verifier knows r9 on every path (the parser sets
+ * it from constants), so it knows which of r7/r8 are checked pointers wherever a field is
+ * read. bpf_l4_csum_replace (tc only) may move packet data, which turns r7/r8 into unknowns
+ * for the verifier: after each call they are derived again from offsets the parser saved
+ * (reloadHeaders). Ethernet and VLAN fields are read from the packet start, checked per read.
  *
- * Every packet access reloads data/data_end from the context and checks its bounds, so the
- * verifier accepts it after helpers that move packet data (bpf_l4_csum_replace at tc) and a
- * truncated frame is never read past its end: a field that is not there makes its comparison
- * false and its rule's actions skip.
+ * A layer is present only when its whole fixed header is in the frame; a field whose layer is
+ * absent makes its comparison false and its rule's actions skip. Raw words are compared in
+ * the register layout of a little-endian load (x86-64, arm64), which saves byte swaps.
+ *
+ * Stack: fp-8 state map value pointer (0 until looked up), fp-16 every-N map value pointer,
+ * fp-24 map key, fp-20/-18 the L3 and L4 offsets (u16, for reloadHeaders), fp-32/-40 a
+ * write's old and new words, fp-48 the XDP frame length, fp-64 and down: the values of a
+ * rule's `set` actions, computed before any write so that every right-hand side reads the
+ * packet as it was before the rule touched it.
  */
 import { Assembler, imm, type AluOp, type JmpOp, type Operand } from '../bpf/asm.js';
-import { BPF_ADD, BPF_FETCH, R0, R1, R2, R3, R4, R5, R6, R7, R8, R9, R10, type Reg } from '../bpf/opcodes.js';
-import type { Action, Cond, Expr, FieldDef, Hook, Rule, RuleGroup } from '../rules/ast.js';
+import type { Insn } from '../bpf/insn.js';
+import { BPF_ADD, BPF_EXIT, BPF_FETCH, BPF_JMP, R0, R1, R2, R3, R4, R5, R6, R7, R8, R9, R10, type Reg } from '../bpf/opcodes.js';
+import type { Action, Cond, Expr, FieldDef, Hook, Layer, Rule, RuleGroup } from '../rules/ast.js';
+import { HEADER_SIZE } from '../rules/catalog.js';
 import { NetmangleError } from '../errors.js';
 import {
   BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, CTX, EVERY_MAP, HELPER, LAYER_BIT, SEED_SECTION, SKB, STATE_GSO, STATE_MAP, STATE_PRNG,
@@ -44,7 +54,16 @@ const SLOT_FLEN = -48;
 const SLOT_SETS = -64;
 const MAX_SETS = 28;
 
-const ETH_P_IP = 0x0800, ETH_P_IPV6 = 0x86dd, ETH_P_8021Q = 0x8100, ETH_P_8021AD = 0x88a8;
+/** Saved L3 and L4 offsets from the packet start (u16 each), for reloadHeaders. */
+const SLOT_L3_OFF = -20;
+const SLOT_L4_OFF = -18;
+
+/** EtherTypes and masks as a 16-bit little-endian load of the network-order bytes gives them. */
+const RAW_ETH_P_IP = 0x0008, RAW_ETH_P_IPV6 = 0xdd86, RAW_ETH_P_8021Q = 0x0081, RAW_ETH_P_8021AD = 0xa888;
+/** IPv4 fragment offset (the low 13 bits of bytes 6-7) and IPv6 fragment offset (the high 13 bits of bytes 2-3). */
+const RAW_IP_OFFSET_MASK = 0xff1f, RAW_IP6_OFFSET_MASK = 0xf8ff;
+const IP_PROTO = { tcp: 6, udp: 17, icmp: 1, icmpv6: 58 } as const;
+const L4_BITS = LAYER_BIT.tcp | LAYER_BIT.udp | LAYER_BIT.icmp | LAYER_BIT.icmpv6;
 /** IPv6 extension headers walked before the L4 header, at most this many. */
 const IPV6_EXT_MAX = 6;
 
@@ -67,6 +86,63 @@ export interface GenResult {
   usesEvery: boolean;
 }
 
+/**
+ * An Assembler that leaves out code nothing reaches, which the kernel refuses ("unreachable
+ * insn"): what follows a `ja` or `exit` up to the next label some jump names. It arises from
+ * rules after an unconditional `drop`/`pass`, matches that cannot hold (`not frame`, two L4
+ * protocols at once) and parse ends where no rule can match. Every jump the code generator
+ * emits goes forward, so when a label is placed, every jump to it is already known.
+ */
+class ReachableAssembler extends Assembler {
+  private dead = false;
+  private readonly targeted = new Set<string>();
+
+  override label(name: string): this {
+    if (this.targeted.has(name)) this.dead = false;
+    return super.label(name);
+  }
+
+  override raw(insn: Insn): this {
+    if (this.dead) return this;
+    super.raw(insn);
+    if (insn.code === (BPF_JMP | BPF_EXIT)) this.dead = true;
+    return this;
+  }
+
+  private target(name: string): void {
+    if (this.hasLabel(name)) throw new CompileError(`internal: backward jump to ${name}`);
+    this.targeted.add(name);
+  }
+
+  override jmp(op: JmpOp, dst: Reg, v: Operand, target: string): this {
+    if (this.dead) return this;
+    this.target(target);
+    return super.jmp(op, dst, v, target);
+  }
+
+  override jmp32(op: JmpOp, dst: Reg, v: Operand, target: string): this {
+    if (this.dead) return this;
+    this.target(target);
+    return super.jmp32(op, dst, v, target);
+  }
+
+  override ja(target: string): this {
+    if (this.dead) return this;
+    this.target(target);
+    super.ja(target);
+    this.dead = true;
+    return this;
+  }
+
+  override ldMap(dst: Reg, name: string): this {
+    return this.dead ? this : super.ldMap(dst, name);
+  }
+
+  override ldMapValue(dst: Reg, name: string, offset = 0): this {
+    return this.dead ? this : super.ldMapValue(dst, name, offset);
+  }
+}
+
 export function generate(group: RuleGroup, opts: GenOptions): GenResult {
   const g = new Gen(group.hook, opts);
   g.program(group.rules);
@@ -74,7 +150,7 @@ export function generate(group: RuleGroup, opts: GenOptions): GenResult {
 }
 
 class Gen {
-  readonly a = new Assembler();
+  readonly a: Assembler = new ReachableAssembler();
   readonly kind: ProgKind;
   readonly hook: Hook;
   usesEvery = false;
@@ -82,6 +158,19 @@ class Gen {
   private free: Reg[] = [R1, R2, R3, R4, R5, R0];
   private readonly v: { none: number; pass: number; drop: number };
   private rule?: Rule;
+  /** Layers some rule reads, writes, tests or fixes a checksum in. */
+  private wanted = new Set<Layer>();
+  /** Per rule, the layers its match needs present. */
+  private required: Array<Set<Layer>> = [];
+  /** Parse ends jumped to, emitted after the parser: label → layers. */
+  private readonly ends = new Map<string, Layer[]>();
+  /** L4 header checks jumped to: label, L3 layer, L4 layer. */
+  private readonly l4Blocks: Array<[string, 'ip' | 'ipv6', L4Layer]> = [];
+  /** Layers present on every path that reaches the rules. */
+  private atRules?: Set<Layer>;
+  private needsReload = false;
+  /** Whether map value pointers are cached on the stack across rules (more than one rule). */
+  private cacheMaps = false;
 
   constructor(hook: Hook, private readonly opts: GenOptions) {
     this.hook = hook;
@@ -111,14 +200,17 @@ class Gen {
 
   program(rules: Rule[]): void {
     const a = this.a;
+    this.wanted = wantedLayers(rules);
+    this.required = rules.map((r) => requiredLayers(r.match));
+    this.needsReload = callsL4CsumReplace(this.kind, rules);
+    this.cacheMaps = rules.length > 1;
     a.mov64(CTXR, R1);
-    a.st(8, FP, SLOT_STATE, 0);
-    a.st(8, FP, SLOT_EVERY, 0);
     if (this.kind === 'xdp' && JSON.stringify(rules, (k, v) => (k === 'field' && v?.special ? v.special : v)).includes('"frame.len"')) {
       // bpf_xdp_get_buff_len: the verifier forbids arithmetic on data_end, so ask the kernel.
       a.mov64(R1, CTXR).call(HELPER.xdp_get_buff_len).stx(8, FP, SLOT_FLEN, R0);
     }
     this.parse();
+    if (this.cacheMaps) a.st(8, FP, SLOT_STATE, 0).st(8, FP, SLOT_EVERY, 0);
     rules.forEach((rule, i) => this.compileRule(rule, i));
     a.label('verdict_none').movImm(R0, this.v.none).exit();
   }
@@ -129,83 +221,202 @@ class Gen {
     this.a.ldx(4, data, CTXR, c.data).ldx(4, end, CTXR, c.dataEnd);
   }
 
-  /** Fills r7, r8, r9 from the headers. Layers it cannot see stay absent. */
+  /**
+   * Fills r7, r8, r9 from the headers. Layers it cannot see stay absent. The parser is
+   * specialised to the rules: it walks only headers some rule reads, writes or tests (no IPv6
+   * walk for IPv4-only rules, no L4 dispatch for L3-only rules), and where it learns that
+   * no rule can match the layers found (every rule needs a layer the packet lacks) it returns
+   * at once. Every comparison is on raw (little-endian loaded) words, so no byte swaps.
+   */
   private parse(): void {
     const a = this.a;
-    const done = 'parsed';
-    a.movImm(L3, 0).movImm(L4, 0).movImm(LAYERS, 0);
+    const w = this.wanted;
+    const wantL4v4 = w.has('tcp') || w.has('udp') || w.has('icmp');
+    const wantL4v6 = w.has('tcp') || w.has('udp') || w.has('icmpv6');
+    const wantIp = w.has('ip') || wantL4v4;
+    const wantIpv6 = w.has('ipv6') || wantL4v6;
+    const wantVlan = w.has('vlan') || wantIp || wantIpv6;
+
+    a.movImm(LAYERS, 0);
     this.loadBounds(R2, R3);
-    a.mov64(R4, R2).alu64('add', R4, imm(14)).jmp('jgt', R4, R3, done);
-    a.alu64('or', LAYERS, imm(LAYER_BIT.eth));
-    a.ldx(2, R5, R2, 12).be(R5, 16).movImm(L3, 14);
-    // Up to two VLAN tags (802.1Q, 802.1ad); vlan.* fields read the outer one.
-    for (let tag = 0; tag < 2; tag++) {
-      const next = this.fresh('novlan');
-      a.jmp('jeq', R5, imm(ETH_P_8021Q), `vlan${tag}`).jmp('jne', R5, imm(ETH_P_8021AD), next);
-      a.label(`vlan${tag}`);
-      a.mov64(R4, R2).alu64('add', R4, imm(18 + 4 * tag)).jmp('jgt', R4, R3, done);
-      a.alu64('or', LAYERS, imm(LAYER_BIT.vlan));
-      a.ldx(2, R5, R2, 16 + 4 * tag).be(R5, 16).movImm(L3, 18 + 4 * tag);
-      a.label(next);
+    a.mov64(R4, R2).alu64('add', R4, imm(14)).jmp('jgt', R4, R3, this.end([]));
+    if (!wantVlan) {
+      this.finish(['eth']);
+    } else {
+      a.ldx(2, R5, R2, 12);
+      // Up to two VLAN tags (802.1Q, 802.1ad); vlan.* fields read the outer one.
+      for (let tag = 0; tag <= 2; tag++) {
+        const other = this.fresh('not_ip4');
+        if (wantIp) {
+          a.jmp('jne', R5, imm(RAW_ETH_P_IP), other);
+          a.mov64(L3, R2).alu64('add', L3, imm(14 + 4 * tag)).ja('ip4');
+          a.label(other);
+        }
+        if (wantIpv6) {
+          const notIp6 = this.fresh('not_ip6');
+          a.jmp('jne', R5, imm(RAW_ETH_P_IPV6), notIp6);
+          a.mov64(L3, R2).alu64('add', L3, imm(14 + 4 * tag)).ja('ip6');
+          a.label(notIp6);
+        }
+        if (tag === 2) break;
+        const noTag = this.end(['eth']);
+        const tagged = this.fresh('vlan');
+        a.jmp('jeq', R5, imm(RAW_ETH_P_8021Q), tagged).jmp('jne', R5, imm(RAW_ETH_P_8021AD), noTag);
+        a.label(tagged);
+        a.mov64(R4, R2).alu64('add', R4, imm(18 + 4 * tag)).jmp('jgt', R4, R3, noTag);
+        if (tag === 0) a.movImm(LAYERS, LAYER_BIT.vlan);
+        a.ldx(2, R5, R2, 16 + 4 * tag);
+      }
+      this.finish(['eth']);
     }
-    a.jmp('jeq', R5, imm(ETH_P_IP), 'ip4').jmp('jeq', R5, imm(ETH_P_IPV6), 'ip6').ja(done);
 
-    // IPv4, with options; L4 only in the first fragment.
-    a.label('ip4');
-    a.mov64(R4, R2).alu64('add', R4, L3).mov64(R1, R4).alu64('add', R1, imm(20)).jmp('jgt', R1, R3, done);
-    a.ldx(1, R1, R4, 0).mov64(R0, R1).alu64('and', R0, imm(0xf0)).jmp('jne', R0, imm(0x40), done);
-    a.alu64('and', R1, imm(0x0f)).jmp('jlt', R1, imm(5), done).alu64('lsh', R1, imm(2));
-    a.alu64('or', LAYERS, imm(LAYER_BIT.ip));
-    a.ldx(2, R0, R4, 6).be(R0, 16).alu64('and', R0, imm(0x1fff)).jmp('jne', R0, imm(0), done);
-    a.mov64(L4, L3).alu64('add', L4, R1);
-    a.ldx(1, R0, R4, 9);
-    a.jmp('jeq', R0, imm(6), 'l4_tcp').jmp('jeq', R0, imm(17), 'l4_udp').jmp('jeq', R0, imm(1), 'l4_icmp');
-    a.movImm(L4, 0).ja(done);
-
-    // IPv6, walking a bounded number of extension headers.
-    a.label('ip6');
-    a.mov64(R4, R2).alu64('add', R4, L3).mov64(R1, R4).alu64('add', R1, imm(40)).jmp('jgt', R1, R3, done);
-    a.ldx(1, R1, R4, 0).alu64('and', R1, imm(0xf0)).jmp('jne', R1, imm(0x60), done);
-    a.alu64('or', LAYERS, imm(LAYER_BIT.ipv6));
-    a.ldx(1, R0, R4, 6).mov64(L4, L3).alu64('add', L4, imm(40));
-    for (let i = 0; i < IPV6_EXT_MAX; i++) {
-      const next = this.fresh('ext');
-      const frag = this.fresh('frag');
-      const ah = this.fresh('ah');
-      const generic = this.fresh('opt');
-      a.jmp('jeq', R0, imm(0), generic).jmp('jeq', R0, imm(43), generic).jmp('jeq', R0, imm(60), generic);
-      a.jmp('jeq', R0, imm(44), frag).jmp('jeq', R0, imm(51), ah).ja('ip6_l4');
-      // Hop-by-hop, routing, destination options: length in 8-octet units, not counting the first 8.
-      a.label(generic);
-      a.mov64(R4, R2).alu64('add', R4, L4).mov64(R1, R4).alu64('add', R1, imm(8)).jmp('jgt', R1, R3, 'ip6_nol4');
-      a.ldx(1, R0, R4, 0).ldx(1, R1, R4, 1).alu64('add', R1, imm(1)).alu64('lsh', R1, imm(3)).alu64('add', L4, R1).ja(next);
-      // Fragment header: 8 bytes; only the first fragment carries the L4 header.
-      a.label(frag);
-      a.mov64(R4, R2).alu64('add', R4, L4).mov64(R1, R4).alu64('add', R1, imm(8)).jmp('jgt', R1, R3, 'ip6_nol4');
-      a.ldx(2, R1, R4, 2).be(R1, 16).alu64('and', R1, imm(0xfff8)).jmp('jne', R1, imm(0), 'ip6_nol4');
-      a.ldx(1, R0, R4, 0).alu64('add', L4, imm(8)).ja(next);
-      // Authentication header: length in 4-octet units, not counting the first 2.
-      a.label(ah);
-      a.mov64(R4, R2).alu64('add', R4, L4).mov64(R1, R4).alu64('add', R1, imm(8)).jmp('jgt', R1, R3, 'ip6_nol4');
-      a.ldx(1, R0, R4, 0).ldx(1, R1, R4, 1).alu64('add', R1, imm(2)).alu64('lsh', R1, imm(2)).alu64('add', L4, R1);
-      a.label(next);
+    // IPv4 at r7, with options; L4 only in the first fragment.
+    if (wantIp) {
+      a.label('ip4');
+      a.mov64(R1, L3).alu64('add', R1, imm(20)).jmp('jgt', R1, R3, this.end(['eth']));
+      a.ldx(1, R1, L3, 0);
+      if (!wantL4v4) {
+        a.jmp('jeq', R1, imm(0x45), this.end(['eth', 'ip']));
+        a.mov64(R0, R1).alu64('and', R0, imm(0xf0)).jmp('jne', R0, imm(0x40), this.end(['eth']));
+        a.alu64('and', R1, imm(0x0f)).jmp('jlt', R1, imm(5), this.end(['eth']));
+        this.finish(['eth', 'ip']);
+      } else {
+        // The usual header: version 4, no options.
+        a.mov64(L4, L3).alu64('add', L4, imm(20)).jmp('jeq', R1, imm(0x45), 'ip4_frag');
+        a.mov64(R0, R1).alu64('and', R0, imm(0xf0)).jmp('jne', R0, imm(0x40), this.end(['eth']));
+        a.alu64('and', R1, imm(0x0f)).jmp('jlt', R1, imm(5), this.end(['eth']));
+        a.alu64('lsh', R1, imm(2)).mov64(L4, L3).alu64('add', L4, R1);
+        a.label('ip4_frag');
+        a.ldx(2, R0, L3, 6).alu64('and', R0, imm(RAW_IP_OFFSET_MASK)).jmp('jne', R0, imm(0), this.end(['eth', 'ip']));
+        a.ldx(1, R0, L3, 9);
+        this.l4Dispatch(['tcp', 'udp', 'icmp'], 'ip');
+        this.finish(['eth', 'ip']);
+      }
     }
-    a.label('ip6_l4');
-    a.jmp('jeq', R0, imm(6), 'l4_tcp').jmp('jeq', R0, imm(17), 'l4_udp').jmp('jeq', R0, imm(58), 'l4_icmpv6');
-    a.label('ip6_nol4').movImm(L4, 0).ja(done);
 
-    // An L4 layer is present only when its whole fixed header is in the frame: a rule never
+    // IPv6 at r7, walking a bounded number of extension headers.
+    if (wantIpv6) {
+      a.label('ip6');
+      a.mov64(R1, L3).alu64('add', R1, imm(40)).jmp('jgt', R1, R3, this.end(['eth']));
+      a.ldx(1, R1, L3, 0).alu64('and', R1, imm(0xf0)).jmp('jne', R1, imm(0x60), this.end(['eth']));
+      if (!wantL4v6) {
+        this.finish(['eth', 'ipv6']);
+      } else {
+        const noL4 = this.end(['eth', 'ipv6']);
+        a.ldx(1, R0, L3, 6).mov64(L4, L3).alu64('add', L4, imm(40));
+        for (let i = 0; i < IPV6_EXT_MAX; i++) {
+          const next = this.fresh('ext');
+          const frag = this.fresh('frag');
+          const ah = this.fresh('ah');
+          const generic = this.fresh('opt');
+          this.l4Dispatch(['tcp', 'udp', 'icmpv6'], 'ipv6');
+          a.jmp('jeq', R0, imm(0), generic).jmp('jeq', R0, imm(43), generic).jmp('jeq', R0, imm(60), generic);
+          a.jmp('jeq', R0, imm(44), frag).jmp('jne', R0, imm(51), noL4);
+          // Authentication header: length in 4-octet units, not counting the first 2.
+          a.label(ah);
+          a.mov64(R1, L4).alu64('add', R1, imm(8)).jmp('jgt', R1, R3, noL4);
+          a.ldx(1, R0, L4, 0).ldx(1, R1, L4, 1).alu64('add', R1, imm(2)).alu64('lsh', R1, imm(2)).alu64('add', L4, R1).ja(next);
+          // Hop-by-hop, routing, destination options: length in 8-octet units, not counting the first 8.
+          a.label(generic);
+          a.mov64(R1, L4).alu64('add', R1, imm(8)).jmp('jgt', R1, R3, noL4);
+          a.ldx(1, R0, L4, 0).ldx(1, R1, L4, 1).alu64('add', R1, imm(1)).alu64('lsh', R1, imm(3)).alu64('add', L4, R1).ja(next);
+          // Fragment header: 8 bytes; only the first fragment carries the L4 header.
+          a.label(frag);
+          a.mov64(R1, L4).alu64('add', R1, imm(8)).jmp('jgt', R1, R3, noL4);
+          a.ldx(2, R1, L4, 2).alu64('and', R1, imm(RAW_IP6_OFFSET_MASK)).jmp('jne', R1, imm(0), noL4);
+          a.ldx(1, R0, L4, 0).alu64('add', L4, imm(8));
+          a.label(next);
+        }
+        this.l4Dispatch(['tcp', 'udp', 'icmpv6'], 'ipv6');
+        this.finish(['eth', 'ipv6']);
+      }
+    }
+
+    // L4 headers: present only when the whole fixed header is in the frame, so a rule never
     // writes a field whose checksum lies beyond the end, and never half-parses a header.
-    const l4 = (label: string, bit: number, size: number): void => {
-      a.label(label).mov64(R4, R2).alu64('add', R4, L4).alu64('add', R4, imm(size)).jmp('jgt', R4, R3, 'l4_cut');
-      a.alu64('or', LAYERS, imm(bit)).ja(done);
-    };
-    l4('l4_tcp', LAYER_BIT.tcp, 20);
-    l4('l4_udp', LAYER_BIT.udp, 8);
-    l4('l4_icmp', LAYER_BIT.icmp, 8);
-    l4('l4_icmpv6', LAYER_BIT.icmpv6, 8);
-    a.label('l4_cut').movImm(L4, 0);
-    a.label(done);
+    for (const [label, l3, l4] of this.l4Blocks) {
+      a.label(label);
+      a.mov64(R1, L4).alu64('add', R1, imm(HEADER_SIZE[l4])).jmp('jgt', R1, R3, this.end(['eth', l3]));
+      this.finish(['eth', l3, l4]);
+    }
+    // Parse ends that other code jumps to.
+    for (const [label, layers] of this.ends) {
+      a.label(label);
+      this.finish(layers);
+    }
+    a.label('parsed');
+    if (this.needsReload) {
+      // Offsets of L3 and L4 for re-deriving r7/r8 after bpf_l4_csum_replace (see reloadHeaders).
+      const saveL3 = this.fresh('l3_save');
+      const saveL4 = this.fresh('l4_save');
+      const saved = this.fresh('saved');
+      a.jmp('jset', LAYERS, imm(LAYER_BIT.ip | LAYER_BIT.ipv6), saveL3).ja(saved);
+      a.label(saveL3).mov64(R1, L3).alu64('sub', R1, R2).stx(2, FP, SLOT_L3_OFF, R1);
+      a.jmp('jset', LAYERS, imm(L4_BITS), saveL4).ja(saved);
+      a.label(saveL4).mov64(R1, L4).alu64('sub', R1, R2).stx(2, FP, SLOT_L4_OFF, R1);
+      a.label(saved);
+    }
+  }
+
+  /** Jumps to the L4 header checks of the wanted protocols (r0 holds the protocol number). */
+  private l4Dispatch(protocols: Array<'tcp' | 'udp' | 'icmp' | 'icmpv6'>, l3: 'ip' | 'ipv6'): void {
+    for (const p of protocols) {
+      if (!this.wanted.has(p)) continue;
+      const label = `l4_${p}_${l3}`;
+      if (!this.l4Blocks.some(([l]) => l === label)) this.l4Blocks.push([label, l3, p]);
+      this.a.jmp('jeq', R0, imm(IP_PROTO[p]), label);
+    }
+  }
+
+  /** A label that ends the parse with these layers (emitted after the parser's code). */
+  private end(layers: Layer[]): string {
+    if (!this.canMatch(layers)) return 'verdict_none';
+    const label = `end_${layers.join('_') || 'none'}`;
+    if (!this.ends.has(label)) this.ends.set(label, layers);
+    return label;
+  }
+
+  /** Ends the parse here with these layers: on to the rules, or out when none can match. */
+  private finish(layers: Layer[]): void {
+    if (!this.canMatch(layers)) {
+      this.a.ja('verdict_none');
+      return;
+    }
+    this.atRules = this.atRules ? new Set(layers.filter((l) => this.atRules!.has(l))) : new Set(layers);
+    const bits = layers.reduce((b, l) => b | (l === 'frame' ? 0 : LAYER_BIT[l]), 0);
+    if (bits) this.a.alu64('or', LAYERS, imm(bits));
+    this.a.ja('parsed');
+  }
+
+  /** Whether some rule can match a packet with these layers (and maybe a VLAN tag). */
+  private canMatch(layers: Layer[]): boolean {
+    const have = new Set<Layer>([...layers, 'frame', 'vlan']);
+    return this.required.some((need) => [...need].every((l) => have.has(l)));
+  }
+
+  /**
+   * After bpf_l4_csum_replace (which may move packet data), r7 and r8 are packet pointers no
+   * longer: derive them again from the offsets saved after the parse, with the bounds checks
+   * the verifier wants (they cannot fail: the packet did not shrink). Only reached where an
+   * L4 layer, and so an L3 one, is present.
+   */
+  private reloadHeaders(): void {
+    const a = this.a;
+    this.loadBounds(R2, R3);
+    const v4 = this.fresh('reload_v4');
+    const checkL3 = this.fresh('reload_l3');
+    a.ldx(2, R1, FP, SLOT_L3_OFF).alu64('and', R1, imm(0x3fff)).mov64(L3, R2).alu64('add', L3, R1);
+    a.jmp('jset', LAYERS, imm(LAYER_BIT.ip), v4);
+    a.mov64(R1, L3).alu64('add', R1, imm(40)).ja(checkL3);
+    a.label(v4).mov64(R1, L3).alu64('add', R1, imm(20));
+    a.label(checkL3).jmp('jgt', R1, R3, 'verdict_none');
+    const tcp = this.fresh('reload_tcp');
+    const checkL4 = this.fresh('reload_l4');
+    a.ldx(2, R1, FP, SLOT_L4_OFF).alu64('and', R1, imm(0x3fff)).mov64(L4, R2).alu64('add', L4, R1);
+    a.jmp('jset', LAYERS, imm(LAYER_BIT.tcp), tcp);
+    a.mov64(R1, L4).alu64('add', R1, imm(8)).ja(checkL4);
+    a.label(tcp).mov64(R1, L4).alu64('add', R1, imm(20));
+    a.label(checkL4).jmp('jgt', R1, R3, 'verdict_none');
   }
 
   // ---------------------------------------------------------------- rules
@@ -215,7 +426,7 @@ class Gen {
     this.rule = rule;
     const next = `rule${index}_end`;
     a.label(`rule${index}`); // no code: marks where the rule starts, for listings and --emit c
-    this.cond(rule.match, next);
+    const known = this.condFalse(rule.match, next, this.atRules ?? new Set());
     this.ensureState();
     this.bumpCounter(index, 'matched');
     if (this.hook === 'egress') this.countGso();
@@ -228,8 +439,8 @@ class Gen {
       });
     }
     // Right-hand sides first, against the unmodified packet.
-    sets.forEach((s, k) => this.computeSet(s, SLOT_SETS - 16 * k, next));
-    sets.forEach((s, k) => this.writeSet(s, SLOT_SETS - 16 * k, rule.checksum === 'fix'));
+    sets.forEach((s, k) => this.computeSet(s, SLOT_SETS - 16 * k, next, known));
+    sets.forEach((s, k) => this.writeSet(s, SLOT_SETS - 16 * k, rule.checksum === 'fix', known));
     this.bumpCounter(index, 'acted');
     const final = rule.actions.find((x) => x.kind === 'drop' || x.kind === 'pass');
     if (final?.kind === 'drop') {
@@ -246,7 +457,7 @@ class Gen {
   private ensureState(): void {
     const a = this.a;
     const have = this.fresh('have_state');
-    a.ldx(8, R0, FP, SLOT_STATE).jmp('jne', R0, imm(0), have);
+    if (this.cacheMaps) a.ldx(8, R0, FP, SLOT_STATE).jmp('jne', R0, imm(0), have);
     a.st(4, FP, SLOT_KEY, 0).ldMap(R1, STATE_MAP).mov64(R2, FP).alu64('add', R2, imm(SLOT_KEY)).call(HELPER.map_lookup_elem);
     // The lookup of key 0 in a one-entry array cannot fail; the verifier still wants the test.
     a.jmp('jeq', R0, imm(0), 'verdict_none').stx(8, FP, SLOT_STATE, R0);
@@ -287,7 +498,7 @@ class Gen {
     if (rule.every !== undefined && rule.every > 1) {
       this.usesEvery = true;
       const have = this.fresh('have_every');
-      a.ldx(8, R0, FP, SLOT_EVERY).jmp('jne', R0, imm(0), have);
+      if (this.cacheMaps) a.ldx(8, R0, FP, SLOT_EVERY).jmp('jne', R0, imm(0), have);
       a.st(4, FP, SLOT_KEY, 0).ldMap(R1, EVERY_MAP).mov64(R2, FP).alu64('add', R2, imm(SLOT_KEY)).call(HELPER.map_lookup_elem);
       a.jmp('jeq', R0, imm(0), 'verdict_none').stx(8, FP, SLOT_EVERY, R0);
       a.label(have);
@@ -321,79 +532,165 @@ class Gen {
 
   // ---------------------------------------------------------------- conditions
 
-  /** Falls through when `c` holds, jumps to `no` otherwise. */
-  private cond(c: Cond, no: string): void {
+  /**
+   * Falls through when `c` holds, jumps to `no` otherwise. `known`: layers already known to
+   * be present here (their presence tests are left out). Returns the layers known present
+   * after it, when it held.
+   */
+  private condFalse(c: Cond, no: string, known: ReadonlySet<Layer>): ReadonlySet<Layer> {
     const a = this.a;
+    const after = new Set([...known, ...requiredLayers(c)]);
     switch (c.kind) {
       case 'true':
-        return;
-      case 'proto': {
-        if (c.layer === 'frame') return;
-        const r = this.alloc();
-        a.mov64(r, LAYERS).alu64('and', r, imm(LAYER_BIT[c.layer])).jmp('jeq', r, imm(0), no);
-        this.release(r);
-        return;
-      }
+        return known;
+      case 'proto':
+        this.layerTest(c.layer, no, known);
+        return after;
       case 'truthy': {
-        const r = this.expr(c.expr, no);
-        a.jmp('jeq', r, imm(0), no);
-        this.release(r);
-        return;
+        const bits = bitTest(c.expr);
+        if (bits) {
+          this.bitsTest(bits, no, known, false);
+        } else {
+          const r = this.expr(c.expr, no, known);
+          a.jmp('jeq', r, imm(0), no);
+          this.release(r);
+        }
+        return after;
       }
       case 'cmp':
-        return this.compare(c.op, c.left, c.right, no);
+        this.compare(c.op, c.left, c.right, no, known);
+        return after;
       case 'in': {
         const yes = this.fresh('in_yes');
-        const v = this.expr(c.expr, no);
+        const v = this.expr(c.expr, no, known);
         for (const item of c.items) {
           const skip = this.fresh('in_next');
           if (item.hi === undefined) {
-            this.jumpCmp('jeq', v, item.lo, yes, no);
+            this.jumpCmp('jeq', v, item.lo, yes, no, known);
           } else {
-            this.jumpCmp('jlt', v, item.lo, skip, no);
-            this.jumpCmp('jle', v, item.hi, yes, no);
+            this.jumpCmp('jlt', v, item.lo, skip, no, known);
+            this.jumpCmp('jle', v, item.hi, yes, no, known);
           }
           a.label(skip);
         }
         this.release(v);
         a.ja(no).label(yes);
-        return;
+        return after;
       }
-      case 'and':
-        this.cond(c.left, no);
-        this.cond(c.right, no);
-        return;
+      case 'and': {
+        const k = this.condFalse(c.left, no, known);
+        this.condFalse(c.right, no, k);
+        return after;
+      }
       case 'or': {
-        const right = this.fresh('or_right');
+        const tests = orTests(c);
         const yes = this.fresh('or_yes');
-        this.cond(c.left, right);
-        a.ja(yes).label(right);
-        this.cond(c.right, no);
+        tests.slice(0, -1).forEach((t) => this.testTrue(t, yes, known));
+        this.testFalse(tests[tests.length - 1]!, no, known);
         a.label(yes);
-        return;
+        return after;
       }
-      case 'not': {
-        const yes = this.fresh('not_yes');
-        this.cond(c.arg, yes);
-        a.ja(no).label(yes);
-        return;
-      }
+      case 'not':
+        this.condTrue(c.arg, no, known);
+        return known;
     }
   }
 
+  /** Jumps to `yes` when `c` holds, falls through otherwise. */
+  private condTrue(c: Cond, yes: string, known: ReadonlySet<Layer>): void {
+    const a = this.a;
+    switch (c.kind) {
+      case 'true':
+        a.ja(yes);
+        return;
+      case 'proto':
+        if (c.layer === 'frame' || known.has(c.layer)) a.ja(yes);
+        else a.jmp('jset', LAYERS, imm(LAYER_BIT[c.layer]), yes);
+        return;
+      case 'truthy': {
+        const bits = bitTest(c.expr);
+        if (!bits) break;
+        const skip = this.fresh('bits_absent');
+        this.bitsTest(bits, yes, known, true, skip);
+        a.label(skip);
+        return;
+      }
+      case 'and': {
+        const skip = this.fresh('and_no');
+        const k = this.condFalse(c.left, skip, known);
+        this.condTrue(c.right, yes, k);
+        a.label(skip);
+        return;
+      }
+      case 'or':
+        for (const t of orTests(c)) this.testTrue(t, yes, known);
+        return;
+      case 'not':
+        this.condFalse(c.arg, yes, known);
+        return;
+      default:
+        break;
+    }
+    const skip = this.fresh('not_holds');
+    this.condFalse(c, skip, known);
+    a.ja(yes).label(skip);
+  }
+
+  private testTrue(t: OrTest, yes: string, known: ReadonlySet<Layer>): void {
+    if (t.kind === 'bits') {
+      const skip = this.fresh('bits_absent');
+      this.bitsTest(t, yes, known, true, skip);
+      this.a.label(skip);
+    } else {
+      this.condTrue(t, yes, known);
+    }
+  }
+
+  private testFalse(t: OrTest, no: string, known: ReadonlySet<Layer>): void {
+    if (t.kind === 'bits') this.bitsTest(t, no, known, false);
+    else this.condFalse(t, no, known);
+  }
+
+  /** Presence test of a layer: falls through when present, jumps to `absent` otherwise. */
+  private layerTest(layer: Layer, absent: string, known: ReadonlySet<Layer>): void {
+    if (layer === 'frame' || known.has(layer)) return;
+    const ok = this.fresh(`has_${layer}`);
+    this.a.jmp('jset', LAYERS, imm(LAYER_BIT[layer]), ok).ja(absent).label(ok);
+  }
+
+  /**
+   * Tests bits of a field's container with one load and one jump, on the raw word: when
+   * `jumpIfSet`, jumps to `target` if any bit is set (and to `absent` if the layer is
+   * missing); otherwise jumps to `target` if no bit is set or the layer is missing.
+   */
+  private bitsTest(t: BitsTest, target: string, known: ReadonlySet<Layer>, jumpIfSet: boolean, absent = target): void {
+    const a = this.a;
+    const at = this.access(t.field, absent, known);
+    const r = this.alloc();
+    a.ldx(t.field.width as 1 | 2 | 4, r, at.base, at.off);
+    at.release();
+    if (jumpIfSet) {
+      a.jmp('jset', r, imm(t.rawMask | 0), target);
+    } else {
+      if (t.rawMask !== fullMask(t.field.width)) a.alu64('and', r, imm(t.rawMask | 0));
+      a.jmp('jeq', r, imm(0), target);
+    }
+    this.release(r);
+  }
+
   /** if (v OP e) goto target, with e a constant when possible. `absent` for fields missing in e. */
-  private jumpCmp(op: JmpOp, v: Reg, e: Expr, target: string, absent: string): void {
+  private jumpCmp(op: JmpOp, v: Reg, e: Expr, target: string, absent: string, known: ReadonlySet<Layer>): void {
     const k = constValue(e);
     if (k !== undefined && k >= 0 && k <= 0x7fffffff) {
       this.a.jmp(op, v, imm(k), target);
       return;
     }
-    const r = this.expr(e, absent);
+    const r = this.expr(e, absent, known);
     this.a.jmp(op, v, r, target);
     this.release(r);
   }
 
-  private compare(op: '==' | '!=' | '<' | '<=' | '>' | '>=', left: Expr, right: Expr, no: string): void {
+  private compare(op: '==' | '!=' | '<' | '<=' | '>' | '>=', left: Expr, right: Expr, no: string, known: ReadonlySet<Layer>): void {
     // Keep a field on the left, so address-wide fields and `either` fields are handled below.
     if (left.kind !== 'field' && right.kind === 'field') {
       [left, right] = [right, left];
@@ -402,24 +699,27 @@ class Gen {
     if (left.kind === 'field' && left.field.either) {
       const [x, y] = left.field.either.map((n) => this.field(n));
       const a = this.a;
+      // Both halves live in one layer: test it once.
+      this.layerTest(x!.layer, no, known);
+      const k = new Set([...known, x!.layer]);
       if (op === '!=') {
         // Wireshark: `ip.addr != X` holds when neither address is X.
-        this.compare('!=', { ...left, field: x! }, right, no);
-        this.compare('!=', { ...left, field: y! }, right, no);
+        this.compare('!=', { ...left, field: x! }, right, no, k);
+        this.compare('!=', { ...left, field: y! }, right, no, k);
       } else {
         const second = this.fresh('either');
         const yes = this.fresh('either_yes');
-        this.compare(op, { ...left, field: x! }, right, second);
+        this.compare(op, { ...left, field: x! }, right, second, k);
         a.ja(yes).label(second);
-        this.compare(op, { ...left, field: y! }, right, no);
+        this.compare(op, { ...left, field: y! }, right, no, k);
         a.label(yes);
       }
       return;
     }
     if (left.kind === 'field' && (left.field.width === 16 || left.field.width === 6)) {
-      return this.compareBytes(op, left.field, right, no);
+      return this.compareBytes(op, left.field, right, no, known);
     }
-    let l = this.expr(left, no);
+    let l = this.expr(left, no, known);
     let rightExpr = right;
     if (right.kind === 'addr' && right.prefix !== undefined && right.family === 'ipv4') {
       const mask = right.prefix === 0 ? 0 : (0xffffffff << (32 - right.prefix)) >>> 0;
@@ -427,7 +727,7 @@ class Gen {
       rightExpr = { kind: 'num', value: (bytesToU32(right.bytes) & mask) >>> 0, span: right.span };
     }
     const negated: Record<typeof op, JmpOp> = { '==': 'jne', '!=': 'jeq', '<': 'jge', '<=': 'jgt', '>': 'jle', '>=': 'jlt' };
-    this.jumpCmp(negated[op], l, rightExpr, no, no);
+    this.jumpCmp(negated[op], l, rightExpr, no, no, known);
     this.release(l);
   }
 
@@ -445,7 +745,7 @@ class Gen {
   }
 
   /** ==, != of a 6- or 16-byte field (MAC, IPv6 address) against a constant, optionally a prefix. */
-  private compareBytes(op: string, f: FieldDef, right: Expr, no: string): void {
+  private compareBytes(op: string, f: FieldDef, right: Expr, no: string, known: ReadonlySet<Layer>): void {
     if (right.kind !== 'addr') {
       throw new CompileError(`rule "${this.rule?.name}": ${f.name} can only be compared with an address`);
     }
@@ -455,9 +755,8 @@ class Gen {
     const a = this.a;
     const prefix = right.prefix ?? f.width * 8;
     const differ = op === '==' ? no : this.fresh('bytes_differ');
-    const p = this.alloc();
+    const at = this.access(f, no, known);
     const w = this.alloc();
-    this.fieldPointer(f, p, w, no);
     // Compare in 4-byte (and for MAC a final 2-byte) raw words; masks cut the prefix.
     for (let off = 0; off < f.width; off += 4) {
       const size = Math.min(4, f.width - off) as 2 | 4;
@@ -472,7 +771,7 @@ class Gen {
       }
       const rawMask = leWord(maskBytes);
       const rawWant = leWord(wantBytes);
-      a.ldx(size, w, p, off);
+      a.ldx(size, w, at.base, at.off + off);
       if (rawMask !== (size === 4 ? 0xffffffff : 0xffff)) {
         const m = this.alloc();
         this.loadConst(m, rawMask);
@@ -484,7 +783,8 @@ class Gen {
       a.jmp('jne', w, k, differ);
       this.release(k);
     }
-    this.release(p, w);
+    at.release();
+    this.release(w);
     if (op === '!=') {
       a.ja(no).label(differ);
     }
@@ -505,7 +805,7 @@ class Gen {
   }
 
   /** Evaluates a numeric expression into a fresh register; jumps to `absent` if a field is missing. */
-  private expr(e: Expr, absent: string): Reg {
+  private expr(e: Expr, absent: string, known: ReadonlySet<Layer>): Reg {
     const a = this.a;
     switch (e.kind) {
       case 'num': {
@@ -520,15 +820,15 @@ class Gen {
         return r;
       }
       case 'field':
-        return this.readField(e.field, absent);
+        return this.readField(e.field, absent, known);
       case 'arith': {
-        const l = this.expr(e.left, absent);
+        const l = this.expr(e.left, absent, known);
         const k = constValue(e.right);
         const op = ARITH[e.op];
         if (k !== undefined && k >= 0 && k <= 0x7fffffff) {
           a.alu64(op, l, imm(k));
         } else {
-          const r = this.expr(e.right, absent);
+          const r = this.expr(e.right, absent, known);
           a.alu64(op, l, r);
           this.release(r);
         }
@@ -536,8 +836,8 @@ class Gen {
       }
       case 'call': {
         const [x, y] = e.args;
-        const l = this.expr(x!, absent);
-        const r = this.expr(y!, absent);
+        const l = this.expr(x!, absent, known);
+        const r = this.expr(y!, absent, known);
         if (e.fn === 'min' || e.fn === 'max') {
           const keep = this.fresh('minmax');
           a.jmp(e.fn === 'min' ? 'jle' : 'jge', l, r, keep).mov64(l, r).label(keep);
@@ -561,27 +861,40 @@ class Gen {
     }
   }
 
-  /** p = pointer to the start of field f's container, checked to hold `width` bytes; w is a scratch. */
-  private fieldPointer(f: FieldDef, p: Reg, w: Reg, absent: string, off = f.offset, width: number = f.width): void {
-    const a = this.a;
-    if (f.layer !== 'frame') {
-      a.mov64(w, LAYERS).alu64('and', w, imm(LAYER_BIT[f.layer])).jmp('jeq', w, imm(0), absent);
+  /**
+   * Where `width` bytes at `off` of f's layer are: a base register and an offset from it.
+   * IPv4/IPv6 fields are read through r7 and L4 fields through r8, whose fixed headers the
+   * parser (or reloadHeaders) checked against data_end; frame, Ethernet and VLAN fields from
+   * the start of the packet, checked here. Jumps to `absent` when the layer is missing.
+   */
+  private access(f: FieldDef, absent: string, known: ReadonlySet<Layer>, off = f.offset, width: number = f.width): Access {
+    this.layerTest(f.layer, absent, known);
+    switch (f.layer) {
+      case 'ip':
+      case 'ipv6':
+        return { base: L3, off, release: () => {} };
+      case 'tcp':
+      case 'udp':
+      case 'icmp':
+      case 'icmpv6':
+        return { base: L4, off, release: () => {} };
+      default: {
+        const a = this.a;
+        const p = this.alloc();
+        const end = this.alloc();
+        this.loadBounds(p, end);
+        const start = (f.layer === 'vlan' ? 14 : 0) + off;
+        if (start !== 0) a.alu64('add', p, imm(start));
+        const last = this.alloc();
+        a.mov64(last, p).alu64('add', last, imm(width)).jmp('jgt', last, end, absent);
+        this.release(last, end);
+        return { base: p, off: 0, release: () => this.release(p) };
+      }
     }
-    this.loadBounds(p, w);
-    const base = layerBase(f.layer);
-    if ('fixed' in base) {
-      if (base.fixed + off !== 0) a.alu64('add', p, imm(base.fixed + off));
-    } else {
-      a.alu64('add', p, base.reg);
-      if (off !== 0) a.alu64('add', p, imm(off));
-    }
-    const end = this.alloc();
-    a.mov64(end, p).alu64('add', end, imm(width)).jmp('jgt', end, w, absent);
-    this.release(end);
   }
 
   /** Reads a numeric field (user-visible value) into a fresh register. */
-  private readField(f: FieldDef, absent: string): Reg {
+  private readField(f: FieldDef, absent: string, known: ReadonlySet<Layer>): Reg {
     const a = this.a;
     if (f.either) throw new CompileError(`rule "${this.rule?.name}": ${f.name} matches either of two fields and has no single value`);
     if (f.special === 'frame.len') {
@@ -596,11 +909,10 @@ class Gen {
     if (f.width !== 1 && f.width !== 2 && f.width !== 4) {
       throw new CompileError(`rule "${this.rule?.name}": ${f.name} is ${f.width} bytes wide and can only be compared with an address`);
     }
+    const at = this.access(f, absent, known);
     const r = this.alloc();
-    const p = this.alloc();
-    this.fieldPointer(f, p, r, absent);
-    a.ldx(f.width, r, p, 0);
-    this.release(p);
+    a.ldx(f.width, r, at.base, at.off);
+    at.release();
     if (f.width > 1) a.be(r, (f.width * 8) as 16 | 32);
     if (f.shift) a.alu64('rsh', r, imm(f.shift));
     if (f.mask !== fullMask(f.width)) this.maskReg(r, f.mask);
@@ -611,7 +923,7 @@ class Gen {
   // ---------------------------------------------------------------- actions
 
   /** Stores the value of a `set` into its stack slot (16 bytes: room for an IPv6 address). */
-  private computeSet(s: Extract<Action, { kind: 'set' }>, slot: number, skip: string): void {
+  private computeSet(s: Extract<Action, { kind: 'set' }>, slot: number, skip: string, known: ReadonlySet<Layer>): void {
     const a = this.a;
     const f = s.field;
     if (f.width === 6 || f.width === 16) {
@@ -625,26 +937,26 @@ class Gen {
           this.release(r);
         }
       } else if (src.kind === 'field' && src.field.width === f.width) {
-        const p = this.alloc();
+        const at = this.access(src.field, skip, known);
         const w = this.alloc();
-        this.fieldPointer(src.field, p, w, skip);
         for (let off = 0; off < f.width; off += 4) {
           const size = Math.min(4, f.width - off) as 2 | 4;
-          a.ldx(size, w, p, off).stx(size, FP, slot + off, w);
+          a.ldx(size, w, at.base, at.off + off).stx(size, FP, slot + off, w);
         }
-        this.release(p, w);
+        at.release();
+        this.release(w);
       } else {
         throw new CompileError(`rule "${this.rule?.name}": ${f.name} can only be set to an address or a field of the same kind`);
       }
       return;
     }
-    const r = this.expr(s.value, skip);
+    const r = this.expr(s.value, skip, known);
     a.stx(8, FP, slot, r);
     this.release(r);
   }
 
   /** Writes one field from its stack slot and fixes the checksums that cover it. */
-  private writeSet(s: Extract<Action, { kind: 'set' }>, slot: number, fixChecksums: boolean): void {
+  private writeSet(s: Extract<Action, { kind: 'set' }>, slot: number, fixChecksums: boolean, known: ReadonlySet<Layer>): void {
     const a = this.a;
     const f = s.field;
     const done = this.fresh('set_done');
@@ -653,7 +965,7 @@ class Gen {
       // Whole-word writes; checksum deltas per 4-byte word (only IPv6 addresses are covered).
       for (let off = 0; off < f.width; off += 4) {
         const size = Math.min(4, f.width - off) as 2 | 4;
-        this.writeWord(f, f.offset + off, size, slot + off, undefined, covers, done);
+        this.writeWord(f, f.offset + off, size, slot + off, undefined, covers, done, known);
       }
       a.label(done);
       return;
@@ -668,7 +980,7 @@ class Gen {
       off -= off % 2;
       width = 2;
     }
-    this.writeWord(f, off, width, slot, { shift, mask: f.mask, scale: f.scale }, covers, done);
+    this.writeWord(f, off, width, slot, { shift, mask: f.mask, scale: f.scale }, covers, done, known);
     a.label(done);
   }
 
@@ -679,14 +991,14 @@ class Gen {
   private writeWord(
     f: FieldDef, off: number, width: 1 | 2 | 4, slot: number,
     bits: { shift: number; mask: number; scale: number } | undefined, covers: FieldDef['covers'], skip: string,
+    known: ReadonlySet<Layer>,
   ): void {
     const a = this.a;
     const OLD = SLOT_OLD;
     const NEW = SLOT_NEW;
-    const p = this.alloc();
+    const at = this.access(f, skip, known, off, width);
     const w = this.alloc();
-    this.fieldPointer(f, p, w, skip, off, width);
-    a.ldx(width, w, p, 0).stx(8, FP, OLD, w);
+    a.ldx(width, w, at.base, at.off).stx(8, FP, OLD, w);
     if (bits) {
       const v = this.alloc();
       if (width > 1) a.be(w, (width * 8) as 16 | 32);
@@ -702,38 +1014,36 @@ class Gen {
     } else {
       a.ldx(width, w, FP, slot);
     }
-    a.stx(width, p, 0, w).stx(8, FP, NEW, w);
-    this.release(p, w);
-    if (width === 1) return; // a lone byte is never under a checksum (see writeSet)
+    a.stx(width, at.base, at.off, w).stx(8, FP, NEW, w);
+    at.release();
+    if (width === 1) {
+      this.release(w);
+      return; // a lone byte is never under a checksum (see writeSet)
+    }
+    const k = new Set([...known, f.layer]);
     for (const cover of covers) {
-      if (cover === 'ipv4-header') this.fixIpv4Header(OLD, NEW, width);
-      else if (cover === 'l4') this.fixL4(false, f, OLD, NEW, width);
+      if (cover === 'ipv4-header') this.fixIpv4Header(OLD, NEW, width, k);
+      else if (cover === 'l4') this.fixL4(false, f, OLD, NEW, width, k);
     }
     if (covers.includes('l4-pseudo')) {
       if (f.width === 1 && f.offset % 2 === 0) {
         // A protocol byte (ipv6.nxt) is the high byte of its header word but the low byte of
         // the pseudo-header's: move the old and new bytes there (raw words load little-endian).
-        const t = this.alloc();
         for (const slot of [OLD, NEW]) {
-          a.ldx(8, t, FP, slot).alu64('and', t, imm(0xff)).alu64('lsh', t, imm(8)).stx(8, FP, slot, t);
+          a.ldx(8, w, FP, slot).alu64('and', w, imm(0xff)).alu64('lsh', w, imm(8)).stx(8, FP, slot, w);
         }
-        this.release(t);
       }
-      this.fixL4(true, f, OLD, NEW, width);
+      this.fixL4(true, f, OLD, NEW, width, k);
     }
+    this.release(w);
   }
 
   /** IPv4 header checksum, incrementally (RFC 1624), on raw words. */
-  private fixIpv4Header(oldSlot: number, newSlot: number, width: 2 | 4): void {
+  private fixIpv4Header(oldSlot: number, newSlot: number, width: 2 | 4, known: ReadonlySet<Layer>): void {
     const skip = this.fresh('noip4');
-    const a = this.a;
-    const p = this.alloc();
-    const w = this.alloc();
-    a.mov64(w, LAYERS).alu64('and', w, imm(LAYER_BIT.ip)).jmp('jeq', w, imm(0), skip);
-    this.fieldPointer({ ...IPV4_CSUM }, p, w, skip);
-    this.inlineCsumUpdate(p, oldSlot, newSlot, width, false);
-    this.release(p, w);
-    a.label(skip);
+    this.layerTest('ip', skip, known);
+    this.inlineCsumUpdate(L3, 10, oldSlot, newSlot, width, false);
+    this.a.label(skip);
   }
 
   /**
@@ -742,56 +1052,40 @@ class Gen {
    * inline; at tc through bpf_l4_csum_replace, which also handles packets whose checksum the
    * kernel still owes (CHECKSUM_PARTIAL), where only pseudo-header changes may touch it.
    */
-  private fixL4(pseudo: boolean, f: FieldDef, oldSlot: number, newSlot: number, width: 2 | 4): void {
+  private fixL4(pseudo: boolean, f: FieldDef, oldSlot: number, newSlot: number, width: 2 | 4, known: ReadonlySet<Layer>): void {
     const a = this.a;
-    const targets: Array<{ layer: 'tcp' | 'udp' | 'icmp' | 'icmpv6'; off: number }> = [];
-    const l4Layers = ['tcp', 'udp', 'icmp', 'icmpv6'] as const;
-    if (!pseudo) {
-      if ((l4Layers as readonly string[]).includes(f.layer)) targets.push({ layer: f.layer as typeof l4Layers[number], off: L4_CSUM[f.layer as typeof l4Layers[number]] });
-    } else if ((l4Layers as readonly string[]).includes(f.layer)) {
-      // udp.length: UDP's pseudo-header repeats its own length field.
-      targets.push({ layer: f.layer as typeof l4Layers[number], off: L4_CSUM[f.layer as typeof l4Layers[number]] });
-    } else {
-      targets.push({ layer: 'tcp', off: 16 });
-      // UDP's pseudo-header carries the UDP length field, not the IP length (RFC 768, RFC 8200 8.1).
-      if (!isL3Length(f)) targets.push({ layer: 'udp', off: 6 });
-      if (f.layer === 'ipv6') targets.push({ layer: 'icmpv6', off: 2 });
-    }
-    for (const t of targets) {
+    for (const t of l4ChecksumTargets(pseudo, f)) {
       const skip = this.fresh(`no${t.layer}`);
-      const p = this.alloc();
-      const w = this.alloc();
-      const csum: FieldDef = { ...IPV4_CSUM, name: `${t.layer}.checksum`, layer: t.layer, offset: t.off };
-      a.mov64(w, LAYERS).alu64('and', w, imm(LAYER_BIT[t.layer])).jmp('jeq', w, imm(0), skip);
+      this.layerTest(t.layer, skip, known);
       if (pseudo && isIpv6NextHeader(f)) {
         // The pseudo-header names the upper-layer protocol, which ipv6.nxt is only when no
         // extension header follows the fixed header.
-        a.mov64(w, L3).alu64('add', w, imm(40)).jmp('jne', w, L4, skip);
+        const w = this.alloc();
+        a.mov64(w, L4).alu64('sub', w, L3).jmp('jne', w, imm(40), skip);
+        this.release(w);
       }
-      this.fieldPointer(csum, p, w, skip);
       const udp = t.layer === 'udp';
       if (this.kind === 'xdp') {
-        this.inlineCsumUpdate(p, oldSlot, newSlot, width, udp);
-        this.release(p, w);
+        this.inlineCsumUpdate(L4, t.off, oldSlot, newSlot, width, udp);
       } else {
-        this.release(p, w);
         // bpf_l4_csum_replace(skb, offset, from, to, flags)
-        a.mov64(R1, CTXR).mov64(R2, L4).alu64('add', R2, imm(t.off));
-        a.ldx(8, R3, FP, oldSlot).ldx(8, R4, FP, newSlot);
+        a.ldx(4, R1, CTXR, CTX[this.kind].data).mov64(R2, L4).alu64('sub', R2, R1).alu64('add', R2, imm(t.off));
+        a.mov64(R1, CTXR).ldx(8, R3, FP, oldSlot).ldx(8, R4, FP, newSlot);
         a.movImm(R5, width | (pseudo ? BPF_F_PSEUDO_HDR : 0) | (udp ? BPF_F_MARK_MANGLED_0 : 0));
         a.call(HELPER.l4_csum_replace);
+        this.reloadHeaders();
       }
       a.label(skip);
     }
   }
 
-  /** *p (a 16-bit checksum) updated for raw old → new words; UDP keeps 0 as "no checksum". */
-  private inlineCsumUpdate(p: Reg, oldSlot: number, newSlot: number, width: 2 | 4, udp: boolean): void {
+  /** The 16-bit checksum at base+off updated for raw old → new words; UDP keeps 0 as "no checksum". */
+  private inlineCsumUpdate(base: Reg, off: number, oldSlot: number, newSlot: number, width: 2 | 4, udp: boolean): void {
     const a = this.a;
     const sum = this.alloc();
     const t = this.alloc();
     const done = this.fresh('csum_done');
-    a.ldx(2, sum, p, 0);
+    a.ldx(2, sum, base, off);
     if (udp) a.jmp('jeq', sum, imm(0), done);
     a.alu64('xor', sum, imm(0xffff));
     const addWords = (slot: number, invert: boolean): void => {
@@ -817,9 +1111,196 @@ class Gen {
       const nz = this.fresh('udp_nz');
       a.jmp('jne', sum, imm(0), nz).movImm(sum, 0xffff).label(nz);
     }
-    a.stx(2, p, 0, sum).label(done);
+    a.stx(2, base, off, sum).label(done);
     this.release(sum, t);
   }
+}
+
+interface Access {
+  base: Reg;
+  off: number;
+  release(): void;
+}
+
+/** A test of some bits of one field's container (`tcp.flags.syn`, `tcp.flags & 0x12`). */
+interface BitsTest {
+  kind: 'bits';
+  /** The container: the field's layer, offset and width. */
+  field: FieldDef;
+  /** The bits, as they appear in the register after a raw (little-endian) load. */
+  rawMask: number;
+}
+
+type OrTest = Cond | BitsTest;
+
+/** The bits a truthy expression tests, when it is a field or a field & constant. */
+function bitTest(e: Expr): BitsTest | undefined {
+  let f: FieldDef;
+  let k = 0xffffffffn;
+  if (e.kind === 'field') {
+    f = e.field;
+  } else if (e.kind === 'arith' && e.op === '&' && e.left.kind === 'field' && e.right.kind === 'num') {
+    f = e.left.field;
+    k = BigInt(e.right.value);
+  } else if (e.kind === 'arith' && e.op === '&' && e.right.kind === 'field' && e.left.kind === 'num') {
+    f = e.right.field;
+    k = BigInt(e.left.value);
+  } else {
+    return undefined;
+  }
+  if (f.either || f.special || (f.width !== 1 && f.width !== 2 && f.width !== 4)) return undefined;
+  // value & k != 0  ⇔  container & ((mask & k) << shift) != 0 (the scale only multiplies by ≥ 1).
+  const be = Number(((BigInt(f.mask) & k) << BigInt(f.shift)) & BigInt(fullMask(f.width)));
+  let raw = 0;
+  for (let i = 0; i < f.width; i++) raw += Math.floor(be / 2 ** (8 * (f.width - 1 - i))) % 256 * 2 ** (8 * i);
+  return { kind: 'bits', field: f, rawMask: raw };
+}
+
+/** The operands of an `or` chain, with bit tests of one container merged into one test. */
+function orTests(c: Cond): OrTest[] {
+  const flat: Cond[] = [];
+  const walk = (x: Cond): void => {
+    if (x.kind === 'or') {
+      walk(x.left);
+      walk(x.right);
+    } else {
+      flat.push(x);
+    }
+  };
+  walk(c);
+  const out: OrTest[] = [];
+  const groups = new Map<string, BitsTest>();
+  for (const x of flat) {
+    const bits = x.kind === 'truthy' ? bitTest(x.expr) : undefined;
+    if (!bits) {
+      out.push(x);
+      continue;
+    }
+    const key = `${bits.field.layer}:${bits.field.offset}:${bits.field.width}`;
+    const g = groups.get(key);
+    if (g) {
+      g.rawMask = (g.rawMask | bits.rawMask) >>> 0;
+    } else {
+      groups.set(key, bits);
+      out.push(bits);
+    }
+  }
+  return out;
+}
+
+/** Layers a condition needs present to hold (a test of an absent field is false). */
+function requiredLayers(c: Cond): Set<Layer> {
+  switch (c.kind) {
+    case 'true':
+      return new Set();
+    case 'proto':
+      return new Set(c.layer === 'frame' ? [] : [c.layer]);
+    case 'truthy':
+      return exprLayers(c.expr);
+    case 'cmp':
+      return new Set([...exprLayers(c.left), ...exprLayers(c.right)]);
+    case 'in':
+      return new Set([exprLayers(c.expr), ...c.items.flatMap((it) => [exprLayers(it.lo), ...(it.hi ? [exprLayers(it.hi)] : [])])].flatMap((s) => [...s]));
+    case 'and':
+      return new Set([...requiredLayers(c.left), ...requiredLayers(c.right)]);
+    case 'or': {
+      const r = requiredLayers(c.right);
+      return new Set([...requiredLayers(c.left)].filter((l) => r.has(l)));
+    }
+    case 'not':
+      return new Set();
+  }
+}
+
+/** Layers of the fields an expression reads ('frame' left out: always there). */
+function exprLayers(e: Expr, out = new Set<Layer>()): Set<Layer> {
+  switch (e.kind) {
+    case 'field':
+      if (e.field.layer !== 'frame') out.add(e.field.layer);
+      break;
+    case 'arith':
+      exprLayers(e.left, out);
+      exprLayers(e.right, out);
+      break;
+    case 'call':
+      for (const x of e.args) exprLayers(x, out);
+      break;
+    default:
+      break;
+  }
+  return out;
+}
+
+/** Layers a condition mentions anywhere (tested, compared, negated). */
+function condLayers(c: Cond, out: Set<Layer>): void {
+  switch (c.kind) {
+    case 'true':
+      return;
+    case 'proto':
+      if (c.layer !== 'frame') out.add(c.layer);
+      return;
+    case 'truthy':
+      exprLayers(c.expr, out);
+      return;
+    case 'cmp':
+      exprLayers(c.left, out);
+      exprLayers(c.right, out);
+      return;
+    case 'in':
+      exprLayers(c.expr, out);
+      for (const it of c.items) {
+        exprLayers(it.lo, out);
+        if (it.hi) exprLayers(it.hi, out);
+      }
+      return;
+    case 'and':
+    case 'or':
+      condLayers(c.left, out);
+      condLayers(c.right, out);
+      return;
+    case 'not':
+      condLayers(c.arg, out);
+  }
+}
+
+/** Every layer the rules read, write, test or fix a checksum in: what the parser must find. */
+function wantedLayers(rules: Rule[]): Set<Layer> {
+  const out = new Set<Layer>();
+  for (const r of rules) {
+    condLayers(r.match, out);
+    for (const act of r.actions) {
+      if (act.kind !== 'set') continue;
+      if (act.field.layer !== 'frame') out.add(act.field.layer);
+      exprLayers(act.value, out);
+      if (r.checksum !== 'fix') continue;
+      for (const cover of act.field.covers) {
+        if (cover === 'ipv4-header') out.add('ip');
+        else for (const t of l4ChecksumTargets(cover === 'l4-pseudo', act.field)) out.add(t.layer);
+      }
+    }
+  }
+  return out;
+}
+
+/** Whether bpf_l4_csum_replace may be called: at tc, by a rule fixing an L4 checksum. */
+function callsL4CsumReplace(kind: ProgKind, rules: Rule[]): boolean {
+  return kind === 'sched_cls' && rules.some((r) => r.checksum === 'fix' && r.actions.some((x) =>
+    x.kind === 'set' && x.field.covers.some((c) => c === 'l4' || c === 'l4-pseudo')));
+}
+
+type L4Layer = 'tcp' | 'udp' | 'icmp' | 'icmpv6';
+const L4_LAYERS: readonly L4Layer[] = ['tcp', 'udp', 'icmp', 'icmpv6'];
+const isL4 = (l: Layer): l is L4Layer => (L4_LAYERS as readonly string[]).includes(l);
+
+/** The L4 checksums a change of field f must fix: its own layer's, or those whose pseudo-header repeats it. */
+function l4ChecksumTargets(pseudo: boolean, f: FieldDef): Array<{ layer: L4Layer; off: number }> {
+  if (isL4(f.layer)) return [{ layer: f.layer, off: L4_CSUM[f.layer] }]; // udp.length: UDP's pseudo-header repeats it
+  if (!pseudo) return [];
+  const out: Array<{ layer: L4Layer; off: number }> = [{ layer: 'tcp', off: 16 }];
+  // UDP's pseudo-header carries the UDP length field, not the IP length (RFC 768, RFC 8200 8.1).
+  if (!isL3Length(f)) out.push({ layer: 'udp', off: 6 });
+  if (f.layer === 'ipv6') out.push({ layer: 'icmpv6', off: 2 });
+  return out;
 }
 
 const ARITH: Record<Extract<Expr, { kind: 'arith' }>['op'], AluOp> = {
@@ -836,27 +1317,6 @@ function isL3Length(f: FieldDef): boolean {
 /** ipv6.nxt: the next-header byte of the fixed IPv6 header. */
 function isIpv6NextHeader(f: FieldDef): boolean {
   return f.layer === 'ipv6' && f.offset === 6 && f.width === 1;
-}
-
-const IPV4_CSUM: FieldDef = {
-  name: 'ip.checksum', layer: 'ip', offset: 10, width: 2, shift: 0, mask: 0xffff, scale: 1, kind: 'uint', max: 0xffff,
-  writable: true, covers: [], description: '',
-};
-
-/** Where a layer starts: a fixed offset in the frame, or the offset held in r7 (L3) or r8 (L4). */
-function layerBase(layer: FieldDef['layer']): { fixed: number } | { reg: Reg } {
-  switch (layer) {
-    case 'frame':
-    case 'eth':
-      return { fixed: 0 };
-    case 'vlan':
-      return { fixed: 14 };
-    case 'ip':
-    case 'ipv6':
-      return { reg: L3 };
-    default:
-      return { reg: L4 };
-  }
 }
 
 function fullMask(width: number): number {
