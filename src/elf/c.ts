@@ -157,6 +157,7 @@ function emitProgram(p: BuiltProgram): string[] {
     `int ${p.symbol}(${ctxType} *ctx)`,
     '{',
     '\t__u64 r0 = 0, r1 = (__u64)ctx, r2 = 0, r3 = 0, r4 = 0, r5 = 0, r6 = 0, r7 = 0, r8 = 0, r9 = 0;',
+    '\t(void)r7; (void)r8; /* unused when the rules need no L3 or L4 header */',
     `\t__u64 stack[${Math.max(1, depth / 8)}]; /* the program's ${depth} bytes of stack; r10 points past the end */`,
     `\t__u64 r10 = (__u64)&stack[${Math.max(1, depth / 8)}];`,
   ];
