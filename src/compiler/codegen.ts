@@ -63,7 +63,6 @@ const RAW_ETH_P_IP = 0x0008, RAW_ETH_P_IPV6 = 0xdd86, RAW_ETH_P_8021Q = 0x0081, 
 /** IPv4 fragment offset (the low 13 bits of bytes 6-7) and IPv6 fragment offset (the high 13 bits of bytes 2-3). */
 const RAW_IP_OFFSET_MASK = 0xff1f, RAW_IP6_OFFSET_MASK = 0xf8ff;
 const IP_PROTO = { tcp: 6, udp: 17, icmp: 1, icmpv6: 58 } as const;
-const L4_BITS = LAYER_BIT.tcp | LAYER_BIT.udp | LAYER_BIT.icmp | LAYER_BIT.icmpv6;
 /** IPv6 extension headers walked before the L4 header, at most this many. */
 const IPV6_EXT_MAX = 6;
 
@@ -90,15 +89,19 @@ export interface GenResult {
  * An Assembler that leaves out code nothing reaches, which the kernel refuses ("unreachable
  * insn"): what follows a `ja` or `exit` up to the next label some jump names. It arises from
  * rules after an unconditional `drop`/`pass`, matches that cannot hold (`not frame`, two L4
- * protocols at once) and parse ends where no rule can match. Every jump the code generator
- * emits goes forward, so when a label is placed, every jump to it is already known.
+ * protocols at once) and parse ends where no rule can match. The code generator jumps
+ * backward only to code already known to be reached, so when a label is placed after
+ * left-out code, every jump that could make it reachable is already known.
  */
 class ReachableAssembler extends Assembler {
   private dead = false;
   private readonly targeted = new Set<string>();
+  /** Labels placed where code is reached: the only ones a backward jump may name. */
+  private readonly live = new Set<string>();
 
   override label(name: string): this {
     if (this.targeted.has(name)) this.dead = false;
+    if (!this.dead) this.live.add(name);
     return super.label(name);
   }
 
@@ -110,7 +113,7 @@ class ReachableAssembler extends Assembler {
   }
 
   private target(name: string): void {
-    if (this.hasLabel(name)) throw new CompileError(`internal: backward jump to ${name}`);
+    if (this.hasLabel(name) && !this.live.has(name)) throw new CompileError(`internal: jump back to left-out code at ${name}`);
     this.targeted.add(name);
   }
 
@@ -168,9 +171,10 @@ class Gen {
   private readonly l4Blocks: Array<[string, 'ip' | 'ipv6', L4Layer]> = [];
   /** Layers present on every path that reaches the rules. */
   private atRules?: Set<Layer>;
-  private needsReload = false;
   /** Whether map value pointers are cached on the stack across rules (more than one rule). */
   private cacheMaps = false;
+  /** Whether the context is still in r1 during the parse (moved to r6 after it). */
+  private ctxInR1 = true;
 
   constructor(hook: Hook, private readonly opts: GenOptions) {
     this.hook = hook;
@@ -202,12 +206,11 @@ class Gen {
     const a = this.a;
     this.wanted = wantedLayers(rules);
     this.required = rules.map((r) => requiredLayers(r.match));
-    this.needsReload = callsL4CsumReplace(this.kind, rules);
     this.cacheMaps = rules.length > 1;
-    a.mov64(CTXR, R1);
     if (this.kind === 'xdp' && JSON.stringify(rules, (k, v) => (k === 'field' && v?.special ? v.special : v)).includes('"frame.len"')) {
       // bpf_xdp_get_buff_len: the verifier forbids arithmetic on data_end, so ask the kernel.
-      a.mov64(R1, CTXR).call(HELPER.xdp_get_buff_len).stx(8, FP, SLOT_FLEN, R0);
+      this.ctxInR1 = false;
+      a.mov64(CTXR, R1).call(HELPER.xdp_get_buff_len).stx(8, FP, SLOT_FLEN, R0);
     }
     this.parse();
     if (this.cacheMaps) a.st(8, FP, SLOT_STATE, 0).st(8, FP, SLOT_EVERY, 0);
@@ -224,9 +227,11 @@ class Gen {
   /**
    * Fills r7, r8, r9 from the headers. Layers it cannot see stay absent. The parser is
    * specialised to the rules: it walks only headers some rule reads, writes or tests (no IPv6
-   * walk for IPv4-only rules, no L4 dispatch for L3-only rules), and where it learns that
-   * no rule can match the layers found (every rule needs a layer the packet lacks) it returns
-   * at once. Every comparison is on raw (little-endian loaded) words, so no byte swaps.
+   * walk for IPv4-only rules, no L4 checks for protocols no rule names), and where it learns
+   * that no rule can match the layers found (every rule needs a layer the packet lacks) it
+   * returns at once. Comparisons are on raw (little-endian loaded) words: no byte swaps.
+   * The context stays in r1 until the parse is over (temporaries: r0, r4, r5), so a packet
+   * that no rule can match leaves without ever copying it.
    */
   private parse(): void {
     const a = this.a;
@@ -236,9 +241,18 @@ class Gen {
     const wantIp = w.has('ip') || wantL4v4;
     const wantIpv6 = w.has('ipv6') || wantL4v6;
     const wantVlan = w.has('vlan') || wantIp || wantIpv6;
+    const ctx = this.ctxInR1 ? R1 : CTXR;
 
     a.movImm(LAYERS, 0);
-    this.loadBounds(R2, R3);
+    a.ldx(4, R2, ctx, CTX[this.kind].data).ldx(4, R3, ctx, CTX[this.kind].dataEnd);
+    if (wantIp) {
+      // The usual packet first: an untagged IPv4 header wholly in the frame, one bounds check.
+      a.mov64(R4, R2).alu64('add', R4, imm(14 + 20)).jmp('jgt', R4, R3, 'eth');
+      a.ldx(2, R5, R2, 12).jmp('jne', R5, imm(RAW_ETH_P_IP), 'eth_not_ip4');
+      a.mov64(L3, R2).alu64('add', L3, imm(14));
+      this.ip4(wantL4v4);
+      a.label('eth');
+    }
     a.mov64(R4, R2).alu64('add', R4, imm(14)).jmp('jgt', R4, R3, this.end([]));
     if (!wantVlan) {
       this.finish(['eth']);
@@ -246,17 +260,17 @@ class Gen {
       a.ldx(2, R5, R2, 12);
       // Up to two VLAN tags (802.1Q, 802.1ad); vlan.* fields read the outer one.
       for (let tag = 0; tag <= 2; tag++) {
-        const other = this.fresh('not_ip4');
         if (wantIp) {
+          const other = tag === 0 ? 'eth_not_ip4' : this.fresh('not_ip4');
           a.jmp('jne', R5, imm(RAW_ETH_P_IP), other);
           a.mov64(L3, R2).alu64('add', L3, imm(14 + 4 * tag)).ja('ip4');
           a.label(other);
         }
         if (wantIpv6) {
-          const notIp6 = this.fresh('not_ip6');
-          a.jmp('jne', R5, imm(RAW_ETH_P_IPV6), notIp6);
+          const other = this.fresh('not_ip6');
+          a.jmp('jne', R5, imm(RAW_ETH_P_IPV6), other);
           a.mov64(L3, R2).alu64('add', L3, imm(14 + 4 * tag)).ja('ip6');
-          a.label(notIp6);
+          a.label(other);
         }
         if (tag === 2) break;
         const noTag = this.end(['eth']);
@@ -270,35 +284,17 @@ class Gen {
       this.finish(['eth']);
     }
 
-    // IPv4 at r7, with options; L4 only in the first fragment.
+    // Tagged or short frames: the IPv4 header is checked here, then parsed as above.
     if (wantIp) {
       a.label('ip4');
-      a.mov64(R1, L3).alu64('add', R1, imm(20)).jmp('jgt', R1, R3, this.end(['eth']));
-      a.ldx(1, R1, L3, 0);
-      if (!wantL4v4) {
-        a.jmp('jeq', R1, imm(0x45), this.end(['eth', 'ip']));
-        a.mov64(R0, R1).alu64('and', R0, imm(0xf0)).jmp('jne', R0, imm(0x40), this.end(['eth']));
-        a.alu64('and', R1, imm(0x0f)).jmp('jlt', R1, imm(5), this.end(['eth']));
-        this.finish(['eth', 'ip']);
-      } else {
-        // The usual header: version 4, no options.
-        a.mov64(L4, L3).alu64('add', L4, imm(20)).jmp('jeq', R1, imm(0x45), 'ip4_frag');
-        a.mov64(R0, R1).alu64('and', R0, imm(0xf0)).jmp('jne', R0, imm(0x40), this.end(['eth']));
-        a.alu64('and', R1, imm(0x0f)).jmp('jlt', R1, imm(5), this.end(['eth']));
-        a.alu64('lsh', R1, imm(2)).mov64(L4, L3).alu64('add', L4, R1);
-        a.label('ip4_frag');
-        a.ldx(2, R0, L3, 6).alu64('and', R0, imm(RAW_IP_OFFSET_MASK)).jmp('jne', R0, imm(0), this.end(['eth', 'ip']));
-        a.ldx(1, R0, L3, 9);
-        this.l4Dispatch(['tcp', 'udp', 'icmp'], 'ip');
-        this.finish(['eth', 'ip']);
-      }
+      a.mov64(R4, L3).alu64('add', R4, imm(20)).jmp('jgt', R4, R3, this.end(['eth'])).ja('ip4_in_frame');
     }
 
     // IPv6 at r7, walking a bounded number of extension headers.
     if (wantIpv6) {
       a.label('ip6');
-      a.mov64(R1, L3).alu64('add', R1, imm(40)).jmp('jgt', R1, R3, this.end(['eth']));
-      a.ldx(1, R1, L3, 0).alu64('and', R1, imm(0xf0)).jmp('jne', R1, imm(0x60), this.end(['eth']));
+      a.mov64(R4, L3).alu64('add', R4, imm(40)).jmp('jgt', R4, R3, this.end(['eth']));
+      a.ldx(1, R4, L3, 0).alu64('and', R4, imm(0xf0)).jmp('jne', R4, imm(0x60), this.end(['eth']));
       if (!wantL4v6) {
         this.finish(['eth', 'ipv6']);
       } else {
@@ -314,30 +310,30 @@ class Gen {
           a.jmp('jeq', R0, imm(44), frag).jmp('jne', R0, imm(51), noL4);
           // Authentication header: length in 4-octet units, not counting the first 2.
           a.label(ah);
-          a.mov64(R1, L4).alu64('add', R1, imm(8)).jmp('jgt', R1, R3, noL4);
-          a.ldx(1, R0, L4, 0).ldx(1, R1, L4, 1).alu64('add', R1, imm(2)).alu64('lsh', R1, imm(2)).alu64('add', L4, R1).ja(next);
+          a.mov64(R4, L4).alu64('add', R4, imm(8)).jmp('jgt', R4, R3, noL4);
+          a.ldx(1, R0, L4, 0).ldx(1, R4, L4, 1).alu64('add', R4, imm(2)).alu64('lsh', R4, imm(2)).alu64('add', L4, R4).ja(next);
           // Hop-by-hop, routing, destination options: length in 8-octet units, not counting the first 8.
           a.label(generic);
-          a.mov64(R1, L4).alu64('add', R1, imm(8)).jmp('jgt', R1, R3, noL4);
-          a.ldx(1, R0, L4, 0).ldx(1, R1, L4, 1).alu64('add', R1, imm(1)).alu64('lsh', R1, imm(3)).alu64('add', L4, R1).ja(next);
+          a.mov64(R4, L4).alu64('add', R4, imm(8)).jmp('jgt', R4, R3, noL4);
+          a.ldx(1, R0, L4, 0).ldx(1, R4, L4, 1).alu64('add', R4, imm(1)).alu64('lsh', R4, imm(3)).alu64('add', L4, R4).ja(next);
           // Fragment header: 8 bytes; only the first fragment carries the L4 header.
           a.label(frag);
-          a.mov64(R1, L4).alu64('add', R1, imm(8)).jmp('jgt', R1, R3, noL4);
-          a.ldx(2, R1, L4, 2).alu64('and', R1, imm(RAW_IP6_OFFSET_MASK)).jmp('jne', R1, imm(0), noL4);
+          a.mov64(R4, L4).alu64('add', R4, imm(8)).jmp('jgt', R4, R3, noL4);
+          a.ldx(2, R4, L4, 2).alu64('and', R4, imm(RAW_IP6_OFFSET_MASK)).jmp('jne', R4, imm(0), noL4);
           a.ldx(1, R0, L4, 0).alu64('add', L4, imm(8));
           a.label(next);
+          // Forget how r8 was reached: without this the verifier follows every sequence of
+          // extension headers through all the rules (exponential in IPV6_EXT_MAX); with it, one.
+          a.mov64(R4, L4).alu64('sub', R4, R2).alu64('and', R4, imm(0x3fff)).mov64(L4, R2).alu64('add', L4, R4);
         }
         this.l4Dispatch(['tcp', 'udp', 'icmpv6'], 'ipv6');
         this.finish(['eth', 'ipv6']);
       }
     }
 
-    // L4 headers: present only when the whole fixed header is in the frame, so a rule never
-    // writes a field whose checksum lies beyond the end, and never half-parses a header.
     for (const [label, l3, l4] of this.l4Blocks) {
       a.label(label);
-      a.mov64(R1, L4).alu64('add', R1, imm(HEADER_SIZE[l4])).jmp('jgt', R1, R3, this.end(['eth', l3]));
-      this.finish(['eth', l3, l4]);
+      this.l4Header(l3, l4);
     }
     // Parse ends that other code jumps to.
     for (const [label, layers] of this.ends) {
@@ -345,17 +341,66 @@ class Gen {
       this.finish(layers);
     }
     a.label('parsed');
-    if (this.needsReload) {
-      // Offsets of L3 and L4 for re-deriving r7/r8 after bpf_l4_csum_replace (see reloadHeaders).
-      const saveL3 = this.fresh('l3_save');
-      const saveL4 = this.fresh('l4_save');
-      const saved = this.fresh('saved');
-      a.jmp('jset', LAYERS, imm(LAYER_BIT.ip | LAYER_BIT.ipv6), saveL3).ja(saved);
-      a.label(saveL3).mov64(R1, L3).alu64('sub', R1, R2).stx(2, FP, SLOT_L3_OFF, R1);
-      a.jmp('jset', LAYERS, imm(L4_BITS), saveL4).ja(saved);
-      a.label(saveL4).mov64(R1, L4).alu64('sub', R1, R2).stx(2, FP, SLOT_L4_OFF, R1);
-      a.label(saved);
+    if (this.ctxInR1) a.mov64(CTXR, R1);
+  }
+
+  /**
+   * The IPv4 header at r7, known to be in the frame: version and header length checked, r8
+   * set past the options, L4 only in the first fragment. When every rule needs an L4 layer,
+   * the protocol is read first, so a packet of a protocol no rule names leaves at once.
+   */
+  private ip4(wantL4: boolean): void {
+    const a = this.a;
+    a.label('ip4_in_frame');
+    const protoFirst = wantL4 && !this.canMatch(['eth', 'ip']);
+    if (!protoFirst) {
+      this.ip4HeaderLength(wantL4);
+      if (!wantL4) {
+        this.finish(['eth', 'ip']);
+        return;
+      }
+      a.ldx(1, R0, L3, 9);
+      this.l4Dispatch(['tcp', 'udp', 'icmp'], 'ip');
+      this.finish(['eth', 'ip']);
+      return;
     }
+    const wanted = (['tcp', 'udp', 'icmp'] as const).filter((p) => this.wanted.has(p));
+    a.ldx(1, R0, L3, 9);
+    wanted.forEach((p, i) => {
+      const next = this.fresh('ip4_not');
+      if (i < wanted.length - 1) a.jmp('jne', R0, imm(IP_PROTO[p]), next);
+      else a.jmp('jne', R0, imm(IP_PROTO[p]), this.end(['eth', 'ip']));
+      this.ip4HeaderLength(true);
+      this.l4Header('ip', p);
+      a.label(next);
+    });
+  }
+
+  /** Checks version and header length of the IPv4 header at r7 (r4 scratch); with `setL4`, points r8 past it. */
+  private ip4HeaderLength(setL4: boolean): void {
+    const a = this.a;
+    const ok = this.fresh('ip4_ok');
+    a.ldx(1, R4, L3, 0);
+    // The usual header: version 4, no options.
+    if (setL4) a.mov64(L4, L3).alu64('add', L4, imm(20));
+    a.jmp('jeq', R4, imm(0x45), ok);
+    a.mov64(R5, R4).alu64('and', R5, imm(0xf0)).jmp('jne', R5, imm(0x40), this.end(['eth']));
+    a.alu64('and', R4, imm(0x0f)).jmp('jlt', R4, imm(5), this.end(['eth']));
+    if (setL4) a.alu64('lsh', R4, imm(2)).mov64(L4, L3).alu64('add', L4, R4);
+    a.label(ok);
+  }
+
+  /**
+   * The L4 header at r8 (IPv4: only in a first fragment): present only when its whole fixed
+   * header is in the frame, so a rule never writes a field whose checksum lies beyond the end.
+   */
+  private l4Header(l3: 'ip' | 'ipv6', l4: L4Layer): void {
+    const a = this.a;
+    if (l3 === 'ip') {
+      a.ldx(2, R4, L3, 6).alu64('and', R4, imm(RAW_IP_OFFSET_MASK)).jmp('jne', R4, imm(0), this.end(['eth', 'ip']));
+    }
+    a.mov64(R4, L4).alu64('add', R4, imm(HEADER_SIZE[l4])).jmp('jgt', R4, R3, this.end(['eth', l3]));
+    this.finish(['eth', l3, l4]);
   }
 
   /** Jumps to the L4 header checks of the wanted protocols (r0 holds the protocol number). */
@@ -398,7 +443,7 @@ class Gen {
    * After bpf_l4_csum_replace (which may move packet data), r7 and r8 are packet pointers no
    * longer: derive them again from the offsets saved after the parse, with the bounds checks
    * the verifier wants (they cannot fail: the packet did not shrink). Only reached where an
-   * L4 layer, and so an L3 one, is present.
+   * L4 layer, and so an L3 one, is present; fixL4 saves the offsets just before each call.
    */
   private reloadHeaders(): void {
     const a = this.a;
@@ -428,7 +473,7 @@ class Gen {
     a.label(`rule${index}`); // no code: marks where the rule starts, for listings and --emit c
     const known = this.condFalse(rule.match, next, this.atRules ?? new Set());
     this.ensureState();
-    this.bumpCounter(index, 'matched');
+    this.bumpCounter(index, 'matched', true);
     if (this.hook === 'egress') this.countGso();
     this.trigger(rule, index, next);
 
@@ -480,9 +525,11 @@ class Gen {
     a.label(store).ldx(8, R0, FP, SLOT_STATE).stx(8, R0, STATE_PRNG, R1);
   }
 
-  private bumpCounter(rule: number, which: 'matched' | 'acted' | 'dropped'): void {
+  /** Adds 1 to a rule's counter; `stateInR0`: r0 already holds the state value (right after ensureState). */
+  private bumpCounter(rule: number, which: 'matched' | 'acted' | 'dropped', stateInR0 = false): void {
     const off = ruleCounterOffset(rule, which);
-    this.a.ldx(8, R0, FP, SLOT_STATE).ldx(8, R1, R0, off).alu64('add', R1, imm(1)).stx(8, R0, off, R1);
+    if (!stateInR0) this.a.ldx(8, R0, FP, SLOT_STATE);
+    this.a.ldx(8, R1, R0, off).alu64('add', R1, imm(1)).stx(8, R0, off, R1);
   }
 
   /** Counts GSO super-packets at tc egress, so `run` can say that PSH-like rules see them. */
@@ -1068,8 +1115,10 @@ class Gen {
       if (this.kind === 'xdp') {
         this.inlineCsumUpdate(L4, t.off, oldSlot, newSlot, width, udp);
       } else {
-        // bpf_l4_csum_replace(skb, offset, from, to, flags)
-        a.ldx(4, R1, CTXR, CTX[this.kind].data).mov64(R2, L4).alu64('sub', R2, R1).alu64('add', R2, imm(t.off));
+        // bpf_l4_csum_replace(skb, offset, from, to, flags); r7/r8's offsets saved for reloadHeaders.
+        a.ldx(4, R1, CTXR, CTX[this.kind].data);
+        a.mov64(R2, L3).alu64('sub', R2, R1).stx(2, FP, SLOT_L3_OFF, R2);
+        a.mov64(R2, L4).alu64('sub', R2, R1).stx(2, FP, SLOT_L4_OFF, R2).alu64('add', R2, imm(t.off));
         a.mov64(R1, CTXR).ldx(8, R3, FP, oldSlot).ldx(8, R4, FP, newSlot);
         a.movImm(R5, width | (pseudo ? BPF_F_PSEUDO_HDR : 0) | (udp ? BPF_F_MARK_MANGLED_0 : 0));
         a.call(HELPER.l4_csum_replace);
@@ -1280,12 +1329,6 @@ function wantedLayers(rules: Rule[]): Set<Layer> {
     }
   }
   return out;
-}
-
-/** Whether bpf_l4_csum_replace may be called: at tc, by a rule fixing an L4 checksum. */
-function callsL4CsumReplace(kind: ProgKind, rules: Rule[]): boolean {
-  return kind === 'sched_cls' && rules.some((r) => r.checksum === 'fix' && r.actions.some((x) =>
-    x.kind === 'set' && x.field.covers.some((c) => c === 'l4' || c === 'l4-pseudo')));
 }
 
 type L4Layer = 'tcp' | 'udp' | 'icmp' | 'icmpv6';
