@@ -62,6 +62,8 @@ const SLOT_L4_OFF = -18;
 const RAW_ETH_P_IP = 0x0008, RAW_ETH_P_IPV6 = 0xdd86, RAW_ETH_P_8021Q = 0x0081, RAW_ETH_P_8021AD = 0xa888;
 /** IPv4 fragment offset (the low 13 bits of bytes 6-7) and IPv6 fragment offset (the high 13 bits of bytes 2-3). */
 const RAW_IP_OFFSET_MASK = 0xff1f, RAW_IP6_OFFSET_MASK = 0xf8ff;
+/** The first 8 bytes of an IPv4 header loaded as one u64: version/IHL (byte 0) and fragment offset (bytes 6-7). */
+const RAW_IP_FIRST_8_MASK = 0xff1f_0000_0000_00ffn;
 const IP_PROTO = { tcp: 6, udp: 17, icmp: 1, icmpv6: 58 } as const;
 /** IPv6 extension headers walked before the L4 header, at most this many. */
 const IPV6_EXT_MAX = 6;
@@ -165,16 +167,25 @@ class Gen {
   private wanted = new Set<Layer>();
   /** Per rule, the layers its match needs present. */
   private required: Array<Set<Layer>> = [];
-  /** Parse ends jumped to, emitted after the parser: label → layers. */
-  private readonly ends = new Map<string, Layer[]>();
-  /** L4 header checks jumped to: label, L3 layer, L4 layer. */
-  private readonly l4Blocks: Array<[string, 'ip' | 'ipv6', L4Layer]> = [];
+  /** Parse ends jumped to, emitted after the parser: label → layers, and whether reached only untagged. */
+  private readonly ends = new Map<string, { layers: Layer[]; untagged: boolean }>();
+  /** Emitting the untagged fast path, where r9 is not yet initialised. */
+  private untagged = false;
+  /** L4 header checks jumped to: label, L3 layer, L4 layer, reached only from the untagged fast path. */
+  private readonly l4Blocks: Array<[string, 'ip' | 'ipv6', L4Layer, boolean]> = [];
   /** Layers present on every path that reaches the rules. */
   private atRules?: Set<Layer>;
   /** Whether map value pointers are cached on the stack across rules (more than one rule). */
   private cacheMaps = false;
   /** Whether the context is still in r1 during the parse (moved to r6 after it). */
   private ctxInR1 = true;
+  /**
+   * Where the context is while rule code runs: r6, or r1 until the only rule has matched (a
+   * packet that does not match then never pays for the copy). r1 is then kept out of the
+   * temporaries.
+   */
+  private ctx: Reg = CTXR;
+  private rulesCount = 0;
 
   constructor(hook: Hook, private readonly opts: GenOptions) {
     this.hook = hook;
@@ -207,6 +218,7 @@ class Gen {
     this.wanted = wantedLayers(rules);
     this.required = rules.map((r) => requiredLayers(r.match));
     this.cacheMaps = rules.length > 1;
+    this.rulesCount = rules.length;
     if (this.kind === 'xdp' && JSON.stringify(rules, (k, v) => (k === 'field' && v?.special ? v.special : v)).includes('"frame.len"')) {
       // bpf_xdp_get_buff_len: the verifier forbids arithmetic on data_end, so ask the kernel.
       this.ctxInR1 = false;
@@ -221,7 +233,7 @@ class Gen {
   /** dst = packet data pointer, end = data_end (both reloaded from the context). */
   private loadBounds(data: Reg, end: Reg): void {
     const c = CTX[this.kind];
-    this.a.ldx(4, data, CTXR, c.data).ldx(4, end, CTXR, c.dataEnd);
+    this.a.ldx(4, data, this.ctx, c.data).ldx(4, end, this.ctx, c.dataEnd);
   }
 
   /**
@@ -243,16 +255,21 @@ class Gen {
     const wantVlan = w.has('vlan') || wantIp || wantIpv6;
     const ctx = this.ctxInR1 ? R1 : CTXR;
 
-    a.movImm(LAYERS, 0);
     a.ldx(4, R2, ctx, CTX[this.kind].data).ldx(4, R3, ctx, CTX[this.kind].dataEnd);
     if (wantIp) {
-      // The usual packet first: an untagged IPv4 header wholly in the frame, one bounds check.
-      a.mov64(R4, R2).alu64('add', R4, imm(14 + 20)).jmp('jgt', R4, R3, 'eth');
+      // The usual packet first: an untagged IPv4 header wholly in the frame, and the smallest
+      // L4 header a rule wants after it, with one bounds check.
+      const l4Room = Math.min(20, ...(['tcp', 'udp', 'icmp'] as const).filter((p) => w.has(p)).map((p) => HEADER_SIZE[p]));
+      const room = wantL4v4 ? l4Room : 0;
+      a.mov64(R4, R2).alu64('add', R4, imm(14 + 20 + room)).jmp('jgt', R4, R3, 'eth');
       a.ldx(2, R5, R2, 12).jmp('jne', R5, imm(RAW_ETH_P_IP), 'eth_not_ip4');
       a.mov64(L3, R2).alu64('add', L3, imm(14));
-      this.ip4(wantL4v4);
+      this.untagged = true;
+      this.ip4(wantL4v4, room);
+      this.untagged = false;
       a.label('eth');
     }
+    a.movImm(LAYERS, 0);
     a.mov64(R4, R2).alu64('add', R4, imm(14)).jmp('jgt', R4, R3, this.end([]));
     if (!wantVlan) {
       this.finish(['eth']);
@@ -265,6 +282,8 @@ class Gen {
           a.jmp('jne', R5, imm(RAW_ETH_P_IP), other);
           a.mov64(L3, R2).alu64('add', L3, imm(14 + 4 * tag)).ja('ip4');
           a.label(other);
+          // The fast path's other EtherTypes come here, with r9 not yet set.
+          if (tag === 0) a.movImm(LAYERS, 0);
         }
         if (wantIpv6) {
           const other = this.fresh('not_ip6');
@@ -287,7 +306,8 @@ class Gen {
     // Tagged or short frames: the IPv4 header is checked here, then parsed as above.
     if (wantIp) {
       a.label('ip4');
-      a.mov64(R4, L3).alu64('add', R4, imm(20)).jmp('jgt', R4, R3, this.end(['eth'])).ja('ip4_in_frame');
+      a.mov64(R4, L3).alu64('add', R4, imm(20)).jmp('jgt', R4, R3, this.end(['eth']));
+      this.ip4(wantL4v4, 0);
     }
 
     // IPv6 at r7, walking a bounded number of extension headers.
@@ -331,27 +351,37 @@ class Gen {
       }
     }
 
-    for (const [label, l3, l4] of this.l4Blocks) {
+    for (const [label, l3, l4, untagged] of this.l4Blocks) {
       a.label(label);
+      this.untagged = untagged;
       this.l4Header(l3, l4);
     }
+    this.untagged = false;
     // Parse ends that other code jumps to.
-    for (const [label, layers] of this.ends) {
+    for (const [label, { layers, untagged }] of this.ends) {
       a.label(label);
+      this.untagged = untagged;
       this.finish(layers);
     }
+    this.untagged = false;
     a.label('parsed');
-    if (this.ctxInR1) a.mov64(CTXR, R1);
+    if (this.ctxInR1 && this.rulesCount === 1) {
+      this.ctx = R1;
+      this.free = this.free.filter((r) => r !== R1);
+    } else if (this.ctxInR1) {
+      a.mov64(CTXR, R1);
+    }
   }
 
   /**
-   * The IPv4 header at r7, known to be in the frame: version and header length checked, r8
-   * set past the options, L4 only in the first fragment. When every rule needs an L4 layer,
-   * the protocol is read first, so a packet of a protocol no rule names leaves at once.
+   * The IPv4 header at r7, known to be in the frame (and `room` bytes after a 20-byte header):
+   * version and header length checked, r8 set past the options, L4 only in the first fragment.
+   * When every rule needs an L4 layer, the protocol is read first, so a packet of a protocol
+   * no rule names leaves after one compare, and each wanted protocol gets its own header code.
+   * Emitted twice: for the fast path (untagged, `room` checked) and for all other frames.
    */
-  private ip4(wantL4: boolean): void {
+  private ip4(wantL4: boolean, room: number): void {
     const a = this.a;
-    a.label('ip4_in_frame');
     const protoFirst = wantL4 && !this.canMatch(['eth', 'ip']);
     if (!protoFirst) {
       this.ip4HeaderLength(wantL4);
@@ -368,10 +398,20 @@ class Gen {
     a.ldx(1, R0, L3, 9);
     wanted.forEach((p, i) => {
       const next = this.fresh('ip4_not');
-      if (i < wanted.length - 1) a.jmp('jne', R0, imm(IP_PROTO[p]), next);
-      else a.jmp('jne', R0, imm(IP_PROTO[p]), this.end(['eth', 'ip']));
-      this.ip4HeaderLength(true);
-      this.l4Header('ip', p);
+      const options = this.fresh('ip4_options');
+      a.jmp('jne', R0, imm(IP_PROTO[p]), i < wanted.length - 1 ? next : this.end(['eth', 'ip']));
+      // The usual header: version 4, no options, not a later fragment; one 8-byte load tests
+      // byte 0 and the fragment offset together. The L4 header follows, maybe known in the frame.
+      a.ldx(8, R4, L3, 0).ldImm64(R5, RAW_IP_FIRST_8_MASK).alu64('and', R4, R5).jmp('jne', R4, imm(0x45), options);
+      a.mov64(L4, L3).alu64('add', L4, imm(20));
+      if (room < HEADER_SIZE[p]) a.mov64(R4, L4).alu64('add', R4, imm(HEADER_SIZE[p])).jmp('jgt', R4, R3, this.end(['eth', 'ip']));
+      this.finish(['eth', 'ip', p]);
+      a.label(options);
+      a.ldx(1, R4, L3, 0);
+      a.mov64(R5, R4).alu64('and', R5, imm(0xf0)).jmp('jne', R5, imm(0x40), this.end(['eth']));
+      a.alu64('and', R4, imm(0x0f)).jmp('jlt', R4, imm(5), this.end(['eth']));
+      a.alu64('lsh', R4, imm(2)).mov64(L4, L3).alu64('add', L4, R4);
+      this.l4Header('ip', p, false);
       a.label(next);
     });
   }
@@ -392,14 +432,15 @@ class Gen {
 
   /**
    * The L4 header at r8 (IPv4: only in a first fragment): present only when its whole fixed
-   * header is in the frame, so a rule never writes a field whose checksum lies beyond the end.
+   * header is in the frame (checked here unless `inFrame` says the caller did), so a rule
+   * never writes a field whose checksum lies beyond the end.
    */
-  private l4Header(l3: 'ip' | 'ipv6', l4: L4Layer): void {
+  private l4Header(l3: 'ip' | 'ipv6', l4: L4Layer, inFrame = false): void {
     const a = this.a;
     if (l3 === 'ip') {
       a.ldx(2, R4, L3, 6).alu64('and', R4, imm(RAW_IP_OFFSET_MASK)).jmp('jne', R4, imm(0), this.end(['eth', 'ip']));
     }
-    a.mov64(R4, L4).alu64('add', R4, imm(HEADER_SIZE[l4])).jmp('jgt', R4, R3, this.end(['eth', l3]));
+    if (!inFrame) a.mov64(R4, L4).alu64('add', R4, imm(HEADER_SIZE[l4])).jmp('jgt', R4, R3, this.end(['eth', l3]));
     this.finish(['eth', l3, l4]);
   }
 
@@ -407,8 +448,8 @@ class Gen {
   private l4Dispatch(protocols: Array<'tcp' | 'udp' | 'icmp' | 'icmpv6'>, l3: 'ip' | 'ipv6'): void {
     for (const p of protocols) {
       if (!this.wanted.has(p)) continue;
-      const label = `l4_${p}_${l3}`;
-      if (!this.l4Blocks.some(([l]) => l === label)) this.l4Blocks.push([label, l3, p]);
+      const label = `l4_${p}_${l3}${this.untagged ? '_untagged' : ''}`;
+      if (!this.l4Blocks.some(([l]) => l === label)) this.l4Blocks.push([label, l3, p, this.untagged]);
       this.a.jmp('jeq', R0, imm(IP_PROTO[p]), label);
     }
   }
@@ -416,8 +457,8 @@ class Gen {
   /** A label that ends the parse with these layers (emitted after the parser's code). */
   private end(layers: Layer[]): string {
     if (!this.canMatch(layers)) return 'verdict_none';
-    const label = `end_${layers.join('_') || 'none'}`;
-    if (!this.ends.has(label)) this.ends.set(label, layers);
+    const label = `end${this.untagged ? '_untagged' : ''}_${layers.join('_') || 'none'}`;
+    if (!this.ends.has(label)) this.ends.set(label, { layers, untagged: this.untagged });
     return label;
   }
 
@@ -429,7 +470,9 @@ class Gen {
     }
     this.atRules = this.atRules ? new Set(layers.filter((l) => this.atRules!.has(l))) : new Set(layers);
     const bits = layers.reduce((b, l) => b | (l === 'frame' ? 0 : LAYER_BIT[l]), 0);
-    if (bits) this.a.alu64('or', LAYERS, imm(bits));
+    // On the untagged fast path r9 is set here at once; elsewhere it may hold the VLAN bit.
+    if (this.untagged) this.a.movImm(LAYERS, bits);
+    else if (bits) this.a.alu64('or', LAYERS, imm(bits));
     this.a.ja('parsed');
   }
 
@@ -472,6 +515,12 @@ class Gen {
     const next = `rule${index}_end`;
     a.label(`rule${index}`); // no code: marks where the rule starts, for listings and --emit c
     const known = this.condFalse(rule.match, next, this.atRules ?? new Set());
+    if (this.ctx === R1) {
+      // The only rule matched: from here on helpers clobber r1, so the context moves to r6.
+      a.mov64(CTXR, R1);
+      this.ctx = CTXR;
+      this.release(R1);
+    }
     this.ensureState();
     this.bumpCounter(index, 'matched', true);
     if (this.hook === 'egress') this.countGso();
@@ -949,7 +998,7 @@ class Gen {
       if (this.kind === 'xdp') {
         a.ldx(8, r, FP, SLOT_FLEN);
       } else {
-        a.ldx(4, r, CTXR, SKB.len);
+        a.ldx(4, r, this.ctx, SKB.len);
       }
       return r;
     }
