@@ -6,22 +6,24 @@
  * Memory stays flat: the capture is read and written as a stream, the packet and run objects
  * are reused, and nothing is allocated per packet on the path of a packet that no rule changes.
  */
-import { realpathSync } from 'node:fs';
 import { compileGroup, type CompiledProgram } from '../compiler/index.js';
 import { UsageError } from '../errors.js';
 import type { Hook, RuleGroup } from '../rules/ast.js';
 import { lookupField } from '../rules/catalog.js';
-import {
-  checkLinkType, createPcapngWriter, createPcapWriter, LINKTYPE_ETHERNET, openCaptureSync, toEthernet,
-  type CaptureWriter,
-} from '../pcap/index.js';
+import { checkLinkType, LINKTYPE_ETHERNET, openCaptureSync, toEthernet, type CaptureWriter } from '../pcap/index.js';
+import { formatForPath, openReplayWriter, sameBytes, sameFile, tcCanSee, type CaptureFileFormat } from './capture-io.js';
 import { changedFields, differingBytes, formatChanges } from './fields.js';
+import type { ObjectProgramSummary } from './object.js';
 import { KernelRunner, VmRunner, type ProgramRunner, type ReplayEngine } from './runner.js';
 
 export { changedFields, formatChanges, locateLayers, type FieldChange, type LayerOffsets } from './fields.js';
+export {
+  replayObject, hookForProgram, hookOfSection, verdictName, isDropVerdict, ObjectVmRunner, ObjectKernelRunner,
+  type ObjectReplayOptions, type ObjectProgramSummary, type ObjectRunner,
+} from './object.js';
 export { REPLAY_ENGINES, REPLAY_CPU, VmRunner, KernelRunner, type ProgramRunner, type ReplayEngine } from './runner.js';
 
-export type CaptureFileFormat = 'pcap' | 'pcapng';
+export { formatForPath, type CaptureFileFormat } from './capture-io.js';
 
 // ---------------------------------------------------------------- which rules apply
 
@@ -122,31 +124,15 @@ export interface ReplaySummary {
     /** --engine kernel: frames BPF_PROG_TEST_RUN refused (tc frames over 3712 bytes). */
     kernelRefused: number;
   };
+  /** Per rule, for compiled rules; empty for a program from an object. */
   rules: RuleSummary[];
-}
-
-/** The format a file name asks for. */
-export function formatForPath(path: string): CaptureFileFormat {
-  return /\.(pcapng|ntar)$/i.test(path) ? 'pcapng' : 'pcap';
-}
-
-/** Whether BPF_PROG_TEST_RUN could hand this frame to a tc program (an untagged IP frame needs its fixed IP header). */
-function tcCanSee(b: Uint8Array, off: number, len: number): boolean {
-  const type = (b[off + 12]! << 8) | b[off + 13]!;
-  if (type === 0x0800) return len >= 34;
-  if (type === 0x86dd) return len >= 54;
-  return true;
+  /** A program from an object (replayObject): what it did, in place of per-rule counters. */
+  program?: ObjectProgramSummary;
 }
 
 function isDrop(hook: Hook, retval: number): boolean {
   // XDP_ABORTED (0) drops too; TC_ACT_SHOT is 2. Compiled programs return only pass/drop/none verdicts.
   return hook === 'xdp' ? retval === 0 || retval === 1 : retval === 2;
-}
-
-function sameBytes(a: Uint8Array, aOff: number, n: number, b: Uint8Array, bOff: number, bLen: number): boolean {
-  if (n !== bLen) return false;
-  for (let i = 0; i < n; i++) if (a[aOff + i] !== b[bOff + i]) return false;
-  return true;
 }
 
 interface Stage {
@@ -180,10 +166,7 @@ export async function replayCapture(opts: ReplayOptions): Promise<ReplaySummary>
       const runner = opts.engine === 'kernel' ? await KernelRunner.open(c) : new VmRunner(c, opts.engine === 'interp' ? 'interpreter' : 'jit');
       stages.push({ hook: c.hook, runner, seen: 0, changed: new Float64Array(c.rules.length) });
     }
-    const nanosecond = reader.nanosecond;
-    writer = format === 'pcapng'
-      ? createPcapngWriter(opts.output, { interfaces: [{ linkType: LINKTYPE_ETHERNET, tsresol: nanosecond ? 9 : 6, ...(reader.interfaces[0]?.name ? { name: reader.interfaces[0].name } : {}) }] })
-      : createPcapWriter(opts.output, { linkType: LINKTYPE_ETHERNET, nanosecond });
+    writer = openReplayWriter(reader, opts.output, format);
     const out = writer;
     const comments = format === 'pcapng' && opts.comments !== false;
     const scratch = new Uint8Array(65536 + 64);
@@ -289,31 +272,36 @@ export async function replayCapture(opts: ReplayOptions): Promise<ReplaySummary>
   return summary;
 }
 
-function sameFile(a: string, b: string): boolean {
-  try {
-    return realpathSync(a) === realpathSync(b);
-  } catch {
-    return false;
-  }
-}
-
 // ---------------------------------------------------------------- the summary as text
 
 /** The per-rule table printed at the end of a replay. */
 export function formatSummaryTable(s: ReplaySummary, opts: { seedChosen?: boolean } = {}): string[] {
-  const rows: string[][] = [['rule', 'hook', 'seen', 'matched', 'changed', 'dropped']];
+  const p = s.program;
+  const rows: string[][] = p
+    ? [['program', 'hook', 'seen', 'changed', 'dropped'], [`${p.name} (section ${p.section})`, p.hook, String(p.seen), String(p.changed), String(p.dropped)]]
+    : [['rule', 'hook', 'seen', 'matched', 'changed', 'dropped']];
   for (const r of s.rules) rows.push([r.name, r.hook, String(r.seen), String(r.matched), String(r.changed), String(r.dropped)]);
   const widths = rows[0]!.map((_, col) => Math.max(...rows.map((r) => r[col]!.length)));
   const lines = rows.map((r) => r.map((cell, col) => (col >= 2 ? cell.padStart(widths[col]!) : cell.padEnd(widths[col]!))).join('  ').trimEnd());
+  const chosen = opts.seedChosen ? ' (chosen at random; pass --seed to repeat)' : '';
+  let seedText = `seed ${s.seed}${chosen}`;
+  if (p) {
+    const verdicts = Object.entries(p.verdicts).map(([v, n]) => `${v} ${n}`).join(', ');
+    if (verdicts) lines.push(`verdicts: ${verdicts}`);
+    // The seed is the VM's bpf_get_prandom_u32's (netmangle build's objects carry their own).
+    if (!p.callsPrandom) seedText = '';
+    else if (s.engine === 'kernel') seedText = `bpf_get_prandom_u32 from the kernel (not repeatable), CPU ${p.cpu}`;
+    else seedText = `bpf_get_prandom_u32 seed ${s.seed}${chosen}`;
+  }
+  lines.push(`${s.packetsIn} packets in, ${s.packetsOut} out (${s.changed} changed), ${s.dropped} dropped; engine ${s.engine}${seedText ? `, ${seedText}` : ''}`);
   const notRun = s.notRun.tooShort + s.notRun.cutIpHeader + s.notRun.kernelRefused;
-  lines.push(`${s.packetsIn} packets in, ${s.packetsOut} out (${s.changed} changed), ${s.dropped} dropped; engine ${s.engine}, seed ${s.seed}${opts.seedChosen ? ' (chosen at random; pass --seed to repeat)' : ''}`);
   if (notRun > 0) {
     const parts = [
       s.notRun.tooShort && `${s.notRun.tooShort} shorter than an Ethernet header`,
       s.notRun.cutIpHeader && `${s.notRun.cutIpHeader} cut inside the IP header (no tc hook sees such a frame)`,
       s.notRun.kernelRefused && `${s.notRun.kernelRefused} refused by the kernel's test run (tc frames over 3712 bytes)`,
     ].filter(Boolean);
-    lines.push(`passed through without running the rules: ${parts.join(', ')}`);
+    lines.push(`passed through without running the ${p ? 'program' : 'rules'}: ${parts.join(', ')}`);
   }
   return lines;
 }

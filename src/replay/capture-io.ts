@@ -1,0 +1,43 @@
+/**
+ * What both replays (compiled rules, and a program from an object) share around the packet
+ * loop: the output's format and writer, which frames a tc hook can see, byte comparison.
+ */
+import { realpathSync } from 'node:fs';
+import { createPcapngWriter, createPcapWriter, LINKTYPE_ETHERNET, type CaptureReaderSync, type CaptureWriter } from '../pcap/index.js';
+
+export type CaptureFileFormat = 'pcap' | 'pcapng';
+
+/** The format a file name asks for. */
+export function formatForPath(path: string): CaptureFileFormat {
+  return /\.(pcapng|ntar)$/i.test(path) ? 'pcapng' : 'pcap';
+}
+
+/** An Ethernet writer for the replay's output, keeping the input's timestamp resolution and interface name. */
+export function openReplayWriter(reader: CaptureReaderSync, output: string, format: CaptureFileFormat): CaptureWriter {
+  const nanosecond = reader.nanosecond;
+  return format === 'pcapng'
+    ? createPcapngWriter(output, { interfaces: [{ linkType: LINKTYPE_ETHERNET, tsresol: nanosecond ? 9 : 6, ...(reader.interfaces[0]?.name ? { name: reader.interfaces[0].name } : {}) }] })
+    : createPcapWriter(output, { linkType: LINKTYPE_ETHERNET, nanosecond });
+}
+
+/** Whether BPF_PROG_TEST_RUN could hand this frame to a tc program (an untagged IP frame needs its fixed IP header). */
+export function tcCanSee(b: Uint8Array, off: number, len: number): boolean {
+  const type = (b[off + 12]! << 8) | b[off + 13]!;
+  if (type === 0x0800) return len >= 34;
+  if (type === 0x86dd) return len >= 54;
+  return true;
+}
+
+export function sameBytes(a: Uint8Array, aOff: number, n: number, b: Uint8Array, bOff: number, bLen: number): boolean {
+  if (n !== bLen) return false;
+  for (let i = 0; i < n; i++) if (a[aOff + i] !== b[bOff + i]) return false;
+  return true;
+}
+
+export function sameFile(a: string, b: string): boolean {
+  try {
+    return realpathSync(a) === realpathSync(b);
+  } catch {
+    return false;
+  }
+}
