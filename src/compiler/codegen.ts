@@ -364,6 +364,9 @@ class Gen {
       this.finish(layers);
     }
     this.untagged = false;
+    // Packets no rule can match leave here, close by: a jump to the program's end could
+    // exceed the 16-bit jump offset with many rules.
+    a.label('parse_none').movImm(R0, this.v.none).exit();
     a.label('parsed');
     if (this.ctxInR1 && this.rulesCount === 1) {
       this.ctx = R1;
@@ -456,7 +459,7 @@ class Gen {
 
   /** A label that ends the parse with these layers (emitted after the parser's code). */
   private end(layers: Layer[]): string {
-    if (!this.canMatch(layers)) return 'verdict_none';
+    if (!this.canMatch(layers)) return 'parse_none';
     const label = `end${this.untagged ? '_untagged' : ''}_${layers.join('_') || 'none'}`;
     if (!this.ends.has(label)) this.ends.set(label, { layers, untagged: this.untagged });
     return label;
@@ -465,7 +468,7 @@ class Gen {
   /** Ends the parse here with these layers: on to the rules, or out when none can match. */
   private finish(layers: Layer[]): void {
     if (!this.canMatch(layers)) {
-      this.a.ja('verdict_none');
+      this.a.ja('parse_none');
       return;
     }
     this.atRules = this.atRules ? new Set(layers.filter((l) => this.atRules!.has(l))) : new Set(layers);
@@ -497,14 +500,20 @@ class Gen {
     a.jmp('jset', LAYERS, imm(LAYER_BIT.ip), v4);
     a.mov64(R1, L3).alu64('add', R1, imm(40)).ja(checkL3);
     a.label(v4).mov64(R1, L3).alu64('add', R1, imm(20));
-    a.label(checkL3).jmp('jgt', R1, R3, 'verdict_none');
+    const fail = this.fresh('reload_fail');
+    const ok = this.fresh('reloaded');
+    a.label(checkL3).jmp('jgt', R1, R3, fail);
     const tcp = this.fresh('reload_tcp');
     const checkL4 = this.fresh('reload_l4');
     a.ldx(2, R1, FP, SLOT_L4_OFF).alu64('and', R1, imm(0x3fff)).mov64(L4, R2).alu64('add', L4, R1);
     a.jmp('jset', LAYERS, imm(LAYER_BIT.tcp), tcp);
     a.mov64(R1, L4).alu64('add', R1, imm(8)).ja(checkL4);
     a.label(tcp).mov64(R1, L4).alu64('add', R1, imm(20));
-    a.label(checkL4).jmp('jgt', R1, R3, 'verdict_none');
+    a.label(checkL4).jmp('jgt', R1, R3, fail).ja(ok);
+    // Cannot happen (the packet did not shrink); here rather than at the program's end, which
+    // may be beyond a 16-bit jump.
+    a.label(fail).movImm(R0, this.v.none).exit();
+    a.label(ok);
   }
 
   // ---------------------------------------------------------------- rules
@@ -521,7 +530,7 @@ class Gen {
       this.ctx = CTXR;
       this.release(R1);
     }
-    this.ensureState();
+    this.ensureState(next);
     this.bumpCounter(index, 'matched', true);
     if (this.hook === 'egress') this.countGso();
     this.trigger(rule, index, next);
@@ -547,14 +556,15 @@ class Gen {
     this.rule = undefined;
   }
 
-  /** Looks the state map value up once per packet; fp-8 holds it afterwards. */
-  private ensureState(): void {
+  /** Looks the state map value up once per packet; fp-8 holds it afterwards. `skip`: the rule's end. */
+  private ensureState(skip: string): void {
     const a = this.a;
     const have = this.fresh('have_state');
     if (this.cacheMaps) a.ldx(8, R0, FP, SLOT_STATE).jmp('jne', R0, imm(0), have);
     a.st(4, FP, SLOT_KEY, 0).ldMap(R1, STATE_MAP).mov64(R2, FP).alu64('add', R2, imm(SLOT_KEY)).call(HELPER.map_lookup_elem);
-    // The lookup of key 0 in a one-entry array cannot fail; the verifier still wants the test.
-    a.jmp('jeq', R0, imm(0), 'verdict_none').stx(8, FP, SLOT_STATE, R0);
+    // The lookup of key 0 in a one-entry array cannot fail; the verifier still wants the test
+    // (which skips the rule: the program's end may be beyond a 16-bit jump).
+    a.jmp('jeq', R0, imm(0), skip).stx(8, FP, SLOT_STATE, R0);
     if (this.opts.selfSeed) this.seedIfZero(have);
     a.label(have);
   }
@@ -596,7 +606,7 @@ class Gen {
       const have = this.fresh('have_every');
       if (this.cacheMaps) a.ldx(8, R0, FP, SLOT_EVERY).jmp('jne', R0, imm(0), have);
       a.st(4, FP, SLOT_KEY, 0).ldMap(R1, EVERY_MAP).mov64(R2, FP).alu64('add', R2, imm(SLOT_KEY)).call(HELPER.map_lookup_elem);
-      a.jmp('jeq', R0, imm(0), 'verdict_none').stx(8, FP, SLOT_EVERY, R0);
+      a.jmp('jeq', R0, imm(0), skip).stx(8, FP, SLOT_EVERY, R0);
       a.label(have);
       // count = atomic_fetch_add(&every[index], 1) + 1; act when count % N == 0.
       a.movImm(R1, 1).atomic(8, R0, 8 * index, R1, BPF_ADD | BPF_FETCH);
