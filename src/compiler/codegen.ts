@@ -2,7 +2,8 @@
  * Rules to eBPF. One program per (interface, hook): the headers are parsed once, then every
  * rule is evaluated in order. Register plan, kept for the whole program:
  *
- *   r6  the context (xdp_md or __sk_buff)
+ *   r6  the context (xdp_md or __sk_buff); during the parse, and with a single rule until it
+ *       matches, the context stays in r1 (so packets that match nothing never copy it)
  *   r7  packet pointer to the L3 header; valid when ip or ipv6 is present, and then the whole
  *       fixed header (20 or 40 bytes) lies before data_end
  *   r8  packet pointer to the L4 header; valid when tcp, udp, icmp or icmpv6 is present, and
@@ -13,8 +14,12 @@
  * So IP and L4 fields are one load each: the verifier knows r9 on every path (the parser sets
  * it from constants), so it knows which of r7/r8 are checked pointers wherever a field is
  * read. bpf_l4_csum_replace (tc only) may move packet data, which turns r7/r8 into unknowns
- * for the verifier: after each call they are derived again from offsets the parser saved
+ * for the verifier: after each call they are derived again from offsets saved just before it
  * (reloadHeaders). Ethernet and VLAN fields are read from the packet start, checked per read.
+ *
+ * The parser is specialised to the rules (see parse()): only headers some rule needs, an
+ * untagged-IPv4 fast path with one bounds check, and an early return where no rule can match
+ * the layers found. Code nothing reaches is left out (ReachableAssembler).
  *
  * A layer is present only when its whole fixed header is in the frame; a field whose layer is
  * absent makes its comparison false and its rule's actions skip. Raw words are compared in
