@@ -65,7 +65,7 @@ function parseSeed(text: string | undefined): { seed: number; seedChosen: boolea
 export function register(program: Command): void {
   program
     .command('replay')
-    .description('run a capture through the rules offline and write the packets that leave (no root needed)')
+    .description('run a capture through the rules (or a program of a BPF object) offline and write the packets that leave (no root needed)')
     .argument('<rules>', "a one-line rule 'MATCH => ACTION[, ACTION]...' (with --hook), a rules file (.yaml), or a BPF object (.o)")
     .argument('<in>', 'capture to read (pcap or pcapng)')
     .option('-o, --output <file>', 'capture to write (.pcapng: with a comment on every changed packet; otherwise pcap)')
