@@ -148,10 +148,10 @@ kernelTest('random rules over crafted and random packets: interpreter, JIT and t
   assert.ok(seen.dropped >= seen.packets * 0.01, `only ${seen.dropped} of ${seen.packets} packets dropped`);
 }, { timeout: 300_000 });
 
-// A known compiler bug, kept visible: a condition that is always true (`frame`) under `not`
-// leaves the rule's actions unreachable, and the verifier refuses unreachable instructions.
-// The VM runs such programs, so only the kernel shows it. (rule-gen.ts leaves `frame` out.)
-test('not (frame) => drop loads into the kernel', { todo: 'compiler emits unreachable code for an always-false match', skip: kernelUnavailable() }, async () => {
+// Once a compiler bug: a condition that is always true (`frame`) under `not` left the rule's
+// actions unreachable, and the verifier refuses unreachable instructions. The VM runs such
+// programs, so only the kernel shows it.
+kernelTest('not (frame) => drop loads into the kernel', async () => {
   const { parseRuleLine } = await import('../../src/rules/load.js');
   const compiled = compileGroup(parseRuleLine('not frame => drop', { dev: 'x', hook: 'xdp' }).groups[0]!, { seed: 1, lookupField });
   const kernel = await KernelRunner.open(compiled);
