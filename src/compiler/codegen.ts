@@ -27,9 +27,10 @@
  *
  * Stack: fp-8 state map value pointer (0 until looked up), fp-16 every-N map value pointer,
  * fp-24 map key, fp-20/-18 the L3 and L4 offsets (u16, for reloadHeaders), fp-32/-40 a
- * write's old and new words, fp-48 the XDP frame length, fp-64 and down: the values of a
- * rule's `set` actions, computed before any write so that every right-hand side reads the
- * packet as it was before the rule touched it.
+ * write's old and new words, fp-48 the XDP frame length, fp-64 and down (24 slots of 16
+ * bytes, to fp-448): the values of a rule's `set` actions, computed before any write so that
+ * every right-hand side reads the packet as it was before the rule touched it; fp-480 the
+ * per-connection key (40 bytes, see connKey), fp-488 the zero count a new connection starts with.
  */
 import { Assembler, imm, type AluOp, type JmpOp, type Operand } from '../bpf/asm.js';
 import type { Insn } from '../bpf/insn.js';
@@ -38,8 +39,8 @@ import type { Action, Cond, Expr, FieldDef, Hook, Layer, Rule, RuleGroup } from 
 import { HEADER_SIZE } from '../rules/catalog.js';
 import { NetmangleError } from '../errors.js';
 import {
-  BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, CTX, EVERY_MAP, HELPER, LAYER_BIT, SEED_SECTION, SKB, STATE_GSO, STATE_MAP, STATE_PRNG,
-  progKindOf, ruleCounterOffset, verdicts, type ProgKind,
+  BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST, CONN_KEY, CONN_KEY_SIZE, CTX, EVERY_MAP, HELPER, LAYER_BIT, SEED_SECTION, SKB,
+  STATE_GSO, STATE_MAP, STATE_PRNG, connMapName, progKindOf, ruleCounterOffset, verdicts, type ProgKind,
 } from './layout.js';
 import { probabilityThreshold } from './prng.js';
 
@@ -57,7 +58,10 @@ const SLOT_NEW = -40;
 const SLOT_FLEN = -48;
 /** First `set` value slot; each takes 16 bytes (room for an IPv6 address). */
 const SLOT_SETS = -64;
-const MAX_SETS = 28;
+const MAX_SETS = 24;
+/** Per-connection map key (CONN_KEY_SIZE bytes), below the set slots, and a zero value to insert. */
+const SLOT_CONN_KEY = -480;
+const SLOT_CONN_VALUE = -488;
 
 /** Saved L3 and L4 offsets from the packet start (u16 each), for reloadHeaders. */
 const SLOT_L3_OFF = -20;
@@ -88,8 +92,10 @@ export interface GenOptions {
 
 export interface GenResult {
   asm: Assembler;
-  /** Whether the program uses the every-N map. */
+  /** Whether the program uses the every-N map (shared match counts per rule). */
   usesEvery: boolean;
+  /** Rules (by index) whose counts are kept per connection, each in its own map (connMapName). */
+  connRules: number[];
 }
 
 /**
@@ -156,7 +162,7 @@ class ReachableAssembler extends Assembler {
 export function generate(group: RuleGroup, opts: GenOptions): GenResult {
   const g = new Gen(group.hook, opts);
   g.program(group.rules);
-  return { asm: g.a, usesEvery: g.usesEvery };
+  return { asm: g.a, usesEvery: g.usesEvery, connRules: g.connRules };
 }
 
 class Gen {
@@ -164,6 +170,7 @@ class Gen {
   readonly kind: ProgKind;
   readonly hook: Hook;
   usesEvery = false;
+  readonly connRules: number[] = [];
   private labelN = 0;
   private free: Reg[] = [R1, R2, R3, R4, R5, R0];
   private readonly v: { none: number; pass: number; drop: number };
@@ -550,6 +557,11 @@ class Gen {
     sets.forEach((s, k) => this.computeSet(s, SLOT_SETS - 16 * k, next, known));
     sets.forEach((s, k) => this.writeSet(s, SLOT_SETS - 16 * k, rule.checksum === 'fix', known));
     this.bumpCounter(index, 'acted');
+    for (const act of rule.actions) {
+      if (act.kind === 'duplicate' || act.kind === 'corrupt' || act.kind === 'truncate' || act.kind === 'reject') {
+        throw new CompileError(`rule "${rule.name}": ${act.kind} is not supported yet`, { hint: 'change fields with set, or drop the packet' });
+      }
+    }
     const final = rule.actions.find((x) => x.kind === 'drop' || x.kind === 'pass');
     if (final?.kind === 'drop') {
       this.bumpCounter(index, 'dropped');
@@ -604,18 +616,36 @@ class Gen {
     this.a.label(skip);
   }
 
+  /**
+   * Whether this matching packet is one the rule acts on: the counts of `after`, `every` and
+   * `first` (shared by all CPUs, or per connection), then the probability draw. With n the
+   * packet's number among the matching ones (from 1) and m = n - after: act when m ≥ 1,
+   * every divides m, and m / every ≤ first.
+   */
   private trigger(rule: Rule, index: number, skip: string): void {
     const a = this.a;
-    if (rule.every !== undefined && rule.every > 1) {
-      this.usesEvery = true;
-      const have = this.fresh('have_every');
-      if (this.cacheMaps) a.ldx(8, R0, FP, SLOT_EVERY).jmp('jne', R0, imm(0), have);
-      a.st(4, FP, SLOT_KEY, 0).ldMap(R1, EVERY_MAP).mov64(R2, FP).alu64('add', R2, imm(SLOT_KEY)).call(HELPER.map_lookup_elem);
-      a.jmp('jeq', R0, imm(0), skip).stx(8, FP, SLOT_EVERY, R0);
-      a.label(have);
-      // count = atomic_fetch_add(&every[index], 1) + 1; act when count % N == 0.
-      a.movImm(R1, 1).atomic(8, R0, 8 * index, R1, BPF_ADD | BPF_FETCH);
-      a.alu64('add', R1, imm(1)).alu64('mod', R1, imm(rule.every)).jmp('jne', R1, imm(0), skip);
+    const every = rule.every !== undefined && rule.every > 1 ? rule.every : undefined;
+    if (every !== undefined || rule.after !== undefined || rule.first !== undefined) {
+      let off = 0;
+      if (rule.perConnection) {
+        this.connCounter(index, skip);
+      } else {
+        this.usesEvery = true;
+        const have = this.fresh('have_every');
+        if (this.cacheMaps) a.ldx(8, R0, FP, SLOT_EVERY).jmp('jne', R0, imm(0), have);
+        a.st(4, FP, SLOT_KEY, 0).ldMap(R1, EVERY_MAP).mov64(R2, FP).alu64('add', R2, imm(SLOT_KEY)).call(HELPER.map_lookup_elem);
+        a.jmp('jeq', R0, imm(0), skip).stx(8, FP, SLOT_EVERY, R0);
+        a.label(have);
+        off = 8 * index;
+      }
+      // n = atomic_fetch_add(counter, 1) + 1
+      a.movImm(R1, 1).atomic(8, R0, off, R1, BPF_ADD | BPF_FETCH).alu64('add', R1, imm(1));
+      if (rule.after !== undefined && rule.after > 0) a.jmp('jle', R1, imm(rule.after), skip).alu64('sub', R1, imm(rule.after));
+      if (every !== undefined) {
+        a.mov64(R2, R1).alu64('mod', R2, imm(every)).jmp('jne', R2, imm(0), skip);
+        if (rule.first !== undefined) a.alu64('div', R1, imm(every));
+      }
+      if (rule.first !== undefined) a.jmp('jgt', R1, imm(rule.first), skip);
     }
     // A probability that rounds to 2^32 in 32-bit draws always acts: no draw (and no 32-bit
     // immediate, where 2^32 would wrap to 0 and never act).
@@ -626,6 +656,85 @@ class Gen {
       a.jmp32('jge', r, imm(t | 0), skip);
       this.release(r);
     }
+  }
+
+  /**
+   * r0 = pointer to this packet's connection count in the rule's LRU map, the entry created
+   * (at 0) for a new connection. Jumps to `skip` if it cannot be had (the map full of
+   * entries being inserted at once on other CPUs: the packet is not counted).
+   */
+  private connCounter(index: number, skip: string): void {
+    const a = this.a;
+    const map = connMapName(index);
+    if (!this.connRules.includes(index)) this.connRules.push(index);
+    this.connKey();
+    const have = this.fresh('have_conn');
+    const lookup = (): void => {
+      a.ldMap(R1, map).mov64(R2, FP).alu64('add', R2, imm(SLOT_CONN_KEY)).call(HELPER.map_lookup_elem);
+    };
+    lookup();
+    a.jmp('jne', R0, imm(0), have);
+    // A new connection: insert a zero count unless another CPU just did, then look it up again.
+    a.st(8, FP, SLOT_CONN_VALUE, 0).ldMap(R1, map).mov64(R2, FP).alu64('add', R2, imm(SLOT_CONN_KEY));
+    a.mov64(R3, FP).alu64('add', R3, imm(SLOT_CONN_VALUE)).movImm(R4, BPF_NOEXIST).call(HELPER.map_update_elem);
+    lookup();
+    a.jmp('jeq', R0, imm(0), skip);
+    a.label(have);
+  }
+
+  /**
+   * The connection key at fp-480 (layout.ts CONN_KEY): the two endpoints (address, port) in
+   * a fixed order, so both directions give the same key; ICMP echo requests and replies use
+   * the echo identifier as both ports; packets without IP share one all-zero key. Clobbers
+   * r0-r5.
+   */
+  private connKey(): void {
+    const a = this.a;
+    const K = SLOT_CONN_KEY;
+    for (let off = 0; off < CONN_KEY_SIZE; off += 8) a.st(8, FP, K + off, 0);
+    const ports = this.fresh('ck_ports'), tcp = this.fresh('ck_tcp'), udp = this.fresh('ck_udp');
+    const icmp = this.fresh('ck_icmp'), icmp6 = this.fresh('ck_icmp6'), echo = this.fresh('ck_echo'), portsDone = this.fresh('ck_ports_done');
+    // r4, r5: the source and destination "ports" (raw), r0: the protocol.
+    a.movImm(R4, 0).movImm(R5, 0).movImm(R0, 0);
+    a.jmp('jset', LAYERS, imm(LAYER_BIT.tcp), tcp).jmp('jset', LAYERS, imm(LAYER_BIT.udp), udp);
+    a.jmp('jset', LAYERS, imm(LAYER_BIT.icmp), icmp).jmp('jset', LAYERS, imm(LAYER_BIT.icmpv6), icmp6).ja(portsDone);
+    a.label(tcp).movImm(R0, IP_PROTO.tcp).ja(ports);
+    a.label(udp).movImm(R0, IP_PROTO.udp);
+    a.label(ports).ldx(2, R4, L4, 0).ldx(2, R5, L4, 2).ja(portsDone);
+    a.label(icmp).movImm(R0, IP_PROTO.icmp).ldx(1, R1, L4, 0).jmp('jeq', R1, imm(8), echo).jmp('jeq', R1, imm(0), echo).ja(portsDone);
+    a.label(icmp6).movImm(R0, IP_PROTO.icmpv6).ldx(1, R1, L4, 0).jmp('jeq', R1, imm(128), echo).jmp('jeq', R1, imm(129), echo).ja(portsDone);
+    a.label(echo).ldx(2, R4, L4, 4).mov64(R5, R4);
+    a.label(portsDone).stx(1, FP, K + CONN_KEY.proto, R0);
+    const v4 = this.fresh('ck_v4'), v6 = this.fresh('ck_v6'), done = this.fresh('ck_done');
+    a.jmp('jset', LAYERS, imm(LAYER_BIT.ip), v4).jmp('jset', LAYERS, imm(LAYER_BIT.ipv6), v6).ja(done);
+    const write = (addrWords: number, srcOff: number, dstOff: number, swap: boolean, end: string): void => {
+      for (let i = 0; i < addrWords; i++) {
+        a.ldx(4, R1, L3, (swap ? dstOff : srcOff) + 4 * i).stx(4, FP, K + CONN_KEY.addrA + 4 * i, R1);
+        a.ldx(4, R1, L3, (swap ? srcOff : dstOff) + 4 * i).stx(4, FP, K + CONN_KEY.addrB + 4 * i, R1);
+      }
+      a.stx(2, FP, K + CONN_KEY.portA, swap ? R5 : R4).stx(2, FP, K + CONN_KEY.portB, swap ? R4 : R5).ja(end);
+    };
+    // IPv4: order by (address, port) as one 48-bit number of raw words: any fixed order will do.
+    const v4swap = this.fresh('ck_v4_swap');
+    a.label(v4).st(1, FP, K + CONN_KEY.family, 4);
+    a.ldx(4, R1, L3, 12).alu64('lsh', R1, imm(16)).alu64('or', R1, R4);
+    a.ldx(4, R2, L3, 16).alu64('lsh', R2, imm(16)).alu64('or', R2, R5);
+    a.jmp('jgt', R1, R2, v4swap);
+    write(1, 12, 16, false, done);
+    a.label(v4swap);
+    write(1, 12, 16, true, done);
+    // IPv6: the addresses word by word, then the ports.
+    const v6swap = this.fresh('ck_v6_swap'), v6keep = this.fresh('ck_v6_keep');
+    a.label(v6).st(1, FP, K + CONN_KEY.family, 6);
+    for (let i = 0; i < 4; i++) {
+      a.ldx(4, R1, L3, 8 + 4 * i).ldx(4, R2, L3, 24 + 4 * i).jmp('jgt', R1, R2, v6swap).jmp('jlt', R1, R2, v6keep);
+    }
+    a.jmp('jgt', R4, R5, v6swap);
+    a.label(v6keep);
+    write(4, 8, 24, false, done);
+    a.label(v6swap);
+    write(4, 8, 24, true, done);
+    a.label(done);
   }
 
   /** dst = next 32-bit draw of the PRNG in the state map (xorshift64, upper half). */
@@ -1381,6 +1490,8 @@ function wantedLayers(rules: Rule[]): Set<Layer> {
   const out = new Set<Layer>();
   for (const r of rules) {
     condLayers(r.match, out);
+    // The connection key reads addresses and ports of every protocol it knows.
+    if (r.perConnection) for (const l of ['ip', 'ipv6', 'tcp', 'udp', 'icmp', 'icmpv6'] as const) out.add(l);
     for (const act of r.actions) {
       if (act.kind !== 'set') continue;
       if (act.field.layer !== 'frame') out.add(act.field.layer);

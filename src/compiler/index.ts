@@ -4,9 +4,9 @@
  */
 import type { Insn } from '../bpf/insn.js';
 import type { MapRef } from '../bpf/asm.js';
-import type { Hook, RuleGroup } from '../rules/ast.js';
+import { DEFAULT_CONNECTIONS, type Hook, type RuleGroup } from '../rules/ast.js';
 import { generate, type FieldLookup } from './codegen.js';
-import { EVERY_MAP, STATE_MAP, STATE_PRNG, progKindOf, ruleCounterOffset, stateValueSize, STATE_GSO, type ProgKind } from './layout.js';
+import { CONN_KEY_SIZE, EVERY_MAP, STATE_MAP, connMapName, STATE_PRNG, progKindOf, ruleCounterOffset, stateValueSize, STATE_GSO, type ProgKind } from './layout.js';
 import { seedState } from './prng.js';
 
 export { CompileError } from './codegen.js';
@@ -15,10 +15,11 @@ export * from './prng.js';
 
 export interface MapSpec {
   name: string;
-  type: 'array' | 'percpu_array';
-  keySize: 4;
+  /** lru_hash: the per-connection counts (layout.ts CONN_KEY); the others have one entry, key 4 bytes. */
+  type: 'array' | 'percpu_array' | 'lru_hash';
+  keySize: number;
   valueSize: number;
-  maxEntries: 1;
+  maxEntries: number;
 }
 
 export interface CompiledProgram {
@@ -47,11 +48,15 @@ export interface CompileOptions {
 }
 
 export function compileGroup(group: RuleGroup, opts: CompileOptions): CompiledProgram {
-  const { asm, usesEvery } = generate(group, { lookupField: opts.lookupField, selfSeed: opts.selfSeed });
+  const { asm, usesEvery, connRules } = generate(group, { lookupField: opts.lookupField, selfSeed: opts.selfSeed });
   const { insns, mapRefs, labels } = asm.assemble();
   const valueSize = stateValueSize(group.rules.length);
   const maps: MapSpec[] = [{ name: STATE_MAP, type: 'percpu_array', keySize: 4, valueSize, maxEntries: 1 }];
   if (usesEvery) maps.push({ name: EVERY_MAP, type: 'array', keySize: 4, valueSize: 8 * group.rules.length, maxEntries: 1 });
+  for (const i of connRules) {
+    const entries = group.rules[i]!.connections ?? DEFAULT_CONNECTIONS;
+    maps.push({ name: connMapName(i), type: 'lru_hash', keySize: CONN_KEY_SIZE, valueSize: 8, maxEntries: entries });
+  }
   return {
     hook: group.hook,
     kind: progKindOf(group.hook),

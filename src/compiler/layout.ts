@@ -34,6 +34,8 @@ export function verdicts(kind: ProgKind): { none: number; pass: number; drop: nu
 
 export const HELPER = {
   map_lookup_elem: 1,
+  map_update_elem: 2,
+  ktime_get_ns: 5,
   l3_csum_replace: 10,
   l4_csum_replace: 11,
   xdp_get_buff_len: 188,
@@ -78,3 +80,16 @@ export const SEED_GLOBAL = 'nm_seed';
 
 /** The shared (not per-CPU) every-N map: one entry, a u64 match count per rule, added atomically. */
 export const EVERY_MAP = 'nm_every';
+
+/** bpf_map_update_elem flag: only insert. */
+export const BPF_NOEXIST = 1;
+
+/**
+ * Per-connection counts (rules with `perConnection`): one LRU hash map per such rule, named
+ * connMapName(rule), of `connections` entries; key CONN_KEY_SIZE bytes laid out as CONN_KEY
+ * (raw network-order bytes; the endpoint that sorts first is A), value one u64: the number of
+ * matching packets of that connection so far. An evicted connection starts again from 0.
+ */
+export const CONN_KEY_SIZE = 40;
+export const CONN_KEY = { addrA: 0, addrB: 16, portA: 32, portB: 34, proto: 36, family: 37 } as const;
+export const connMapName = (rule: number): string => `nm_conn${rule}`;

@@ -82,7 +82,21 @@ export type Action =
   /** Right-hand sides read the packet as it was before this rule wrote to it. */
   | { kind: 'set'; field: FieldDef; value: Expr; span: Span }
   | { kind: 'drop'; span: Span }
-  | { kind: 'pass'; span: Span };
+  | { kind: 'pass'; span: Span }
+  /** The packet goes on, and `count` copies of it (as the rule left it) are sent too: tc hooks only. */
+  | { kind: 'duplicate'; count: number; span: Span }
+  /** Flip `bits` random bits of the L4 payload (the bytes after the TCP/UDP/ICMP header). */
+  | { kind: 'corrupt'; bits: number; span: Span }
+  /** Cut the frame to `length` bytes (IP and UDP length fields follow unless `lengths: keep`). */
+  | { kind: 'truncate'; length: number; span: Span }
+  /**
+   * Answer instead of delivering, sent back out the interface the packet came in on; the
+   * packet is dropped. Without `with`: a TCP RST for TCP, ICMP(v6) port unreachable otherwise.
+   */
+  | { kind: 'reject'; with?: RejectWith; span: Span };
+
+/** What `reject` answers with: `tcp-reset` (TCP only; the default for TCP) or an unreachable code. */
+export type RejectWith = 'tcp-reset' | 'net-unreachable' | 'host-unreachable' | 'port-unreachable' | 'proto-unreachable' | 'admin-prohibited';
 
 export type Hook = 'xdp' | 'ingress' | 'egress';
 
@@ -99,7 +113,36 @@ export interface Rule {
   every?: number;
   /** 'fix' (default): checksums right after every change; 'keep': left stale on purpose. */
   checksum: 'fix' | 'keep';
+  /** Skip the first N matching packets (the count per connection with `perConnection`). */
+  after?: number;
+  /** Act on the first N packets that `after` and `every` let through, then never again. */
+  first?: number;
+  /**
+   * Keep the counts of `after`, `first` and `every` per connection (both directions of a
+   * TCP/UDP flow, or an ICMP echo id, as one) in an LRU hash map of `connections` entries.
+   */
+  perConnection?: boolean;
+  /** Size of the per-connection map (default DEFAULT_CONNECTIONS). */
+  connections?: number;
+  /** Act on at most `packets` packets per `intervalNs` (a token bucket in the program). */
+  limit?: RateLimit;
+  /** Stop acting this long after the program's start (its own clock, bpf_ktime_get_ns). */
+  forNs?: number;
+  /** Start acting only this long after the program's start. */
+  startAfterNs?: number;
+  /** 'fix' (default): `truncate` rewrites the IP and UDP length fields; 'keep': leaves them. */
+  lengths?: 'fix' | 'keep';
 }
+
+/** `--limit 100/s`: at most `packets` per `intervalNs` nanoseconds. */
+export interface RateLimit {
+  packets: number;
+  intervalNs: number;
+  /** As the user wrote it, for listings. */
+  text: string;
+}
+
+export const DEFAULT_CONNECTIONS = 65536;
 
 /** Rules that share one (interface, hook, namespace): compiled into one program. */
 export interface RuleGroup {

@@ -16,6 +16,16 @@ import type { ParsedRule } from './parser.js';
 
 type ValueType = 'num' | 'ipv4' | 'ipv6' | 'mac';
 
+type FaultAction = Extract<Action, { kind: 'duplicate' | 'corrupt' | 'truncate' }>;
+
+/** Copies one `duplicate` may send (each a bpf_clone_redirect). */
+export const MAX_DUPLICATES = 16;
+/** Bits one `corrupt` may flip. */
+export const MAX_CORRUPT_BITS = 64;
+/** `truncate` keeps at least the Ethernet header, and at most an IP datagram's worth. */
+export const MIN_TRUNCATE = 14;
+export const MAX_TRUNCATE = 65535;
+
 const TYPE_NAMES: Record<ValueType, string> = { num: 'a number', ipv4: 'an IPv4 address', ipv6: 'an IPv6 address', mac: 'a MAC address' };
 
 const FALSE: Cond = { kind: 'not', arg: { kind: 'true' } };
@@ -262,16 +272,21 @@ class Checker {
 
   actions(list: Action[]): Action[] {
     const sets: Array<Extract<Action, { kind: 'set' }>> = [];
-    let verdict: Extract<Action, { kind: 'drop' | 'pass' }> | undefined;
+    const faults = new Map<FaultAction['kind'], FaultAction>();
+    let verdict: Extract<Action, { kind: 'drop' | 'pass' | 'reject' }> | undefined;
     for (const a of list) {
       if (verdict) {
         this.fail(`nothing can follow ${verdict.kind}: it ends the rule`, a.span, `put ${verdict.kind} last`);
       }
       if (a.kind === 'set') {
         sets.push(this.set(a, sets));
+      } else if (a.kind === 'duplicate' || a.kind === 'corrupt' || a.kind === 'truncate') {
+        if (faults.has(a.kind)) this.fail(`${a.kind} is given twice in this rule`, a.span, `give ${a.kind} once`);
+        faults.set(a.kind, this.fault(a));
       } else {
-        if (a.kind === 'drop' && sets.length > 0) {
-          this.fail('drop discards the packet, so the set actions before it would have no effect', a.span, 'drop the packet in one rule and change packets in another');
+        if ((a.kind === 'drop' || a.kind === 'reject') && (sets.length > 0 || faults.size > 0)) {
+          const what = sets.length > 0 ? 'the set actions' : `${[...faults.keys()].join(' and ')}`;
+          this.fail(`${a.kind} discards the packet, so ${what} before it would have no effect`, a.span, `${a.kind} the packet in one rule and change packets in another`);
         }
         verdict = a;
       }
@@ -280,8 +295,34 @@ class Checker {
     // for another field of this rule may run after it.
     const isChecksum = (s: Extract<Action, { kind: 'set' }>): boolean => s.field.name.endsWith('.checksum');
     const ordered: Action[] = [...sets.filter((s) => !isChecksum(s)), ...sets.filter(isChecksum)];
+    // Then the faults, in the order the program applies them: damage, cut, then copies of
+    // the packet as the rule left it.
+    for (const k of ['corrupt', 'truncate', 'duplicate'] as const) {
+      const f = faults.get(k);
+      if (f) ordered.push(f);
+    }
     if (verdict) ordered.push(verdict);
     return ordered;
+  }
+
+  private fault(a: FaultAction): FaultAction {
+    const whole = (n: number, lo: number, hi: number, what: string, example: string): void => {
+      if (!Number.isInteger(n) || n < lo || n > hi) this.fail(`${what} must be a whole number from ${lo} to ${hi}, not ${n}`, a.span, example);
+    };
+    switch (a.kind) {
+      case 'duplicate':
+        if (this.hook === 'xdp') {
+          this.fail('duplicate cannot run at xdp: XDP has no way to send a packet twice', a.span, 'use --hook ingress or --hook egress (tc), where copies are sent with bpf_clone_redirect');
+        }
+        whole(a.count, 1, MAX_DUPLICATES, 'the number of copies', 'duplicate 1 sends the packet twice in all');
+        return a;
+      case 'corrupt':
+        whole(a.bits, 1, MAX_CORRUPT_BITS, 'the number of bits to flip', 'corrupt 1 flips one bit of the payload');
+        return a;
+      case 'truncate':
+        whole(a.length, MIN_TRUNCATE, MAX_TRUNCATE, 'the length to cut to', 'truncate 60 keeps the first 60 bytes of the frame (Ethernet header included)');
+        return a;
+    }
   }
 
   private set(a: Extract<Action, { kind: 'set' }>, earlier: Array<Extract<Action, { kind: 'set' }>>): Extract<Action, { kind: 'set' }> {

@@ -74,7 +74,14 @@ export function formatCond(c: Cond): string {
 }
 
 export function formatAction(a: Action): string {
-  return a.kind === 'set' ? `set ${a.field.name} = ${formatExpr(a.value)}` : a.kind;
+  switch (a.kind) {
+    case 'set': return `set ${a.field.name} = ${formatExpr(a.value)}`;
+    case 'duplicate': return a.count === 1 ? 'duplicate' : `duplicate ${a.count}`;
+    case 'corrupt': return a.bits === 1 ? 'corrupt' : `corrupt ${a.bits}`;
+    case 'truncate': return `truncate ${a.length}`;
+    case 'reject': return a.with === undefined ? 'reject' : `reject with ${a.with}`;
+    default: return a.kind;
+  }
 }
 
 /** `MATCH => ACTION, ACTION`; a rule matching every packet prints without a match. */

@@ -10,7 +10,7 @@ import type { Ajv as AjvClass, ErrorObject, ValidateFunction } from 'ajv';
 import type * as YamlModule from 'yaml';
 import type { Document, LineCounter, Node } from 'yaml';
 import { UsageError } from '../errors.js';
-import type { Action, Hook, Rule, RuleGroup } from './ast.js';
+import { DEFAULT_CONNECTIONS, type Action, type Hook, type RateLimit, type Rule, type RuleGroup } from './ast.js';
 import { editDistance, fieldCatalog } from './catalog.js';
 import { checkRule } from './check.js';
 import { RuleError } from './errors.js';
@@ -40,6 +40,56 @@ export interface RuleLineOptions {
   seed?: number | string;
   name?: string;
   checksum?: string;
+  after?: number | string;
+  first?: number | string;
+  perConnection?: boolean;
+  connections?: number | string;
+  /** `100/s` */
+  limit?: string;
+  /** Durations: `10m`, `30s`, `1h30m`, `500ms`. */
+  for?: string;
+  startAfter?: string;
+  lengths?: string;
+}
+
+/** The trigger options a rule takes, in both forms; each value as given. */
+interface TriggerValues {
+  after?: unknown;
+  first?: unknown;
+  perConnection?: unknown;
+  connections?: unknown;
+  limit?: unknown;
+  for?: unknown;
+  startAfter?: unknown;
+  lengths?: unknown;
+}
+
+/** Option names of each trigger in the two forms, for messages. */
+const TRIGGER_NAMES = {
+  line: { after: '--after', first: '--first', perConnection: '--per-connection', connections: '--connections', limit: '--limit', for: '--for', startAfter: '--start-after', lengths: '--lengths', every: '--every' },
+  file: { after: 'after:', first: 'first:', perConnection: 'per-connection:', connections: 'connections:', limit: 'limit:', for: 'for:', startAfter: 'start-after:', lengths: 'lengths:', every: 'every:' },
+} as const;
+
+/** Checks the trigger values and sets them on the rule. */
+function applyTriggers(rule: Rule, v: TriggerValues, names: (typeof TRIGGER_NAMES)['line' | 'file']): void {
+  if (v.after !== undefined) rule.after = checkCount(v.after, names.after, 0, 'after: 100 skips the first 100 matching packets');
+  if (v.first !== undefined) rule.first = checkCount(v.first, names.first, 1, 'first: 1 acts on the first matching packet only');
+  if (v.perConnection !== undefined && v.perConnection !== false) {
+    if (v.perConnection !== true) fail(names.perConnection, `must be true or false, not ${JSON.stringify(v.perConnection)}`);
+    if (rule.after === undefined && rule.first === undefined && (rule.every ?? 1) <= 1) {
+      fail(names.perConnection, `counts packets per connection for ${names.first}, ${names.after} and ${names.every}, and none is given`, `for example ${names.first} 1 to act on the first matching packet of every connection`);
+    }
+    rule.perConnection = true;
+    rule.connections = DEFAULT_CONNECTIONS;
+  }
+  if (v.connections !== undefined) {
+    if (!rule.perConnection) fail(names.connections, `sizes the map of ${names.perConnection}, which is not given`);
+    rule.connections = checkCount(v.connections, names.connections, 1, 'connections: 65536 (the default) remembers that many connections', MAX_CONNECTIONS);
+  }
+  if (v.limit !== undefined) rule.limit = checkRate(v.limit, names.limit);
+  if (v.startAfter !== undefined) rule.startAfterNs = checkDuration(v.startAfter, names.startAfter);
+  if (v.for !== undefined) rule.forNs = checkDuration(v.for, names.for);
+  if (v.lengths !== undefined) rule.lengths = checkChecksum(v.lengths, names.lengths);
 }
 
 // ---------------------------------------------------------------- one-line form
@@ -61,6 +111,7 @@ export function parseRuleLine(text: string, opts: RuleLineOptions): LoadedRules 
   };
   if (opts.probability !== undefined) rule.probability = checkProbability(opts.probability, '--probability');
   if (opts.every !== undefined) rule.every = checkEvery(opts.every, '--every');
+  applyTriggers(rule, opts, TRIGGER_NAMES.line);
   const group: RuleGroup = { dev, hook, rules: [rule] };
   if (netns !== undefined) group.netns = netns;
   const out: LoadedRules = { groups: [group] };
@@ -128,6 +179,45 @@ export function checkEvery(value: unknown, what: string): number {
   return n;
 }
 
+/** Per-connection maps: at most this many entries (each about 100 bytes of kernel memory). */
+export const MAX_CONNECTIONS = 1 << 24;
+
+/** A whole number from `min` to `max` (numbers, or digits in a string). */
+export function checkCount(value: unknown, what: string, min: number, example: string, max = MAX_EVERY): number {
+  const n = typeof value === 'string' && /^\s*\d+\s*$/.test(value) ? Number(value) : value;
+  if (typeof n !== 'number' || !Number.isInteger(n) || n < min || n > max) {
+    return fail(what, `must be a whole number from ${min} to ${max}, not ${JSON.stringify(value)}`, example);
+  }
+  return n;
+}
+
+const RATE_UNITS: Record<string, number> = { s: 1e9, sec: 1e9, second: 1e9, m: 60e9, min: 60e9, minute: 60e9, h: 3600e9, hour: 3600e9 };
+
+/** `100/s`, `6000/min`, `10/h`: at most that many packets per unit of time. */
+export function checkRate(value: unknown, what: string): RateLimit {
+  const m = typeof value === 'string' ? /^\s*(\d+)\s*\/\s*([a-z]+)\s*$/.exec(value) : null;
+  const packets = m ? Number(m[1]) : NaN;
+  const intervalNs = m ? RATE_UNITS[m[2]!] : undefined;
+  if (!m || intervalNs === undefined || !Number.isSafeInteger(packets) || packets < 1 || packets > 1e9) {
+    return fail(what, `must be a rate like 100/s, 6000/min or 10/h, not ${JSON.stringify(value)}`, 'the number is at most 1000000000');
+  }
+  return { packets, intervalNs, text: `${packets}/${m[2]}` };
+}
+
+const DURATION_UNITS: Record<string, number> = { ms: 1e6, s: 1e9, m: 60e9, h: 3600e9 };
+
+/** `500ms`, `10s`, `5m`, `1h30m` (a bare number in a rules file is seconds) → nanoseconds. */
+export function checkDuration(value: unknown, what: string): number {
+  if (typeof value === 'number' && Number.isFinite(value) && value > 0) return Math.round(value * 1e9);
+  const text = typeof value === 'string' ? value.trim() : '';
+  const parts = [...text.matchAll(/(\d+(?:\.\d+)?)(ms|s|m|h)/g)];
+  const ns = parts.reduce((sum, p) => sum + Number(p[1]) * DURATION_UNITS[p[2]!]!, 0);
+  if (parts.length === 0 || parts.map((p) => p[0]).join('') !== text || !(ns > 0) || ns > 365 * 86400e9) {
+    return fail(what, `must be a duration like 500ms, 10s, 5m, 1h or 1m30s, not ${JSON.stringify(value)}`);
+  }
+  return Math.round(ns);
+}
+
 export function checkSeed(value: unknown, what: string): number {
   let n = value;
   if (typeof value === 'string') {
@@ -142,7 +232,10 @@ export function checkSeed(value: unknown, what: string): number {
 
 // ---------------------------------------------------------------- rules file
 
-const RULE_KEYS = ['name', 'dev', 'hook', 'netns', 'match', 'set', 'action', 'rule', 'probability', 'every', 'checksum'] as const;
+const RULE_KEYS = [
+  'name', 'dev', 'hook', 'netns', 'match', 'set', 'action', 'rule', 'probability', 'every', 'checksum',
+  'after', 'first', 'per-connection', 'connections', 'limit', 'for', 'start-after', 'lengths',
+] as const;
 const TOP_KEYS = ['seed', 'dev', 'hook', 'netns', 'checksum', 'rules'] as const;
 
 const ruleSchema = {
@@ -159,11 +252,20 @@ const ruleSchema = {
       minProperties: 1,
       additionalProperties: { type: ['string', 'integer'] },
     },
-    action: { enum: ['drop', 'pass'] },
+    // drop, pass, or a fault action with its argument (`duplicate 2`, `reject with host-unreachable`)
+    action: { type: 'string', pattern: '^\\s*(drop|pass|duplicate|corrupt|truncate|reject)(\\s|$)' },
     rule: { type: 'string' },
     probability: { type: 'number', exclusiveMinimum: 0, maximum: 1 },
     every: { type: 'integer', minimum: 1, maximum: MAX_EVERY },
     checksum: { enum: ['fix', 'keep'] },
+    after: { type: 'integer', minimum: 0, maximum: MAX_EVERY },
+    first: { type: 'integer', minimum: 1, maximum: MAX_EVERY },
+    'per-connection': { type: 'boolean' },
+    connections: { type: 'integer', minimum: 1, maximum: MAX_CONNECTIONS },
+    limit: { type: 'string' },
+    for: { type: ['string', 'number'] },
+    'start-after': { type: ['string', 'number'] },
+    lengths: { enum: ['fix', 'keep'] },
   },
 } as const;
 
@@ -205,11 +307,19 @@ interface RuleEntry {
   netns?: string;
   match?: string;
   set?: Record<string, string | number>;
-  action?: 'drop' | 'pass';
+  action?: string;
   rule?: string;
   probability?: number;
   every?: number;
   checksum?: 'fix' | 'keep';
+  after?: number;
+  first?: number;
+  'per-connection'?: boolean;
+  connections?: number;
+  limit?: string;
+  for?: string | number;
+  'start-after'?: string | number;
+  lengths?: 'fix' | 'keep';
 }
 
 interface FileEntry {
@@ -337,7 +447,7 @@ function buildRule(
       for (const [fieldName, value] of Object.entries(entry.set ?? {})) {
         actionText.push(`set ${fieldName} = ${String(value).replace(/[\r\n\t]/g, ' ')}`);
       }
-      if (entry.action !== undefined) actionText.push(entry.action);
+      if (entry.action !== undefined) actionText.push(entry.action.replace(/[\r\n\t]/g, ' '));
       source += actionText.join(', ');
       // Parse each part on its own, so a value cannot run into the next action.
       let match0: ParsedRule['match'] = { kind: 'true' };
@@ -365,7 +475,7 @@ function buildRule(
       }
       if (entry.action !== undefined) {
         parts.push({ start: offset, path: [...path, 'action'] });
-        actions.push({ kind: entry.action, span: { start: offset, end: offset + entry.action.length } });
+        actions.push(...parseActionsAt(source, offset, offset + entry.action.replace(/[\r\n\t]/g, ' ').length));
       }
       parsed = { match: match0, actions };
     }
@@ -377,6 +487,15 @@ function buildRule(
     };
     if (entry.probability !== undefined) rule.probability = entry.probability;
     if (entry.every !== undefined) rule.every = entry.every;
+    try {
+      applyTriggers(rule, {
+        after: entry.after, first: entry.first, perConnection: entry['per-connection'], connections: entry.connections,
+        limit: entry.limit, for: entry.for, startAfter: entry['start-after'], lengths: entry.lengths,
+      }, TRIGGER_NAMES.file);
+    } catch (err) {
+      if (err instanceof UsageError) throw where.error(path, `${label}.${err.message}`, err.hint);
+      throw err;
+    }
     return rule;
   } catch (err) {
     if (err instanceof RuleError) return locate(err);
@@ -465,11 +584,15 @@ class Locator {
       case 'minimum': {
         const last = path[path.length - 1];
         const range = last === 'probability' ? 'a number greater than 0 and at most 1'
-          : last === 'every' ? `a whole number from 1 to ${MAX_EVERY}`
+          : last === 'every' || last === 'first' ? `a whole number from 1 to ${MAX_EVERY}`
+          : last === 'after' ? `a whole number from 0 to ${MAX_EVERY}`
+          : last === 'connections' ? `a whole number from 1 to ${MAX_CONNECTIONS}`
           : last === 'seed' ? `a whole number from 0 to ${MAX_SEED}`
           : `${err.message}`;
         return new UsageError(`${this.place(docPath)}: ${prefix}must be ${range}`);
       }
+      case 'pattern':
+        return new UsageError(`${this.place(docPath)}: ${prefix}must be one of drop, pass, duplicate [N], corrupt [BITS], truncate LEN, reject [with CODE]`);
       case 'minItems':
         return new UsageError(`${this.place(docPath)}: ${prefix}the list is empty`, { hint: 'give at least one rule' });
       case 'minProperties':

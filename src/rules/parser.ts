@@ -11,7 +11,7 @@
  * The parser resolves names against the field catalog and reports unknown ones; types,
  * values and hooks are the checker's business (check.ts).
  */
-import type { Action, ArithOp, CmpOp, Cond, Expr, Span } from './ast.js';
+import type { Action, ArithOp, CmpOp, Cond, Expr, RejectWith, Span } from './ast.js';
 import { fieldCatalog } from './catalog.js';
 import { RuleError } from './errors.js';
 import { tokenize, type Token } from './lexer.js';
@@ -23,7 +23,10 @@ export interface ParsedRule {
 
 const CMP_WORDS: Record<string, CmpOp> = { eq: '==', ne: '!=', lt: '<', le: '<=', gt: '>', ge: '>=' };
 const CMP_OPS = new Set<string>(['==', '!=', '<', '<=', '>', '>=']);
-const KEYWORDS = new Set(['and', 'or', 'not', 'in', 'set', 'drop', 'pass', ...Object.keys(CMP_WORDS)]);
+const KEYWORDS = new Set(['and', 'or', 'not', 'in', 'set', 'drop', 'pass', 'duplicate', 'corrupt', 'truncate', 'reject', ...Object.keys(CMP_WORDS)]);
+/** What `reject with …` accepts. */
+export const REJECT_WITH: readonly RejectWith[] = ['tcp-reset', 'net-unreachable', 'host-unreachable', 'port-unreachable', 'proto-unreachable', 'admin-prohibited'];
+const ACTION_LIST = 'drop, pass, set FIELD = VALUE, duplicate [N], corrupt [BITS], truncate LEN or reject [with CODE]';
 const FUNCTIONS = new Set(['random', 'min', 'max']);
 /** Binary arithmetic operators by precedence level, loosest first (C's order). */
 const ARITH_LEVELS: ArithOp[][] = [['|'], ['^'], ['&'], ['<<', '>>'], ['+', '-'], ['*', '/', '%']];
@@ -326,6 +329,33 @@ class Parser {
   private action(): Action {
     const t = this.next();
     if (t.kind === 'ident' && (t.text === 'drop' || t.text === 'pass')) return { kind: t.text, span: t.span };
+    if (t.kind === 'ident' && (t.text === 'duplicate' || t.text === 'corrupt')) {
+      const n = this.peek();
+      if (n.kind !== 'num') return t.text === 'duplicate' ? { kind: 'duplicate', count: 1, span: t.span } : { kind: 'corrupt', bits: 1, span: t.span };
+      this.next();
+      const span = { start: t.span.start, end: n.span.end };
+      return t.text === 'duplicate' ? { kind: 'duplicate', count: n.value, span } : { kind: 'corrupt', bits: n.value, span };
+    }
+    if (t.kind === 'ident' && t.text === 'truncate') {
+      const n = this.peek();
+      if (n.kind !== 'num') this.fail('truncate needs the length to cut the frame to, in bytes: truncate LEN', n.span, { hint: 'for example: truncate 60' });
+      this.next();
+      return { kind: 'truncate', length: n.value, span: { start: t.span.start, end: n.span.end } };
+    }
+    if (t.kind === 'ident' && t.text === 'reject') {
+      if (!this.isWord('with')) return { kind: 'reject', span: t.span };
+      this.next();
+      // Codes have dashes, which the lexer reads as minus signs: take the words and dashes up to ',' or the end.
+      const first = this.peek();
+      let end = first.span.start;
+      const start = first.span.start;
+      while (this.peek().kind === 'ident' || this.isOp('-')) end = this.next().span.end;
+      const code = this.source.slice(start, end).replace(/\s+/g, '');
+      if (!(REJECT_WITH as readonly string[]).includes(code)) {
+        this.fail(`reject with ${code === '' ? '…' : `"${code}"`}: the answer must be one of ${REJECT_WITH.join(', ')}`, { start, end: Math.max(end, start + 1) });
+      }
+      return { kind: 'reject', with: code as RejectWith, span: { start: t.span.start, end } };
+    }
     if (t.kind === 'ident' && t.text === 'set') {
       const name = this.next();
       if (name.kind !== 'ident' || KEYWORDS.has(name.text)) this.unexpected(name, 'the name of the field to set');
@@ -346,8 +376,8 @@ class Parser {
     if (t.kind === 'ident' && fieldCatalog.get(t.text) && this.isOp('=')) {
       this.fail(`an action starts with "set": set ${t.text} = …`, t.span);
     }
-    if (t.kind === 'eof') this.fail('an action is missing: drop, pass or set FIELD = VALUE', t.span);
-    return this.unexpected(t, 'an action: drop, pass or set FIELD = VALUE');
+    if (t.kind === 'eof') this.fail(`an action is missing: ${ACTION_LIST}`, t.span);
+    return this.unexpected(t, `an action: ${ACTION_LIST}`);
   }
 
   // ------------------------------------------------------------ tokens

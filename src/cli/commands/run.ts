@@ -23,7 +23,15 @@ export interface RuleSourceOptions {
   seed?: string;
   name?: string;
   checksum?: string;
+  first?: string;
+  after?: string;
+  perConnection?: boolean;
+  connections?: string;
 }
+
+/** Trigger options of a one-line rule that a rules file gives per rule instead. */
+const LINE_TRIGGERS = ['first', 'after', 'perConnection', 'connections'] as const;
+const optionName = (o: string): string => `--${o.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
 
 /** Rules from a one-line rule or a rules file, with the command-line options applied. */
 export async function readRules(source: string, opts: RuleSourceOptions): Promise<{ groups: RuleGroup[]; seed: number; seedChosen: boolean }> {
@@ -36,6 +44,9 @@ export async function readRules(source: string, opts: RuleSourceOptions): Promis
     if (!existsSync(source)) throw new UsageError(`no rules file ${source}`);
     for (const o of ['dev', 'hook', 'probability', 'every', 'name'] as const) {
       if (opts[o] !== undefined) throw new UsageError(`--${o} applies to a one-line rule; a rules file sets ${o} per rule`);
+    }
+    for (const o of LINE_TRIGGERS) {
+      if (opts[o] !== undefined) throw new UsageError(`${optionName(o)} applies to a one-line rule; a rules file sets ${optionName(o).slice(2)}: per rule`);
     }
     const r = loadRulesFile(source);
     groups = r.groups;
@@ -55,6 +66,10 @@ export async function readRules(source: string, opts: RuleSourceOptions): Promis
       every: opts.every === undefined ? undefined : parseNumber(opts.every, '--every'),
       name: opts.name,
       checksum: opts.checksum === undefined ? undefined : (opts.checksum as 'fix' | 'keep'),
+      first: opts.first,
+      after: opts.after,
+      perConnection: opts.perConnection,
+      connections: opts.connections,
     });
     groups = r.groups;
   }
@@ -81,6 +96,10 @@ export function register(program: Command): void {
     .option('--netns <name>', 'network namespace of the interface (like ip -n)')
     .option('--probability <p>', 'act on a matching packet with this probability (0 < p <= 1)')
     .option('--every <n>', 'act on the Nth, 2Nth ... matching packet')
+    .option('--first <n>', 'act on the first N matching packets (of those --after and --every let through)')
+    .option('--after <n>', 'skip the first N matching packets')
+    .option('--per-connection', 'keep the counts of --first, --after and --every per connection (both directions as one)')
+    .option('--connections <n>', 'connections --per-connection remembers (LRU; default 65536)')
     .option('--seed <n>', 'seed of the random decisions (default: chosen and printed)')
     .option('--name <name>', 'name of the one-line rule in counters')
     .option('--checksum <mode>', 'fix (default) or keep: leave checksums stale on purpose')
