@@ -39,7 +39,7 @@ import type { Action, Cond, Expr, FieldDef, Hook, Layer, Rule, RuleGroup } from 
 import { HEADER_SIZE } from '../rules/catalog.js';
 import { NetmangleError } from '../errors.js';
 import {
-  BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST, CONN_KEY, CONN_KEY_SIZE, CTX, EVERY_MAP, HELPER, LAYER_BIT, SEED_SECTION, SKB,
+  BPF_F_INGRESS, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST, DUPLICATE_TC_INDEX, CONN_KEY, CONN_KEY_SIZE, CTX, EVERY_MAP, HELPER, LAYER_BIT, SEED_SECTION, SKB,
   STATE_GSO, STATE_MAP, STATE_PRNG, connMapName, progKindOf, ruleCounterOffset, verdicts, type ProgKind,
 } from './layout.js';
 import { probabilityThreshold } from './prng.js';
@@ -62,6 +62,9 @@ const MAX_SETS = 24;
 /** Per-connection map key (CONN_KEY_SIZE bytes), below the set slots, and a zero value to insert. */
 const SLOT_CONN_KEY = -480;
 const SLOT_CONN_VALUE = -488;
+/** `corrupt`: payload offset from the packet start and length (in the set slots, free by then). */
+const SLOT_PAYLOAD_OFF = -64;
+const SLOT_PAYLOAD_LEN = -56;
 
 /** Saved L3 and L4 offsets from the packet start (u16 each), for reloadHeaders. */
 const SLOT_L3_OFF = -20;
@@ -235,6 +238,14 @@ class Gen {
       // bpf_xdp_get_buff_len: the verifier forbids arithmetic on data_end, so ask the kernel.
       this.ctxInR1 = false;
       a.mov64(CTXR, R1).call(HELPER.xdp_get_buff_len).stx(8, FP, SLOT_FLEN, R0);
+    }
+    if (this.kind !== 'xdp' && rules.some((r) => r.actions.some((x) => x.kind === 'duplicate'))) {
+      // Copies this program sent come back through the same hook: let them pass untouched.
+      const ctx = this.ctxInR1 ? R1 : CTXR;
+      const original = this.fresh('not_a_copy');
+      a.ldx(4, R2, ctx, SKB.tcIndex).jmp('jne', R2, imm(DUPLICATE_TC_INDEX), original);
+      a.movImm(R2, 0).stx(4, ctx, SKB.tcIndex, R2).movImm(R0, this.v.none).exit();
+      a.label(original);
     }
     this.parse();
     if (this.cacheMaps) a.st(8, FP, SLOT_STATE, 0).st(8, FP, SLOT_EVERY, 0);
@@ -556,10 +567,14 @@ class Gen {
     // Right-hand sides first, against the unmodified packet.
     sets.forEach((s, k) => this.computeSet(s, SLOT_SETS - 16 * k, next, known));
     sets.forEach((s, k) => this.writeSet(s, SLOT_SETS - 16 * k, rule.checksum === 'fix', known));
+    for (const act of rule.actions) {
+      if (act.kind === 'corrupt') this.corrupt(act.bits, rule.checksum === 'fix', known);
+      else if (act.kind === 'duplicate') this.duplicate(act.count);
+    }
     this.bumpCounter(index, 'acted');
     for (const act of rule.actions) {
-      if (act.kind === 'duplicate' || act.kind === 'corrupt' || act.kind === 'truncate' || act.kind === 'reject') {
-        throw new CompileError(`rule "${rule.name}": ${act.kind} is not supported yet`, { hint: 'change fields with set, or drop the packet' });
+      if (act.kind === 'truncate' || act.kind === 'reject') {
+        throw new CompileError(`rule "${rule.name}": ${act.kind} is not supported yet`, { hint: 'available faults: duplicate, corrupt; and set, drop' });
       }
     }
     const final = rule.actions.find((x) => x.kind === 'drop' || x.kind === 'pass');
@@ -748,6 +763,130 @@ class Gen {
     a.mov64(t, dst).alu64('lsh', t, imm(17)).alu64('xor', dst, t);
     a.stx(8, p, STATE_PRNG, dst).alu64('rsh', dst, imm(32));
     this.release(p, t);
+  }
+
+  // ---------------------------------------------------------------- faults
+
+  /** Saves the L3 and L4 offsets from the packet start before a helper that may move packet data. */
+  private saveHeaderOffsets(): void {
+    const a = this.a;
+    a.ldx(4, R1, CTXR, CTX[this.kind].data);
+    a.mov64(R2, L3).alu64('sub', R2, R1).stx(2, FP, SLOT_L3_OFF, R2);
+    a.mov64(R2, L4).alu64('sub', R2, R1).stx(2, FP, SLOT_L4_OFF, R2);
+  }
+
+  /**
+   * After a helper that may move packet data: r7 and r8 derived again (as reloadHeaders does)
+   * for whichever of them the layers present make valid. Offsets saved by saveHeaderOffsets.
+   */
+  private reloadPresentHeaders(): void {
+    const done = this.fresh('reload_done');
+    const l3only = this.fresh('reload_l3_only');
+    const a = this.a;
+    a.jmp('jset', LAYERS, imm(LAYER_BIT.tcp | LAYER_BIT.udp | LAYER_BIT.icmp | LAYER_BIT.icmpv6), l3only + '_l4');
+    a.jmp('jset', LAYERS, imm(LAYER_BIT.ip | LAYER_BIT.ipv6), l3only).ja(done);
+    a.label(l3only);
+    this.loadBounds(R2, R3);
+    const v4 = this.fresh('reload3_v4'), check = this.fresh('reload3_check'), fail = this.fresh('reload3_fail');
+    a.ldx(2, R1, FP, SLOT_L3_OFF).alu64('and', R1, imm(0x3fff)).mov64(L3, R2).alu64('add', L3, R1);
+    a.jmp('jset', LAYERS, imm(LAYER_BIT.ip), v4).mov64(R1, L3).alu64('add', R1, imm(40)).ja(check);
+    a.label(v4).mov64(R1, L3).alu64('add', R1, imm(20));
+    a.label(check).jmp('jle', R1, R3, done);
+    a.label(fail).movImm(R0, this.v.none).exit();
+    a.label(l3only + '_l4');
+    this.reloadHeaders();
+    a.label(done);
+  }
+
+  /**
+   * `duplicate N` (tc): N copies of the packet as it is now, each sent back to the hook it
+   * came from (bpf_clone_redirect to skb->ifindex, BPF_F_INGRESS at ingress), marked with
+   * DUPLICATE_TC_INDEX so that this program lets them pass; the original goes on.
+   */
+  private duplicate(count: number): void {
+    const a = this.a;
+    this.saveHeaderOffsets();
+    a.ldx(4, R1, CTXR, SKB.tcIndex).stx(8, FP, SLOT_OLD, R1);
+    a.movImm(R1, DUPLICATE_TC_INDEX).stx(4, CTXR, SKB.tcIndex, R1);
+    for (let i = 0; i < count; i++) {
+      a.mov64(R1, CTXR).ldx(4, R2, CTXR, SKB.ifindex).movImm(R3, this.hook === 'ingress' ? BPF_F_INGRESS : 0).call(HELPER.clone_redirect);
+    }
+    a.ldx(8, R1, FP, SLOT_OLD).stx(4, CTXR, SKB.tcIndex, R1);
+    this.reloadPresentHeaders();
+  }
+
+  /**
+   * `corrupt BITS`: flips BITS bits, each at a position drawn from the generator, in the L4
+   * payload (after the TCP/UDP/ICMP/ICMPv6 header, up to the end of the IP datagram or of
+   * the frame, whichever comes first); nothing when there is no payload. With `fix`, the L4
+   * checksum follows each flip (for UDP, a zero "no checksum" stays zero).
+   */
+  private corrupt(bits: number, fix: boolean, known: ReadonlySet<Layer>): void {
+    const a = this.a;
+    const done = this.fresh('corrupt_done');
+    const protocols = (L4_LAYERS as readonly L4Layer[]).filter((p) => this.wanted.has(p));
+    for (const p of protocols) {
+      const here = this.fresh(`corrupt_${p}`);
+      const next = this.fresh('corrupt_next');
+      if (!known.has(p)) a.jmp('jset', LAYERS, imm(LAYER_BIT[p]), here).ja(next);
+      a.label(here);
+      // Payload offset and length from the packet start, on the stack (set slots are free now).
+      a.ldx(4, R2, CTXR, CTX[this.kind].data);
+      a.mov64(R4, L4).alu64('sub', R4, R2); // L4 offset
+      if (p === 'tcp') a.ldx(1, R1, L4, 12).alu64('rsh', R1, imm(4)).alu64('lsh', R1, imm(2)).alu64('add', R4, R1);
+      else a.alu64('add', R4, imm(8));
+      a.stx(8, FP, SLOT_PAYLOAD_OFF, R4);
+      // End: the IP datagram's end, or the frame's.
+      const v4 = this.fresh('corrupt_v4'), haveEnd = this.fresh('corrupt_end');
+      a.mov64(R5, L3).alu64('sub', R5, R2);
+      a.jmp('jset', LAYERS, imm(LAYER_BIT.ip), v4);
+      a.ldx(2, R1, L3, 4).be(R1, 16).alu64('add', R1, imm(40)).alu64('add', R5, R1).ja(haveEnd);
+      a.label(v4).ldx(2, R1, L3, 2).be(R1, 16).alu64('add', R5, R1);
+      a.label(haveEnd);
+      a.ldx(4, R3, CTXR, CTX[this.kind].dataEnd).alu64('sub', R3, R2);
+      const shorter = this.fresh('corrupt_frame_end');
+      a.jmp('jle', R5, R3, shorter).mov64(R5, R3).label(shorter);
+      a.alu64('sub', R5, R4).jmp('jsle', R5, imm(0), done).stx(8, FP, SLOT_PAYLOAD_LEN, R5);
+      for (let i = 0; i < bits; i++) this.flipBit(p, fix, done);
+      a.ja(done);
+      a.label(next);
+    }
+    a.label(done);
+  }
+
+  /** One flip of `corrupt` in protocol p's payload (offset and length on the stack). */
+  private flipBit(p: L4Layer, fix: boolean, done: string): void {
+    const a = this.a;
+    const r = this.alloc();
+    this.draw(r);
+    this.release(r);
+    // r = draw % (payload bits); byte = r >> 3, bit = r & 7.
+    a.mov64(R5, r === R5 ? R5 : r);
+    a.ldx(8, R4, FP, SLOT_PAYLOAD_LEN).alu64('lsh', R4, imm(3)).alu64('mod', R5, R4);
+    // Both parts of the offset masked to 14 bits, so the verifier sees it within a packet's 64 KB.
+    a.mov64(R4, R5).alu64('and', R4, imm(7)).alu64('rsh', R5, imm(3)).alu64('and', R5, imm(0x3fff));
+    a.movImm(R3, 1).alu64('lsh', R3, R4); // the bit's mask
+    a.ldx(8, R4, FP, SLOT_PAYLOAD_OFF).alu64('and', R4, imm(0x3fff)).alu64('add', R4, R5);
+    this.loadBounds(R1, R2);
+    a.alu64('add', R1, R4).mov64(R0, R1).alu64('add', R0, imm(1)).jmp('jgt', R0, R2, done);
+    a.ldx(1, R0, R1, 0).mov64(R2, R0).alu64('xor', R2, R3).stx(1, R1, 0, R2);
+    if (!fix) return;
+    // The changed byte as a raw 16-bit checksum word with a zero partner: payloads start at an
+    // even offset from the L4 header, so an even payload byte is the word's first byte.
+    const even = this.fresh('flip_even');
+    a.mov64(R1, R5).alu64('and', R1, imm(1)).jmp('jeq', R1, imm(0), even);
+    a.alu64('lsh', R0, imm(8)).alu64('lsh', R2, imm(8));
+    a.label(even).stx(8, FP, SLOT_OLD, R0).stx(8, FP, SLOT_NEW, R2);
+    const udp = p === 'udp';
+    if (this.kind === 'xdp') {
+      this.inlineCsumUpdate(L4, L4_CSUM[p], SLOT_OLD, SLOT_NEW, 2, udp);
+    } else {
+      this.saveHeaderOffsets();
+      a.ldx(2, R2, FP, SLOT_L4_OFF).alu64('add', R2, imm(L4_CSUM[p]));
+      a.mov64(R1, CTXR).ldx(8, R3, FP, SLOT_OLD).ldx(8, R4, FP, SLOT_NEW).movImm(R5, 2 | (udp ? BPF_F_MARK_MANGLED_0 : 0));
+      a.call(HELPER.l4_csum_replace);
+      this.reloadHeaders();
+    }
   }
 
   // ---------------------------------------------------------------- conditions
@@ -1491,7 +1630,7 @@ function wantedLayers(rules: Rule[]): Set<Layer> {
   for (const r of rules) {
     condLayers(r.match, out);
     // The connection key reads addresses and ports of every protocol it knows.
-    if (r.perConnection) for (const l of ['ip', 'ipv6', 'tcp', 'udp', 'icmp', 'icmpv6'] as const) out.add(l);
+    if (r.perConnection || r.actions.some((x) => x.kind === 'corrupt')) for (const l of ['ip', 'ipv6', 'tcp', 'udp', 'icmp', 'icmpv6'] as const) out.add(l);
     for (const act of r.actions) {
       if (act.kind !== 'set') continue;
       if (act.field.layer !== 'frame') out.add(act.field.layer);

@@ -15,7 +15,16 @@ export const CTX = {
 } as const;
 
 /** struct __sk_buff fields read by compiled tc programs. */
-export const SKB = { len: 0, gsoSegs: 164 } as const;
+export const SKB = { len: 0, ifindex: 40, tcIndex: 44, gsoSegs: 164 } as const;
+
+/**
+ * skb->tc_index of the copies `duplicate` sends (bpf_clone_redirect back to the same hook):
+ * a program with `duplicate` lets a packet carrying it pass untouched (and clears it), so a
+ * copy is neither counted nor copied again.
+ */
+export const DUPLICATE_TC_INDEX = 0x6e6d;
+/** bpf_clone_redirect flag: into the device's ingress instead of its egress. */
+export const BPF_F_INGRESS = 1;
 
 export const XDP_ABORTED = 0;
 export const XDP_DROP = 1;
@@ -35,6 +44,7 @@ export function verdicts(kind: ProgKind): { none: number; pass: number; drop: nu
 export const HELPER = {
   map_lookup_elem: 1,
   map_update_elem: 2,
+  clone_redirect: 13,
   ktime_get_ns: 5,
   l3_csum_replace: 10,
   l4_csum_replace: 11,
