@@ -572,6 +572,10 @@ class Gen {
       else if (act.kind === 'duplicate') this.duplicate(act.count);
     }
     this.bumpCounter(index, 'acted');
+    const timed = rule.limit ? `limit ${rule.limit.text}` : rule.forNs !== undefined ? 'for' : rule.startAfterNs !== undefined ? 'start-after' : undefined;
+    if (timed) {
+      throw new CompileError(`rule "${rule.name}": the trigger ${timed} is not supported yet`, { hint: 'use --first, --after, --every or --probability; run --for DURATION detaches the rules after that long' });
+    }
     for (const act of rule.actions) {
       if (act.kind === 'truncate' || act.kind === 'reject') {
         throw new CompileError(`rule "${rule.name}": ${act.kind} is not supported yet`, { hint: 'available faults: duplicate, corrupt; and set, drop' });

@@ -109,3 +109,16 @@ kernelTest('per connection: a full map forgets the oldest connection, which star
   const { outcomes } = runEverywhere(compileRules('xdp', [rule]), [udp(1), udp(2), udp(1)]);
   assert.deepEqual(outcomes.map((o) => o.retval), [1, 1, 2]);
 });
+
+test('--limit, --for and --start-after are checked, then refused by the compiler as not supported yet', async () => {
+  const { compileRules: compile } = await import('./support.js');
+  const { CompileError } = await import('../../src/compiler/index.js');
+  const r = parseRuleLine('udp => drop', { dev: 'd', hook: 'xdp', limit: '100/s', for: '10m', startAfter: '1m30s' }).groups[0]!.rules[0]!;
+  assert.deepEqual([r.limit, r.forNs, r.startAfterNs], [{ packets: 100, intervalNs: 1e9, text: '100/s' }, 600e9, 90e9]);
+  assert.throws(() => parseRuleLine('udp => drop', { dev: 'd', hook: 'xdp', limit: '100' }), /--limit must be a rate like 100\/s/);
+  assert.throws(() => parseRuleLine('udp => drop', { dev: 'd', hook: 'xdp', for: 'soon' }), /--for must be a duration/);
+  for (const opts of [{ limit: '5/s' }, { for: '1s' }, { startAfter: '1s' }]) {
+    const rule = parseRuleLine('udp => drop', { dev: 'd', hook: 'xdp', ...opts }).groups[0]!.rules[0]!;
+    assert.throws(() => compile('xdp', [rule]), (e: unknown) => e instanceof CompileError && /not supported yet/.test((e as Error).message));
+  }
+});
