@@ -3,12 +3,14 @@
  * and bytes everywhere, and what each promises (copies sent, bits flipped in the payload only,
  * checksums fixed or left stale as told).
  */
+import { execFileSync } from 'node:child_process';
+import { inNetns } from '../../src/kernel/netns.js';
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { CompileError } from '../../src/compiler/index.js';
 import { parseRuleLine } from '../../src/rules/load.js';
 import { buildPacket, checksumsValid } from '../helpers/packets.js';
-import { kernelTest } from '../helpers/kernel.js';
+import { kernelTest, uniqueName } from '../helpers/kernel.js';
 import { shapesFor } from '../compiler/shapes.js';
 import { compileRules, faultRule, runEverywhere, vmEngine } from './support.js';
 
@@ -74,9 +76,21 @@ kernelTest('corrupt with checksum keep: payload damaged, checksum stale; one bit
 
 kernelTest('duplicate N at tc: N copies sent (VM records them), the original goes on unchanged (kernel = VM)', () => {
   const frame = buildPacket({ l3: { kind: 'ipv4', src: '198.18.0.1', dst: '198.18.0.2' }, l4: { kind: 'udp', sport: 9, dport: 9 } }).frame;
-  for (const hook of ['ingress', 'egress'] as const) {
+  // The kernel's test run sends the copies out of the loopback device of the calling thread's
+  // namespace: a namespace of this test's own, never the machine's.
+  const ns = uniqueName('dup');
+  execFileSync('ip', ['netns', 'add', ns]);
+  try {
+    for (const hook of ['ingress', 'egress'] as const) duplicateAt(hook, frame, ns);
+  } finally {
+    execFileSync('ip', ['netns', 'del', ns]);
+  }
+});
+
+function duplicateAt(hook: 'ingress' | 'egress', frame: Uint8Array, ns: string): void {
+  {
     const compiled = compileRules(hook, [faultRule('udp => set ip.ttl = 5, duplicate 3', hook)]);
-    const { outcomes, counters } = runEverywhere(compiled, [frame]);
+    const { outcomes, counters } = inNetns(ns, () => runEverywhere(compiled, [frame]));
     assert.equal(outcomes[0]!.retval, -1);
     assert.equal(outcomes[0]!.data[22], 5);
     assert.equal(counters[0]!.acted, 1);
@@ -94,4 +108,4 @@ kernelTest('duplicate N at tc: N copies sent (VM records them), the original goe
     assert.equal(again.ctxField('tc_index'), 0);
     assert.equal(vm.counters()[0]!.matched, 1);
   }
-});
+}
