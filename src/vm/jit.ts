@@ -12,7 +12,8 @@ import * as I64 from './int64.js';
 import type { PreparedProgram } from './program.js';
 import type { Machine } from './machine.js';
 import { HELPERS } from './helpers.js';
-import { T_UNINIT, T_STACK, T_CTX, T_PACKET, T_MAP, T_VALUE, STACK_SIZE } from './regions.js';
+import { contextLayout, FieldKind } from './context.js';
+import { T_UNINIT, T_STACK, T_CTX, T_PACKET, T_PACKET_STALE, T_MAP, T_VALUE, STACK_SIZE } from './regions.js';
 
 export interface CompiledProgram {
   run(m: Machine): number;
@@ -77,7 +78,7 @@ function generate(prog: PreparedProgram): string {
   out.push(`'use strict';
 return function run(m) {
   const lo = m.lo, hi = m.hi, tag = m.tag, HI = I64.HI;
-  const pv = m.pktView, sv = m.stackView, spill = m.stackSpill;
+  const pv = m.pktView, sv = m.stackView, cv = m.ctxView, spill = m.stackSpill;
   let ps = m.pktStart, pe = m.pktEnd;
   let ${regDecl};
   let pc = 0, v = 0, a = 0;
@@ -153,6 +154,7 @@ function emitAlu(prog: PreparedProgram, pc: number, is64: boolean): string {
 
   const guardCond = s.isImm ? `${dt} !== 0` : `(${dt} | ${s.t}) !== 0`;
   const slow = `${dl} = m.aluSlow(${pc}, ${is64}, ${op}, ${dt}, ${dh}, ${dl}, ${s.t}, ${s.h}, ${s.l}); ${dh} = m.rhi; ${dt} = m.rtag;`;
+  if (is64 && (op === O.BPF_ADD || op === O.BPF_SUB)) return emitAddSub64(op, dl, dh, dt, s, slow);
   const signed = insn.off === 1;
   let fast: string;
   if (is64) {
@@ -194,6 +196,27 @@ function emitAlu(prog: PreparedProgram, pc: number, is64: boolean): string {
     fast += ` ${dh} = 0;`;
   }
   return `if (${guardCond}) { ${slow} } else { ${fast} }`;
+}
+
+/** A tag that takes pointer arithmetic: stack, context, packet or a map value (not a map, a stale packet pointer or nothing). */
+const pointerOk = (t: string): string => `((${t} >= ${T_STACK} && ${t} <= ${T_PACKET}) || ${t} >= ${T_VALUE})`;
+
+/**
+ * 64-bit add and subtract. Besides numbers, the cases Machine.aluSlow allows are done inline
+ * (the arithmetic is the same 64-bit sum; only the tag differs): pointer plus or minus a
+ * number keeps the pointer's tag, number plus pointer takes it, and the difference of two
+ * pointers into one region is a number. Everything else, errors included, goes to aluSlow.
+ */
+function emitAddSub64(op: number, dl: string, dh: string, dt: string, s: Operand, slow: string): string {
+  const fast = op === O.BPF_ADD
+    ? `v = (${dl} + ${s.l}) | 0; ${dh} = (${dh} + ${s.h} + ((v >>> 0) < (${dl} >>> 0) ? 1 : 0)) | 0; ${dl} = v;`
+    : `v = (${dl} - ${s.l}) | 0; ${dh} = (${dh} - ${s.h} - ((${dl} >>> 0) < (${s.l} >>> 0) ? 1 : 0)) | 0; ${dl} = v;`;
+  if (s.isImm) return `if (${dt} === 0 || ${pointerOk(dt)}) { ${fast} } else { ${slow} }`;
+  const cases = [`if ((${dt} | ${s.t}) === 0 || (${s.t} === 0 && ${pointerOk(dt)})) { ${fast} }`];
+  if (op === O.BPF_ADD) cases.push(`else if (${dt} === 0 && ${pointerOk(s.t)}) { ${fast} ${dt} = ${s.t}; }`);
+  else cases.push(`else if (${dt} === ${s.t} && ${pointerOk(dt)}) { ${fast} ${dt} = 0; }`);
+  cases.push(`else { ${slow} }`);
+  return cases.join(' ');
 }
 
 function shiftImm64(op: number, dl: string, dh: string, n: number): string {
@@ -238,12 +261,43 @@ function emitLoad(prog: PreparedProgram, pc: number): string {
     size === 8 ? `${r.pre} ${L(d)} = ${r.l}; ${H(d)} = v; ${T(d)} = 0;` : `${r.pre} ${L(d)} = v; ${H(d)} = ${r.h}; ${T(d)} = 0;`;
   const inRange = (limit: string): string => `${H(s)} === (${L(s)} >> 31) && a >= 0 && a + ${size} <= ${limit}`;
   const last = size === 1 ? 'a' : `(a + ${size - 1})`;
+  const ctxRead = ctxLoadAtOffset(prog, insn.off, size, signed, d);
   return [
     `a = ${L(s)} + ${insn.off};`,
     `if (${T(s)} === ${T_PACKET} && ${inRange('pe - ps')}) { ${assign(readView('pv', 'ps + a', size, signed))} }`,
     `else if (${T(s)} === ${T_STACK} && ${inRange('m.stackLimit')} && spill[a >> 3] === 0 && spill[${last} >> 3] === 0) { ${assign(readView('sv', 'a', size, signed))} }`,
+    ctxRead ? `else if (${T(s)} === ${T_CTX} && (${L(s)} | ${H(s)}) === 0) { ${ctxRead} }` : '',
     `else { ${L(d)} = m.load(${pc}, ${T(s)}, ${H(s)}, ${L(s)}, ${insn.off}, ${size}, ${signed}); ${H(d)} = m.rhi; ${T(d)} = m.rtag; }`,
-  ].join('\n');
+  ].filter(Boolean).join('\n');
+}
+
+/**
+ * A load of `size` bytes at offset `off` of the context, resolved when the code is generated
+ * (the base is the context pointer itself, offset 0): data and data_end become packet
+ * pointers, stored fields read the context's bytes. Undefined for anything Machine.load must
+ * judge (bad offsets, partial pointer fields, the packet length).
+ */
+function ctxLoadAtOffset(prog: PreparedProgram, off: number, size: number, signed: boolean, d: number): string | undefined {
+  const layout = contextLayout(prog.type);
+  if (off < 0 || off + size > layout.size) return undefined;
+  const field = layout.byOffset[off];
+  if (!field || layout.byOffset[off + size - 1] !== field) return undefined;
+  switch (field.kind) {
+    case FieldKind.Data:
+    case FieldKind.DataMeta:
+      if (size !== 4 || off !== field.offset) return undefined;
+      return `${L(d)} = 0; ${H(d)} = 0; ${T(d)} = ${T_PACKET};`;
+    case FieldKind.DataEnd:
+      if (size !== 4 || off !== field.offset) return undefined;
+      return `${L(d)} = pe - ps; ${H(d)} = 0; ${T(d)} = ${T_PACKET};`;
+    case FieldKind.Read:
+    case FieldKind.ReadWrite: {
+      const r = readView('cv', String(off), size, signed);
+      return size === 8 ? `${r.pre} ${L(d)} = ${r.l}; ${H(d)} = v; ${T(d)} = 0;` : `${r.pre} ${L(d)} = v; ${H(d)} = ${r.h}; ${T(d)} = 0;`;
+    }
+    default:
+      return undefined;
+  }
 }
 
 function emitStore(prog: PreparedProgram, pc: number): string {
@@ -346,7 +400,10 @@ function emitJump(prog: PreparedProgram, pc: number, is64: boolean): string {
   if (op === O.BPF_JA) return go;
   const a: Operand = { l: L(insn.dst), h: H(insn.dst), t: T(insn.dst), isImm: false };
   const b = operand(insn);
-  const guard = b.isImm ? `${a.t} !== 0` : `(${a.t} | ${b.t}) !== 0`;
+  // Two pointers into one region compare their offsets, as Machine.cmpSlow does; for registers
+  // with equal tags that are neither unwritten nor stale the 64-bit test is the plain one.
+  const sameRegion = is64 && !b.isImm && op !== O.BPF_JSET;
+  const guard = b.isImm ? `${a.t} !== 0` : sameRegion ? `${a.t} !== ${b.t} || ${a.t} === ${T_UNINIT} || ${a.t} === ${T_PACKET_STALE}` : `(${a.t} | ${b.t}) !== 0`;
   const fast = is64 ? cond64(op, a, b) : cond32(op, a, b);
   return `if ((${guard}) ? m.cmpSlow(${pc}, ${is64}, ${op}, ${a.t}, ${a.h}, ${a.l}, ${b.t}, ${b.h}, ${b.l}) : ${fast}) { ${go} }`;
 }
