@@ -10,7 +10,7 @@
 import * as O from '../bpf/opcodes.js';
 import * as I64 from './int64.js';
 import type { PreparedProgram } from './program.js';
-import type { Machine } from './machine.js';
+import { compare, type Machine } from './machine.js';
 import { HELPERS } from './helpers.js';
 import { contextLayout, FieldKind } from './context.js';
 import { T_UNINIT, T_STACK, T_CTX, T_PACKET, T_PACKET_STALE, T_MAP, T_VALUE, STACK_SIZE } from './regions.js';
@@ -81,7 +81,7 @@ return function run(m) {
   const pv = m.pktView, sv = m.stackView, cv = m.ctxView, spill = m.stackSpill;
   let ps = m.pktStart, pe = m.pktEnd;
   let ${regDecl};
-  let pc = 0, v = 0, a = 0;
+  let pc = 0, v = 0, a = 0, vb = m.pkt;
   for (;;) {
     switch (pc) {`);
   for (let i = 0; i < n; i++) {
@@ -266,9 +266,31 @@ function emitLoad(prog: PreparedProgram, pc: number): string {
     `a = ${L(s)} + ${insn.off};`,
     `if (${T(s)} === ${T_PACKET} && ${inRange('pe - ps')}) { ${assign(readView('pv', 'ps + a', size, signed))} }`,
     `else if (${T(s)} === ${T_STACK} && ${inRange('m.stackLimit')} && spill[a >> 3] === 0 && spill[${last} >> 3] === 0) { ${assign(readView('sv', 'a', size, signed))} }`,
+    `else if (${T(s)} >= ${T_VALUE} && ${inRange(`(vb = m.values[${T(s)} - ${T_VALUE}]).length`)}) { ${readValueBytes(size, signed, d)} }`,
     ctxRead ? `else if (${T(s)} === ${T_CTX} && (${L(s)} | ${H(s)}) === 0) { ${ctxRead} }` : '',
     `else { ${L(d)} = m.load(${pc}, ${T(s)}, ${H(s)}, ${L(s)}, ${insn.off}, ${size}, ${signed}); ${H(d)} = m.rhi; ${T(d)} = m.rtag; }`,
   ].filter(Boolean).join('\n');
+}
+
+/** JS reading `size` little-endian bytes at `a` of the map value `vb` into register `d` (map values have no DataView). */
+function readValueBytes(size: number, signed: boolean, d: number): string {
+  const b = (k: number): string => (k === 0 ? 'vb[a]' : `vb[a + ${k}]`);
+  const word = (k: number): string => `(${b(k)} | (${b(k + 1)} << 8) | (${b(k + 2)} << 16) | (${b(k + 3)} << 24))`;
+  switch (size) {
+    case 1: return `${L(d)} = ${signed ? `(${b(0)} << 24) >> 24` : b(0)}; ${H(d)} = ${signed ? `${L(d)} >> 31` : '0'}; ${T(d)} = 0;`;
+    case 2: return `${L(d)} = ${signed ? `((${b(0)} | (${b(1)} << 8)) << 16) >> 16` : `${b(0)} | (${b(1)} << 8)`}; ${H(d)} = ${signed ? `${L(d)} >> 31` : '0'}; ${T(d)} = 0;`;
+    case 4: return `${L(d)} = ${word(0)}; ${H(d)} = ${signed ? `${L(d)} >> 31` : '0'}; ${T(d)} = 0;`;
+    default: return `${H(d)} = ${word(4)}; ${L(d)} = ${word(0)}; ${T(d)} = 0;`;
+  }
+}
+
+/** JS writing the low `size` bytes of (h, l) little-endian at `a` of the map value `vb`. */
+function writeValueBytes(size: number, l: string, h: string): string {
+  const parts = [`vb[a] = ${l};`];
+  if (size >= 2) parts.push(`vb[a + 1] = ${l} >>> 8;`);
+  if (size >= 4) parts.push(`vb[a + 2] = ${l} >>> 16; vb[a + 3] = ${l} >>> 24;`);
+  if (size === 8) parts.push(`vb[a + 4] = ${h}; vb[a + 5] = ${h} >>> 8; vb[a + 6] = ${h} >>> 16; vb[a + 7] = ${h} >>> 24;`);
+  return parts.join(' ');
 }
 
 /**
@@ -320,6 +342,7 @@ function emitStore(prog: PreparedProgram, pc: number): string {
   lines.push(
     `${packetWritable ? `if (${scalar}${T(d)} === ${T_PACKET} && ${inRange('pe - ps')}) { ${writeView('pv', 'ps + a', size, vl, vh)} }\nelse ` : ''}` +
       `if (${scalar}${T(d)} === ${T_STACK} && ${inRange('m.stackLimit')}) { if (a < m.stackLow) m.stackLow = a; spill[a >> 3] = 0; spill[${last} >> 3] = 0; ${writeView('sv', 'a', size, vl, vh)} }`,
+    `else if (${scalar}${T(d)} >= ${T_VALUE} && ${inRange(`(vb = m.values[${T(d)} - ${T_VALUE}]).length`)}) { ${writeValueBytes(size, vl, vh)} }`,
     `else m.store(${pc}, ${T(d)}, ${H(d)}, ${L(d)}, ${insn.off}, ${size}, ${vt}, ${vh}, ${vl});`,
   );
   return lines.join('\n');
@@ -405,6 +428,12 @@ function emitJump(prog: PreparedProgram, pc: number, is64: boolean): string {
   const sameRegion = is64 && !b.isImm && op !== O.BPF_JSET;
   const guard = b.isImm ? `${a.t} !== 0` : sameRegion ? `${a.t} !== ${b.t} || ${a.t} === ${T_UNINIT} || ${a.t} === ${T_PACKET_STALE}` : `(${a.t} | ${b.t}) !== 0`;
   const fast = is64 ? cond64(op, a, b) : cond32(op, a, b);
+  if (is64 && b.isImm && insn.imm === 0 && op !== O.BPF_JSET) {
+    // A pointer against 0 (a null check): Machine.cmpSlow models a valid pointer as one large
+    // address, so the outcome is fixed per jump and known now.
+    const pointerVsZero = compare(op, 0x7fff0000, 0, 0, 0);
+    return `if ((${a.t} === 0) ? ${fast} : (${a.t} !== ${T_UNINIT} && ${a.t} !== ${T_PACKET_STALE}) ? ${pointerVsZero} : m.cmpSlow(${pc}, ${is64}, ${op}, ${a.t}, ${a.h}, ${a.l}, ${b.t}, ${b.h}, ${b.l})) { ${go} }`;
+  }
   return `if ((${guard}) ? m.cmpSlow(${pc}, ${is64}, ${op}, ${a.t}, ${a.h}, ${a.l}, ${b.t}, ${b.h}, ${b.l}) : ${fast}) { ${go} }`;
 }
 
