@@ -73,6 +73,11 @@ export class Machine {
   readonly ctx: Uint8Array;
   readonly ctxView: DataView;
   private readonly ctxWords: Int32Array;
+  /**
+   * Whether the context holds more than the default context of the last run (a caller's
+   * fields or a program's store), so the next run must clear all of it. Starts true.
+   */
+  private ctxWritten = true;
 
   /** Map value regions: the program's static ones first, then one per lookup in this run. */
   readonly values: Uint8Array[] = [];
@@ -136,8 +141,15 @@ export class Machine {
     this.stackLimit = STACK_SIZE;
     this.depth = 0;
 
-    const ctxWords = this.ctxWords;
-    for (let i = 0; i < ctxWords.length; i++) ctxWords[i] = 0;
+    if (this.ctxWritten) {
+      const ctxWords = this.ctxWords;
+      for (let i = 0; i < ctxWords.length; i++) ctxWords[i] = 0;
+      this.ctxWritten = false;
+    } else if (!this.isXdp) {
+      // Only the default context is there: clear the fields it sets per packet (the rest are constant).
+      this.ctxWords[1] = 0; // pkt_type
+      this.ctxWords[4] = 0; // protocol
+    }
     this.applyDefaultContext(this.pkt, start, len);
     if (input?.ctx) for (const name in input.ctx) this.setCtxField(name, input.ctx[name]!);
 
@@ -147,6 +159,11 @@ export class Machine {
     this.redirectFlags = 0;
     if (this.clones.length !== 0) this.clones.length = 0; // setting length is slow even when unchanged
     const t = input?.ktimeNs ?? 0;
+    if (t === 0) {
+      this.ktimeLo = 0;
+      this.ktimeHi = 0;
+      return;
+    }
     if (!Number.isSafeInteger(t) || t < 0) throw new UsageError(`ktimeNs must be a non-negative safe integer, got ${t}`);
     this.ktimeLo = I64.fromNumber(t);
     this.ktimeHi = I64.HI[0]!;
@@ -186,6 +203,7 @@ export class Machine {
     const field = this.layout.fields.find((f) => f.name === name);
     if (!field) throw new UsageError(`${this.layout.struct} has no field "${name}" a ${this.prog.type} program can see`);
     if (field.kind !== FieldKind.Read && field.kind !== FieldKind.ReadWrite) throw new UsageError(`${this.layout.struct} field ${name} is set by the VM, not by the caller`);
+    this.ctxWritten = true;
     if (field.size === 8) {
       this.ctxView.setUint32(field.offset, value % 4294967296, true);
       this.ctxView.setUint32(field.offset + 4, Math.floor(value / 4294967296), true);
@@ -447,6 +465,7 @@ export class Machine {
       throw this.fail(pc, field ? `writes ${this.layout.struct}->${field.name}, which ${this.prog.type} programs may only read` : `write of ${size} bytes at offset ${a} of ${this.layout.struct}: not a field`);
     }
     if (a !== field.offset || size !== field.size) throw this.fail(pc, `writes ${this.layout.struct}->${field.name} with a ${size}-byte store; it takes ${field.size} bytes`);
+    this.ctxWritten = true;
     this.writeLE(this.ctxView, a, size, vh, vl);
   }
 
