@@ -266,6 +266,10 @@ function emitLoad(prog: PreparedProgram, pc: number): string {
     `a = ${L(s)} + ${insn.off};`,
     `if (${T(s)} === ${T_PACKET} && ${inRange('pe - ps')}) { ${assign(readView('pv', 'ps + a', size, signed))} }`,
     `else if (${T(s)} === ${T_STACK} && ${inRange('m.stackLimit')} && spill[a >> 3] === 0 && spill[${last} >> 3] === 0) { ${assign(readView('sv', 'a', size, signed))} }`,
+    // A whole, aligned 8-byte fill of a spilled pointer restores the pointer.
+    size === 8 && !signed
+      ? `else if (${T(s)} === ${T_STACK} && ${inRange('m.stackLimit')} && (a & 7) === 0) { ${H(d)} = sv.getInt32(a + 4, true); ${L(d)} = sv.getInt32(a, true); ${T(d)} = spill[a >> 3]; }`
+      : '',
     `else if (${T(s)} >= ${T_VALUE} && ${inRange(`(vb = m.values[${T(s)} - ${T_VALUE}]).length`)}) { ${readValueBytes(size, signed, d)} }`,
     ctxRead ? `else if (${T(s)} === ${T_CTX} && (${L(s)} | ${H(s)}) === 0) { ${ctxRead} }` : '',
     `else { ${L(d)} = m.load(${pc}, ${T(s)}, ${H(s)}, ${L(s)}, ${insn.off}, ${size}, ${signed}); ${H(d)} = m.rhi; ${T(d)} = m.rtag; }`,
@@ -342,10 +346,14 @@ function emitStore(prog: PreparedProgram, pc: number): string {
   lines.push(
     `${packetWritable ? `if (${scalar}${T(d)} === ${T_PACKET} && ${inRange('pe - ps')}) { ${writeView('pv', 'ps + a', size, vl, vh)} }\nelse ` : ''}` +
       `if (${scalar}${T(d)} === ${T_STACK} && ${inRange('m.stackLimit')}) { if (a < m.stackLow) m.stackLow = a; spill[a >> 3] = 0; spill[${last} >> 3] = 0; ${writeView('sv', 'a', size, vl, vh)} }`,
+    // A pointer spilled whole to an aligned stack slot: the slot remembers its tag.
+    !isImm && size === 8
+      ? `else if (${vt} !== ${T_UNINIT} && ${T(d)} === ${T_STACK} && ${inRange('m.stackLimit')} && (a & 7) === 0) { if (a < m.stackLow) m.stackLow = a; spill[a >> 3] = ${vt}; ${writeView('sv', 'a', size, vl, vh)} }`
+      : '',
     `else if (${scalar}${T(d)} >= ${T_VALUE} && ${inRange(`(vb = m.values[${T(d)} - ${T_VALUE}]).length`)}) { ${writeValueBytes(size, vl, vh)} }`,
     `else m.store(${pc}, ${T(d)}, ${H(d)}, ${L(d)}, ${insn.off}, ${size}, ${vt}, ${vh}, ${vl});`,
   );
-  return lines.join('\n');
+  return lines.filter(Boolean).join('\n');
 }
 
 function emitLdImm64(prog: PreparedProgram, pc: number): string {
