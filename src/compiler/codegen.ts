@@ -66,6 +66,20 @@ const SLOT_CONN_VALUE = -488;
 const SLOT_PAYLOAD_OFF = -64;
 const SLOT_PAYLOAD_LEN = -56;
 
+/** `truncate`: frame length before the cut, the helper's result, a new length field's value, the cut payload's sum (set slots, free by then). */
+const SLOT_CUT_FRAME_LEN = -72;
+const SLOT_CUT_RESULT = -80;
+const SLOT_CUT_VALUE = -88;
+const SLOT_CUT_SUM = -96;
+const SLOT_CUT_POS = -104;
+const SLOT_CUT_END = -112;
+const SLOT_CUT_COUNT = -120;
+/** TRUNCATE_CHUNK-byte buffer (in the set slots) the cut payload is copied to, chunk by chunk. */
+const SLOT_CUT_BUF = -384;
+/** `truncate` sums the cut payload in chunks of this many bytes (bpf_csum_diff), at most TRUNCATE_CHUNKS of them. */
+const TRUNCATE_CHUNK = 256;
+const TRUNCATE_CHUNKS = 64;
+
 /** Saved L3 and L4 offsets from the packet start (u16 each), for reloadHeaders. */
 const SLOT_L3_OFF = -20;
 const SLOT_L4_OFF = -18;
@@ -569,16 +583,19 @@ class Gen {
     sets.forEach((s, k) => this.writeSet(s, SLOT_SETS - 16 * k, rule.checksum === 'fix', known));
     for (const act of rule.actions) {
       if (act.kind === 'corrupt') this.corrupt(act.bits, rule.checksum === 'fix', known);
+      else if (act.kind === 'truncate') this.truncate(act.length, rule.lengths !== 'keep', rule.checksum === 'fix');
       else if (act.kind === 'duplicate') this.duplicate(act.count);
     }
+    // A cut may remove headers: later rules test for every layer again.
+    if (rule.actions.some((x) => x.kind === 'truncate')) this.atRules = new Set();
     this.bumpCounter(index, 'acted');
     const timed = rule.limit ? `limit ${rule.limit.text}` : rule.forNs !== undefined ? 'for' : rule.startAfterNs !== undefined ? 'start-after' : undefined;
     if (timed) {
       throw new CompileError(`rule "${rule.name}": the trigger ${timed} is not supported yet`, { hint: 'use --first, --after, --every or --probability; run --for DURATION detaches the rules after that long' });
     }
     for (const act of rule.actions) {
-      if (act.kind === 'truncate' || act.kind === 'reject') {
-        throw new CompileError(`rule "${rule.name}": ${act.kind} is not supported yet`, { hint: 'available faults: duplicate, corrupt; and set, drop' });
+      if (act.kind === 'reject') {
+        throw new CompileError(`rule "${rule.name}": ${act.kind} is not supported yet`, { hint: 'available faults: duplicate, corrupt, truncate; and set, drop' });
       }
     }
     const final = rule.actions.find((x) => x.kind === 'drop' || x.kind === 'pass');
@@ -891,6 +908,169 @@ class Gen {
       a.call(HELPER.l4_csum_replace);
       this.reloadHeaders();
     }
+  }
+
+  /**
+   * `truncate LEN`: frames longer than LEN bytes are cut to LEN (XDP: bpf_xdp_adjust_tail,
+   * tc: bpf_skb_change_tail). With `fixLengths`, the IPv4 total length / IPv6 payload length
+   * and the UDP length shrink to what is left (when the cut leaves their header whole), and
+   * with `fixChecksums` the IPv4 header checksum and the L4 checksum follow: the length
+   * changes (the pseudo-header's too) and the bytes cut from the L4 payload, summed before the
+   * cut (at most TRUNCATE_CHUNKS * TRUNCATE_CHUNK bytes, 16 KB; beyond, the L4 checksum is left as it was). Layers
+   * whose fixed header the cut removed are absent afterwards.
+   */
+  private truncate(length: number, fixLengths: boolean, fixChecksums: boolean): void {
+    const a = this.a;
+    const done = this.fresh('truncate_done');
+    if (this.kind === 'xdp') a.mov64(R1, CTXR).call(HELPER.xdp_get_buff_len);
+    else a.ldx(4, R0, CTXR, SKB.len);
+    a.jmp('jle', R0, imm(length), done).stx(8, FP, SLOT_CUT_FRAME_LEN, R0);
+    this.savePresentHeaderOffsets();
+    if (fixLengths && fixChecksums) this.cutPayloadSum(length);
+    a.mov64(R1, CTXR);
+    if (this.kind === 'xdp') {
+      a.movImm(R2, length).ldx(8, R3, FP, SLOT_CUT_FRAME_LEN).alu64('sub', R2, R3).call(HELPER.xdp_adjust_tail);
+      // frame.len of later rules: the new length.
+      const failed = this.fresh('cut_failed');
+      a.jmp('jne', R0, imm(0), failed).st(8, FP, SLOT_FLEN, length).label(failed);
+    } else {
+      a.movImm(R2, length).movImm(R3, 0).call(HELPER.skb_change_tail);
+    }
+    a.stx(8, FP, SLOT_CUT_RESULT, R0);
+    this.reloadAfterCut();
+    if (!fixLengths) {
+      a.label(done);
+      return;
+    }
+    a.ldx(8, R0, FP, SLOT_CUT_RESULT).jmp('jne', R0, imm(0), done);
+    const none: ReadonlySet<Layer> = new Set();
+    // New length = LEN - header offset, when shorter than the old one.
+    const shrink = (layer: 'ip' | 'ipv6' | 'udp', fieldName: string, offSlot: number, fieldOff: number, extra: number): void => {
+      const skip = this.fresh(`cut_${layer}_kept`);
+      this.layerTest(layer, skip, none);
+      const base = layer === 'udp' ? L4 : L3;
+      a.ldx(2, R1, FP, offSlot).movImm(R2, length - extra).alu64('sub', R2, R1);
+      a.ldx(2, R3, base, fieldOff).be(R3, 16).jmp('jge', R2, R3, skip).stx(8, FP, SLOT_CUT_VALUE, R2);
+      const f = this.field(fieldName);
+      this.writeSet({ kind: 'set', field: f, value: { kind: 'num', value: 0 }, span: { start: 0, end: 0 } } as Extract<Action, { kind: 'set' }>, SLOT_CUT_VALUE, fixChecksums, new Set([layer]));
+      a.label(skip);
+    };
+    shrink('ip', 'ip.len', SLOT_L3_OFF, 2, 0);
+    shrink('ipv6', 'ipv6.plen', SLOT_L3_OFF, 4, 40);
+    shrink('udp', 'udp.length', SLOT_L4_OFF, 4, 0);
+    if (fixChecksums) {
+      // The payload bytes cut off leave the L4 checksum: old word = their sum, new word = 0.
+      for (const p of L4_LAYERS) {
+        if (!this.wanted.has(p)) continue;
+        const skip = this.fresh(`cut_${p}_sum`);
+        this.layerTest(p, skip, none);
+        a.ldx(8, R1, FP, SLOT_CUT_SUM).jmp('jeq', R1, imm(0), skip).stx(8, FP, SLOT_OLD, R1).st(8, FP, SLOT_NEW, 0);
+        this.fixL4(false, this.field(L4_ANY_FIELD[p]), SLOT_OLD, SLOT_NEW, 2, new Set([p]));
+        a.label(skip);
+      }
+    }
+    a.label(done);
+  }
+
+  /**
+   * Before a cut to `length` bytes: the ones' complement sum (raw words, folded to 16 bits)
+   * of the L4 payload bytes beyond `length`, up to the end of the IP datagram or of the
+   * frame's linear data, into SLOT_CUT_SUM (0 when nothing is cut from it). L4 headers start
+   * at an even offset, so a byte's place in its checksum word is its offset's parity.
+   */
+  private cutPayloadSum(length: number): void {
+    const a = this.a;
+    const done = this.fresh('cutsum_done');
+    const have = this.fresh('cutsum_l4');
+    a.st(8, FP, SLOT_CUT_SUM, 0);
+    a.jmp('jset', LAYERS, imm(LAYER_BIT.tcp | LAYER_BIT.udp | LAYER_BIT.icmp | LAYER_BIT.icmpv6), have).ja(done);
+    a.label(have);
+    // r5 = the datagram's end (offset from the packet start), at most the linear data's end.
+    const v4 = this.fresh('cutsum_v4'), haveEnd = this.fresh('cutsum_end'), inFrame = this.fresh('cutsum_in_frame');
+    a.ldx(4, R2, CTXR, CTX[this.kind].data);
+    a.mov64(R5, L3).alu64('sub', R5, R2);
+    a.jmp('jset', LAYERS, imm(LAYER_BIT.ip), v4);
+    a.ldx(2, R1, L3, 4).be(R1, 16).alu64('add', R1, imm(40)).alu64('add', R5, R1).ja(haveEnd);
+    a.label(v4).ldx(2, R1, L3, 2).be(R1, 16).alu64('add', R5, R1);
+    a.label(haveEnd).ldx(4, R3, CTXR, CTX[this.kind].dataEnd).alu64('sub', R3, R2);
+    a.jmp('jle', R5, R3, inFrame).mov64(R5, R3).label(inFrame);
+    a.alu64('and', R5, imm(0xffff)).movImm(R0, 0).movImm(R4, length);
+    a.jmp('jge', R4, R5, done);
+    const chunks = this.fresh('cutsum_chunks'), tail = this.fresh('cutsum_tail'), fold = this.fresh('cutsum_fold');
+    if (length % 2 === 1) {
+      // The first byte cut is the second of its word.
+      this.loadBounds(R1, R2);
+      a.alu64('add', R1, imm(length + 1)).jmp('jgt', R1, R2, fold);
+      a.ldx(1, R0, R1, -1).alu64('lsh', R0, imm(8)).alu64('add', R4, imm(1));
+    }
+    // Chunks of TRUNCATE_CHUNK bytes copied to the stack (bpf_skb_load_bytes /
+    // bpf_xdp_load_bytes: packet offsets, not pointers, so the verifier follows one state per
+    // chunk) and summed by bpf_csum_diff; the state lives on the stack (helpers clobber r1-r5);
+    // then the last partial chunk, zero-padded. Chunks start at even offsets.
+    const load = this.kind === 'xdp' ? HELPER.xdp_load_bytes : HELPER.skb_load_bytes;
+    a.stx(8, FP, SLOT_CUT_SUM, R0).stx(8, FP, SLOT_CUT_POS, R4).stx(8, FP, SLOT_CUT_END, R5).st(8, FP, SLOT_CUT_COUNT, 0);
+    a.label(chunks).ldx(8, R3, FP, SLOT_CUT_COUNT).jmp('jge', R3, imm(TRUNCATE_CHUNKS), fold);
+    a.ldx(8, R2, FP, SLOT_CUT_POS).ldx(8, R5, FP, SLOT_CUT_END);
+    a.mov64(R1, R2).alu64('add', R1, imm(TRUNCATE_CHUNK)).jmp('jgt', R1, R5, tail);
+    a.mov64(R1, CTXR).mov64(R3, FP).alu64('add', R3, imm(SLOT_CUT_BUF)).movImm(R4, TRUNCATE_CHUNK).call(load);
+    a.jmp('jne', R0, imm(0), fold);
+    a.movImm(R1, 0).movImm(R2, 0).mov64(R3, FP).alu64('add', R3, imm(SLOT_CUT_BUF)).movImm(R4, TRUNCATE_CHUNK).movImm(R5, 0).call(HELPER.csum_diff);
+    a.ldx(8, R1, FP, SLOT_CUT_SUM).alu64('add', R1, R0).stx(8, FP, SLOT_CUT_SUM, R1);
+    a.ldx(8, R1, FP, SLOT_CUT_POS).alu64('add', R1, imm(TRUNCATE_CHUNK)).stx(8, FP, SLOT_CUT_POS, R1);
+    a.ldx(8, R1, FP, SLOT_CUT_COUNT).alu64('add', R1, imm(1)).stx(8, FP, SLOT_CUT_COUNT, R1).ja(chunks);
+    // r2 = position, r5 = end: end - position bytes (fewer than a chunk) are left.
+    a.label(tail).alu64('sub', R5, R2).alu64('and', R5, imm(TRUNCATE_CHUNK - 1)).jmp('jeq', R5, imm(0), fold);
+    for (let off = 0; off < TRUNCATE_CHUNK; off += 8) a.st(8, FP, SLOT_CUT_BUF + off, 0);
+    a.mov64(R4, R5).mov64(R1, CTXR).mov64(R3, FP).alu64('add', R3, imm(SLOT_CUT_BUF)).call(load);
+    a.jmp('jne', R0, imm(0), fold);
+    a.movImm(R1, 0).movImm(R2, 0).mov64(R3, FP).alu64('add', R3, imm(SLOT_CUT_BUF)).movImm(R4, TRUNCATE_CHUNK).movImm(R5, 0).call(HELPER.csum_diff);
+    a.ldx(8, R1, FP, SLOT_CUT_SUM).alu64('add', R1, R0).stx(8, FP, SLOT_CUT_SUM, R1);
+    a.label(fold).ldx(8, R0, FP, SLOT_CUT_SUM);
+    for (let i = 0; i < 2; i++) a.mov64(R1, R0).alu64('rsh', R1, imm(16)).alu64('and', R0, imm(0xffff)).alu64('add', R0, R1);
+    a.stx(8, FP, SLOT_CUT_SUM, R0);
+    a.label(done);
+  }
+
+  /** saveHeaderOffsets for the headers present only (r7/r8 may never have been set otherwise). */
+  private savePresentHeaderOffsets(): void {
+    const a = this.a;
+    const done = this.fresh('save_done'), l4 = this.fresh('save_l4');
+    a.jmp('jset', LAYERS, imm(LAYER_BIT.ip | LAYER_BIT.ipv6), l4).ja(done);
+    a.label(l4).ldx(4, R1, CTXR, CTX[this.kind].data);
+    a.mov64(R2, L3).alu64('sub', R2, R1).stx(2, FP, SLOT_L3_OFF, R2);
+    a.jmp('jset', LAYERS, imm(LAYER_BIT.tcp | LAYER_BIT.udp | LAYER_BIT.icmp | LAYER_BIT.icmpv6), l4 + '_yes').ja(done);
+    a.label(l4 + '_yes').mov64(R2, L4).alu64('sub', R2, R1).stx(2, FP, SLOT_L4_OFF, R2);
+    a.label(done);
+  }
+
+  /**
+   * After a cut: r7 and r8 derived again from the saved offsets, and the layers whose fixed
+   * header no longer lies wholly in the frame marked absent (an L3 header gone takes the L4
+   * header with it).
+   */
+  private reloadAfterCut(): void {
+    const a = this.a;
+    const L3_BITS = LAYER_BIT.ip | LAYER_BIT.ipv6;
+    const L4_BITS = LAYER_BIT.tcp | LAYER_BIT.udp | LAYER_BIT.icmp | LAYER_BIT.icmpv6;
+    const done = this.fresh('cut_reload_done'), have3 = this.fresh('cut_l3'), have4 = this.fresh('cut_l4');
+    const v4 = this.fresh('cut_v4'), check3 = this.fresh('cut_check3'), tcp = this.fresh('cut_tcp'), check4 = this.fresh('cut_check4');
+    const gone3 = this.fresh('cut_l3_gone');
+    a.jmp('jset', LAYERS, imm(L3_BITS), have3).ja(done);
+    a.label(have3);
+    this.loadBounds(R2, R3);
+    a.ldx(2, R1, FP, SLOT_L3_OFF).alu64('and', R1, imm(0x3fff)).mov64(L3, R2).alu64('add', L3, R1);
+    a.jmp('jset', LAYERS, imm(LAYER_BIT.ip), v4).mov64(R1, L3).alu64('add', R1, imm(40)).ja(check3);
+    a.label(v4).mov64(R1, L3).alu64('add', R1, imm(20));
+    a.label(check3).jmp('jgt', R1, R3, gone3);
+    a.jmp('jset', LAYERS, imm(L4_BITS), have4).ja(done);
+    a.label(have4);
+    a.ldx(2, R1, FP, SLOT_L4_OFF).alu64('and', R1, imm(0x3fff)).mov64(L4, R2).alu64('add', L4, R1);
+    a.jmp('jset', LAYERS, imm(LAYER_BIT.tcp), tcp).mov64(R1, L4).alu64('add', R1, imm(8)).ja(check4);
+    a.label(tcp).mov64(R1, L4).alu64('add', R1, imm(20));
+    a.label(check4).jmp('jle', R1, R3, done);
+    a.alu64('and', LAYERS, imm(~L4_BITS)).ja(done);
+    a.label(gone3).alu64('and', LAYERS, imm(~(L3_BITS | L4_BITS)));
+    a.label(done);
   }
 
   // ---------------------------------------------------------------- conditions
@@ -1634,7 +1814,7 @@ function wantedLayers(rules: Rule[]): Set<Layer> {
   for (const r of rules) {
     condLayers(r.match, out);
     // The connection key reads addresses and ports of every protocol it knows.
-    if (r.perConnection || r.actions.some((x) => x.kind === 'corrupt')) for (const l of ['ip', 'ipv6', 'tcp', 'udp', 'icmp', 'icmpv6'] as const) out.add(l);
+    if (r.perConnection || r.actions.some((x) => x.kind === 'corrupt' || x.kind === 'truncate')) for (const l of ['ip', 'ipv6', 'tcp', 'udp', 'icmp', 'icmpv6'] as const) out.add(l);
     for (const act of r.actions) {
       if (act.kind !== 'set') continue;
       if (act.field.layer !== 'frame') out.add(act.field.layer);
@@ -1651,6 +1831,8 @@ function wantedLayers(rules: Rule[]): Set<Layer> {
 
 type L4Layer = 'tcp' | 'udp' | 'icmp' | 'icmpv6';
 const L4_LAYERS: readonly L4Layer[] = ['tcp', 'udp', 'icmp', 'icmpv6'];
+/** A field of each L4 layer (any will do: fixL4 on it targets that layer's own checksum). */
+const L4_ANY_FIELD: Record<L4Layer, string> = { tcp: 'tcp.srcport', udp: 'udp.srcport', icmp: 'icmp.type', icmpv6: 'icmpv6.type' };
 const isL4 = (l: Layer): l is L4Layer => (L4_LAYERS as readonly string[]).includes(l);
 
 /** The L4 checksums a change of field f must fix: its own layer's, or those whose pseudo-header repeats it. */

@@ -49,6 +49,11 @@ export const HELPER = {
   l3_csum_replace: 10,
   l4_csum_replace: 11,
   xdp_get_buff_len: 188,
+  skb_change_tail: 38,
+  csum_diff: 28,
+  skb_load_bytes: 26,
+  xdp_load_bytes: 189,
+  xdp_adjust_tail: 65,
   get_smp_processor_id: 8,
 } as const;
 

@@ -134,6 +134,17 @@ def(26, ['sched_cls', 'socket_filter'], false, (m, pc, name) => {
   ret(m, 0);
 });
 
+/** bpf_xdp_load_bytes: bytes from the frame into memory; out of the frame, -EINVAL and nothing written. */
+def(189, ['xdp'], false, (m, pc, name) => {
+  m.argCtx(pc, 1, name);
+  const offset = m.argScalar(pc, 2, name) >>> 0;
+  const len = m.argScalar(pc, 4, name) >>> 0;
+  const to = m.argMem(pc, 3, len, true, name);
+  if (len === 0 || offset > 0x7fffffff || offset + len > m.packetLength) return ret(m, -EINVAL);
+  m.rbuf.set(m.pkt.subarray(m.pktStart + offset, m.pktStart + offset + len), to);
+  ret(m, 0);
+});
+
 // ---- checksums
 
 /** Validates a checksum field's offset as bpf_l3/l4_csum_replace do; returns its buffer index or -1 with r0 set. */

@@ -27,10 +27,11 @@ export interface RuleSourceOptions {
   after?: string;
   perConnection?: boolean;
   connections?: string;
+  lengths?: string;
 }
 
 /** Trigger options of a one-line rule that a rules file gives per rule instead. */
-const LINE_TRIGGERS = ['first', 'after', 'perConnection', 'connections'] as const;
+const LINE_TRIGGERS = ['first', 'after', 'perConnection', 'connections', 'lengths'] as const;
 const optionName = (o: string): string => `--${o.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
 
 /** Rules from a one-line rule or a rules file, with the command-line options applied. */
@@ -70,6 +71,7 @@ export async function readRules(source: string, opts: RuleSourceOptions): Promis
       after: opts.after,
       perConnection: opts.perConnection,
       connections: opts.connections,
+      lengths: opts.lengths,
     });
     groups = r.groups;
   }
@@ -100,6 +102,7 @@ export function register(program: Command): void {
     .option('--after <n>', 'skip the first N matching packets')
     .option('--per-connection', 'keep the counts of --first, --after and --every per connection (both directions as one)')
     .option('--connections <n>', 'connections --per-connection remembers (LRU; default 65536)')
+    .option('--lengths <mode>', 'fix (default) or keep: whether truncate shrinks the IP and UDP length fields')
     .option('--seed <n>', 'seed of the random decisions (default: chosen and printed)')
     .option('--name <name>', 'name of the one-line rule in counters')
     .option('--checksum <mode>', 'fix (default) or keep: leave checksums stale on purpose')
