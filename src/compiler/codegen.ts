@@ -34,13 +34,13 @@
  */
 import { Assembler, imm, type AluOp, type JmpOp, type Operand } from '../bpf/asm.js';
 import type { Insn } from '../bpf/insn.js';
-import { BPF_ADD, BPF_EXIT, BPF_FETCH, BPF_JMP, R0, R1, R2, R3, R4, R5, R6, R7, R8, R9, R10, type Reg } from '../bpf/opcodes.js';
+import { BPF_ADD, BPF_CMPXCHG, BPF_EXIT, BPF_FETCH, BPF_JMP, R0, R1, R2, R3, R4, R5, R6, R7, R8, R9, R10, type Reg } from '../bpf/opcodes.js';
 import type { Action, Cond, Expr, FieldDef, Hook, Layer, Rule, RuleGroup } from '../rules/ast.js';
 import { HEADER_SIZE } from '../rules/catalog.js';
 import { NetmangleError } from '../errors.js';
 import {
   BPF_F_INGRESS, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST, DUPLICATE_TC_INDEX, CONN_KEY, CONN_KEY_SIZE, CTX, EVERY_MAP, HELPER, LAYER_BIT, SEED_SECTION, SKB,
-  STATE_GSO, STATE_MAP, STATE_PRNG, connMapName, progKindOf, ruleCounterOffset, verdicts, type ProgKind,
+  STATE_GSO, STATE_MAP, STATE_PRNG, TIME_MAP, connMapName, timeStartOffset, timeTatOffset, progKindOf, ruleCounterOffset, verdicts, type ProgKind,
 } from './layout.js';
 import { probabilityThreshold } from './prng.js';
 
@@ -80,6 +80,10 @@ const SLOT_CUT_BUF = -384;
 const TRUNCATE_CHUNK = 256;
 const TRUNCATE_CHUNKS = 64;
 
+/** The rule's clock (clock()): the time map value pointer and now + 1, during the trigger only. */
+const SLOT_TIME_PTR = -72;
+const SLOT_NOW = -80;
+
 /** Saved L3 and L4 offsets from the packet start (u16 each), for reloadHeaders. */
 const SLOT_L3_OFF = -20;
 const SLOT_L4_OFF = -18;
@@ -113,6 +117,8 @@ export interface GenResult {
   usesEvery: boolean;
   /** Rules (by index) whose counts are kept per connection, each in its own map (connMapName). */
   connRules: number[];
+  /** Whether the program uses the time map (TIME_MAP: start times and rate limits per rule). */
+  usesTime: boolean;
 }
 
 /**
@@ -179,7 +185,7 @@ class ReachableAssembler extends Assembler {
 export function generate(group: RuleGroup, opts: GenOptions): GenResult {
   const g = new Gen(group.hook, opts);
   g.program(group.rules);
-  return { asm: g.a, usesEvery: g.usesEvery, connRules: g.connRules };
+  return { asm: g.a, usesEvery: g.usesEvery, connRules: g.connRules, usesTime: g.usesTime };
 }
 
 class Gen {
@@ -187,6 +193,7 @@ class Gen {
   readonly kind: ProgKind;
   readonly hook: Hook;
   usesEvery = false;
+  usesTime = false;
   readonly connRules: number[] = [];
   private labelN = 0;
   private free: Reg[] = [R1, R2, R3, R4, R5, R0];
@@ -589,10 +596,6 @@ class Gen {
     // A cut may remove headers: later rules test for every layer again.
     if (rule.actions.some((x) => x.kind === 'truncate')) this.atRules = new Set();
     this.bumpCounter(index, 'acted');
-    const timed = rule.limit ? `limit ${rule.limit.text}` : rule.forNs !== undefined ? 'for' : rule.startAfterNs !== undefined ? 'start-after' : undefined;
-    if (timed) {
-      throw new CompileError(`rule "${rule.name}": the trigger ${timed} is not supported yet`, { hint: 'use --first, --after, --every or --probability; run --for DURATION detaches the rules after that long' });
-    }
     for (const act of rule.actions) {
       if (act.kind === 'reject') {
         throw new CompileError(`rule "${rule.name}": ${act.kind} is not supported yet`, { hint: 'available faults: duplicate, corrupt, truncate; and set, drop' });
@@ -660,6 +663,7 @@ class Gen {
    */
   private trigger(rule: Rule, index: number, skip: string): void {
     const a = this.a;
+    if (rule.limit || rule.forNs !== undefined || rule.startAfterNs !== undefined) this.clock(rule, index, skip);
     const every = rule.every !== undefined && rule.every > 1 ? rule.every : undefined;
     if (every !== undefined || rule.after !== undefined || rule.first !== undefined) {
       let off = 0;
@@ -692,6 +696,53 @@ class Gen {
       a.jmp32('jge', r, imm(t | 0), skip);
       this.release(r);
     }
+    if (rule.limit) this.rateLimit(rule.limit, index, skip);
+  }
+
+  /**
+   * The rule's clock (rules with limit, for or start-after): the time map's value looked up
+   * into fp-72 and bpf_ktime_get_ns into fp-80 (the cut slots, free until the actions). With
+   * a time window, the rule's start is stamped by its first matching packet (atomically: the
+   * first CPU wins), and packets outside [start-after, start-after + for) skip the rule.
+   */
+  private clock(rule: Rule, index: number, skip: string): void {
+    const a = this.a;
+    this.usesTime = true;
+    a.st(4, FP, SLOT_KEY, 0).ldMap(R1, TIME_MAP).mov64(R2, FP).alu64('add', R2, imm(SLOT_KEY)).call(HELPER.map_lookup_elem);
+    a.jmp('jeq', R0, imm(0), skip).stx(8, FP, SLOT_TIME_PTR, R0);
+    // Stamps and deadlines are now + 1, so that a clock reading 0 (the VM's default) is a time too.
+    a.call(HELPER.ktime_get_ns).alu64('add', R0, imm(1)).stx(8, FP, SLOT_NOW, R0);
+    if (rule.forNs === undefined && rule.startAfterNs === undefined) return;
+    const off = timeStartOffset(index);
+    const have = this.fresh('have_start');
+    a.ldx(8, R1, FP, SLOT_TIME_PTR).ldx(8, R2, R1, off).jmp('jne', R2, imm(0), have);
+    a.ldx(8, R3, FP, SLOT_NOW).movImm(R0, 0).atomic(8, R1, off, R3, BPF_CMPXCHG);
+    a.mov64(R2, R3).jmp('jeq', R0, imm(0), have).mov64(R2, R0);
+    a.label(have).ldx(8, R4, FP, SLOT_NOW).alu64('sub', R4, R2); // elapsed since the start
+    const startAfter = rule.startAfterNs ?? 0;
+    if (startAfter > 0) {
+      a.ldImm64(R5, BigInt(startAfter)).jmp('jlt', R4, R5, skip);
+    }
+    if (rule.forNs !== undefined) a.ldImm64(R5, BigInt(startAfter + rule.forNs)).jmp('jge', R4, R5, skip);
+  }
+
+  /**
+   * `limit`: at most `packets` per `intervalNs`, as a GCRA (the token bucket as one number,
+   * the theoretical arrival time TAT, shared by all CPUs): with T = intervalNs / packets, a
+   * packet acts when TAT ≤ now + T, and then TAT = max(TAT, now) + T. So under load the rule
+   * acts once per T on average, with bursts of at most two. The update is one compare-and-
+   * exchange; a CPU that loses the race to another skips the packet.
+   */
+  private rateLimit(limit: NonNullable<Rule['limit']>, index: number, skip: string): void {
+    const a = this.a;
+    const off = timeTatOffset(index);
+    const period = Math.max(1, Math.round(limit.intervalNs / limit.packets));
+    const ahead = this.fresh('tat_ahead');
+    a.ldx(8, R1, FP, SLOT_TIME_PTR).ldx(8, R3, FP, SLOT_NOW).ldx(8, R0, R1, off);
+    a.mov64(R2, R0).jmp('jge', R2, R3, ahead).mov64(R2, R3).label(ahead);
+    a.ldImm64(R5, BigInt(period));
+    a.mov64(R4, R2).alu64('sub', R4, R3).jmp('jgt', R4, R5, skip);
+    a.alu64('add', R2, R5).mov64(R4, R0).atomic(8, R1, off, R2, BPF_CMPXCHG).jmp('jne', R0, R4, skip);
   }
 
   /**

@@ -6,7 +6,7 @@ import type { Insn } from '../bpf/insn.js';
 import type { MapRef } from '../bpf/asm.js';
 import { DEFAULT_CONNECTIONS, type Hook, type RuleGroup } from '../rules/ast.js';
 import { generate, type FieldLookup } from './codegen.js';
-import { CONN_KEY_SIZE, EVERY_MAP, STATE_MAP, connMapName, STATE_PRNG, progKindOf, ruleCounterOffset, stateValueSize, STATE_GSO, type ProgKind } from './layout.js';
+import { CONN_KEY_SIZE, EVERY_MAP, TIME_MAP, TIME_RULE_SIZE, STATE_MAP, connMapName, STATE_PRNG, progKindOf, ruleCounterOffset, stateValueSize, STATE_GSO, type ProgKind } from './layout.js';
 import { seedState } from './prng.js';
 
 export { CompileError } from './codegen.js';
@@ -48,11 +48,12 @@ export interface CompileOptions {
 }
 
 export function compileGroup(group: RuleGroup, opts: CompileOptions): CompiledProgram {
-  const { asm, usesEvery, connRules } = generate(group, { lookupField: opts.lookupField, selfSeed: opts.selfSeed });
+  const { asm, usesEvery, connRules, usesTime } = generate(group, { lookupField: opts.lookupField, selfSeed: opts.selfSeed });
   const { insns, mapRefs, labels } = asm.assemble();
   const valueSize = stateValueSize(group.rules.length);
   const maps: MapSpec[] = [{ name: STATE_MAP, type: 'percpu_array', keySize: 4, valueSize, maxEntries: 1 }];
   if (usesEvery) maps.push({ name: EVERY_MAP, type: 'array', keySize: 4, valueSize: 8 * group.rules.length, maxEntries: 1 });
+  if (usesTime) maps.push({ name: TIME_MAP, type: 'array', keySize: 4, valueSize: TIME_RULE_SIZE * group.rules.length, maxEntries: 1 });
   for (const i of connRules) {
     const entries = group.rules[i]!.connections ?? DEFAULT_CONNECTIONS;
     maps.push({ name: connMapName(i), type: 'lru_hash', keySize: CONN_KEY_SIZE, valueSize: 8, maxEntries: entries });

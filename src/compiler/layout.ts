@@ -108,3 +108,13 @@ export const BPF_NOEXIST = 1;
 export const CONN_KEY_SIZE = 40;
 export const CONN_KEY = { addrA: 0, addrB: 16, portA: 32, portB: 34, proto: 36, family: 37 } as const;
 export const connMapName = (rule: number): string => `nm_conn${rule}`;
+
+/**
+ * The shared (not per-CPU) time map of rules with limit, for or start-after: one entry, per
+ * rule 16 bytes: u64 the rule's start (ktime + 1 of its first matching packet, 0 until then),
+ * u64 the rate limit's theoretical arrival time (ktime + 1 based).
+ */
+export const TIME_MAP = 'nm_time';
+export const TIME_RULE_SIZE = 16;
+export const timeStartOffset = (rule: number): number => TIME_RULE_SIZE * rule;
+export const timeTatOffset = (rule: number): number => TIME_RULE_SIZE * rule + 8;

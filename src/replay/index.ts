@@ -142,6 +142,9 @@ interface Stage {
   changed: Float64Array;
 }
 
+/** Where replay's VM clock starts: one day (see the packet loop). */
+const CLOCK_START_NS = 86_400e9;
+
 /** Compiles the groups, replays the capture through them, and writes the packets that leave. */
 export async function replayCapture(opts: ReplayOptions): Promise<ReplaySummary> {
   const format = opts.format ?? formatForPath(opts.output);
@@ -176,8 +179,17 @@ export async function replayCapture(opts: ReplayOptions): Promise<ReplaySummary>
     const progressEvery = 4096;
     let checkedLinkType = -1;
 
+    // The VM's clock (bpf_ktime_get_ns: limit, for, start-after) is the capture's: nanoseconds
+    // since the first packet, plus a day, so that it never reads 0 nor goes below 0 for
+    // packets a little out of order.
+    let firstSec: number | undefined, firstNsec = 0;
     reader.forEach((pkt) => {
       summary.packetsIn++;
+      if (firstSec === undefined) {
+        firstSec = pkt.tsSec;
+        firstNsec = pkt.tsNsec;
+      }
+      const ktime = Math.max(0, CLOCK_START_NS + (pkt.tsSec - firstSec) * 1e9 + (pkt.tsNsec - firstNsec));
       if (pkt.linkType !== checkedLinkType) {
         checkLinkType(pkt.linkType, reader.name);
         checkedLinkType = pkt.linkType;
@@ -204,13 +216,22 @@ export async function replayCapture(opts: ReplayOptions): Promise<ReplaySummary>
             continue;
           }
           const runner = stage.runner;
-          const rv = runner.run(buf, off, len);
+          const rv = runner.run(buf, off, len, ktime);
           if (rv === undefined) {
             summary.notRun.kernelRefused++;
             continue;
           }
           ran = true;
           stage.seen++;
+          // `duplicate`'s copies leave before the original (bpf_clone_redirect sends at once),
+          // as the rule left them; they do not meet later stages.
+          const copies = runner.clones;
+          if (copies !== undefined && copies.length > 0) {
+            for (const c of copies) {
+              out.writeBytes(c.packet, 0, c.packet.length, pkt.tsSec, pkt.tsNsec, Math.max(c.packet.length, pkt.origLen - inLen + c.packet.length), 0, comments ? 'netmangle: duplicate (a copy of the next packet)' : undefined);
+              summary.packetsOut++;
+            }
+          }
           actedN[s] = runner.actedSinceLast(acted[s]!);
           if (isDrop(stage.hook, rv)) {
             dropped = true;

@@ -26,8 +26,9 @@ export interface ProgramRunner {
   /**
    * Runs the program on `frame` (not modified); returns its return value, or undefined when
    * the engine cannot run this frame (the kernel's test run refuses tc frames over 3712 bytes).
+   * `ktimeNs`: what bpf_ktime_get_ns returns in this run (the VM's clock; the kernel's is real).
    */
-  run(bytes: Uint8Array, offset?: number, length?: number): number | undefined;
+  run(bytes: Uint8Array, offset?: number, length?: number, ktimeNs?: number): number | undefined;
   /** The packet as the last run left it, as a view (valid until the next run). */
   readonly output: Uint8Array;
   /** The same without a view: outBytes[outOffset, outOffset + outLength). */
@@ -41,6 +42,8 @@ export interface ProgramRunner {
   actedSinceLast(into: Int32Array): number;
   /** Per-rule counters so far. */
   counters(): RuleCounters[];
+  /** Copies the last run sent (bpf_clone_redirect: `duplicate`), in order; the VM engines only. */
+  readonly clones?: ReadonlyArray<{ packet: Uint8Array }>;
   close(): void;
 }
 
@@ -68,8 +71,12 @@ export class VmRunner implements ProgramRunner {
     this.actedWord = Int32Array.from({ length: n }, (_, i) => ruleCounterOffset(i, 'acted') >> 2);
   }
 
-  run(bytes: Uint8Array, offset = 0, length = bytes.length - offset): number {
-    const r = this.vm.runAt(bytes, offset, length);
+  /** Reused for every run (no allocation per packet). */
+  private readonly input = { ktimeNs: 0 };
+
+  run(bytes: Uint8Array, offset = 0, length = bytes.length - offset, ktimeNs = 0): number {
+    this.input.ktimeNs = ktimeNs;
+    const r = this.vm.runAt(bytes, offset, length, this.input);
     this.result = r;
     return r.retval | 0;
   }
@@ -81,6 +88,10 @@ export class VmRunner implements ProgramRunner {
 
   get outBytes(): Uint8Array {
     return this.vm.machine.pkt;
+  }
+
+  get clones(): ReadonlyArray<{ packet: Uint8Array }> {
+    return this.vm.machine.clones;
   }
 
   get outOffset(): number {

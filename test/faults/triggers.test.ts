@@ -110,7 +110,7 @@ kernelTest('per connection: a full map forgets the oldest connection, which star
   assert.deepEqual(outcomes.map((o) => o.retval), [1, 1, 2]);
 });
 
-test('--limit, --for and --start-after are checked, then refused by the compiler as not supported yet', async () => {
+test('--limit, --for and --start-after are checked, then compiled with the time map', async () => {
   const { compileRules: compile } = await import('./support.js');
   const { CompileError } = await import('../../src/compiler/index.js');
   const r = parseRuleLine('udp => drop', { dev: 'd', hook: 'xdp', limit: '100/s', for: '10m', startAfter: '1m30s' }).groups[0]!.rules[0]!;
@@ -119,6 +119,8 @@ test('--limit, --for and --start-after are checked, then refused by the compiler
   assert.throws(() => parseRuleLine('udp => drop', { dev: 'd', hook: 'xdp', for: 'soon' }), /--for must be a duration/);
   for (const opts of [{ limit: '5/s' }, { for: '1s' }, { startAfter: '1s' }]) {
     const rule = parseRuleLine('udp => drop', { dev: 'd', hook: 'xdp', ...opts }).groups[0]!.rules[0]!;
-    assert.throws(() => compile('xdp', [rule]), (e: unknown) => e instanceof CompileError && /not supported yet/.test((e as Error).message));
+    assert.ok(compile('xdp', [rule]).maps.some((m) => m.name === 'nm_time'));
   }
+  assert.ok(!compile('xdp', [parseRuleLine('udp => drop', { dev: 'd', hook: 'xdp' }).groups[0]!.rules[0]!]).maps.some((m) => m.name === 'nm_time'));
+  void CompileError;
 });

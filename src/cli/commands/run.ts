@@ -28,10 +28,12 @@ export interface RuleSourceOptions {
   perConnection?: boolean;
   connections?: string;
   lengths?: string;
+  limit?: string;
+  startAfter?: string;
 }
 
 /** Trigger options of a one-line rule that a rules file gives per rule instead. */
-const LINE_TRIGGERS = ['first', 'after', 'perConnection', 'connections', 'lengths'] as const;
+const LINE_TRIGGERS = ['first', 'after', 'perConnection', 'connections', 'lengths', 'limit', 'startAfter'] as const;
 const optionName = (o: string): string => `--${o.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
 
 /** Rules from a one-line rule or a rules file, with the command-line options applied. */
@@ -72,6 +74,8 @@ export async function readRules(source: string, opts: RuleSourceOptions): Promis
       perConnection: opts.perConnection,
       connections: opts.connections,
       lengths: opts.lengths,
+      limit: opts.limit,
+      startAfter: opts.startAfter,
     });
     groups = r.groups;
   }
@@ -102,11 +106,13 @@ export function register(program: Command): void {
     .option('--after <n>', 'skip the first N matching packets')
     .option('--per-connection', 'keep the counts of --first, --after and --every per connection (both directions as one)')
     .option('--connections <n>', 'connections --per-connection remembers (LRU; default 65536)')
+    .option('--limit <rate>', 'act on at most this many packets (e.g. 100/s, 6000/min, 10/h), a token bucket kept by the program')
+    .option('--start-after <duration>', 'act only this long after the rule\'s first matching packet (kept by the program)')
     .option('--lengths <mode>', 'fix (default) or keep: whether truncate shrinks the IP and UDP length fields')
     .option('--seed <n>', 'seed of the random decisions (default: chosen and printed)')
     .option('--name <name>', 'name of the one-line rule in counters')
     .option('--checksum <mode>', 'fix (default) or keep: leave checksums stale on purpose')
-    .option('--for <duration>', 'detach after this long (e.g. 30s, 5m)')
+    .option('--for <duration>', 'stop acting after this long (e.g. 30s, 5m): the program stops by its own clock (so a pinned rule does too), and run detaches')
     .option('--per-segment', 'at tc egress, make every TCP segment a packet of its own at the hook (gso_max_segs 1 while attached)')
     .option('--pin', 'keep the rules attached after exit (see netmangle status, netmangle clear)')
     .option('--attach <path>', 'auto (default), link (XDP link / tcx) or netlink (legacy IFLA_XDP / cls_bpf)', 'auto')
@@ -116,10 +122,12 @@ export function register(program: Command): void {
           hint: 'set it yourself with: ip link set dev DEV gso_max_segs 1',
         });
       }
-      if (opts.pin && opts.for) throw new UsageError('--for cannot be combined with --pin yet: a pinned rule stays until netmangle clear');
       const forMs = opts.for === undefined ? undefined : parseDuration(opts.for, '--for');
       if (!['auto', 'link', 'netlink'].includes(opts.attach)) throw new UsageError(`--attach ${opts.attach}: must be auto, link or netlink`);
       const { groups, seed, seedChosen } = await readRules(rule, opts);
+      // The programs keep the deadline themselves (from each rule's first matching packet), so
+      // a pinned rule stops acting on time with nobody left to detach it.
+      if (forMs !== undefined) for (const g of groups) for (const r of g.rules) r.forNs ??= forMs * 1_000_000;
       if (typeof process.getuid === 'function' && process.getuid() !== 0) {
         throw new NetmangleError('netmangle run needs root (CAP_BPF and CAP_NET_ADMIN) to load and attach programs', {
           hint: 'run it with sudo, or try the rule offline first',
