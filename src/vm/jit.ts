@@ -22,6 +22,9 @@ export interface CompiledProgram {
   readonly source: string;
 }
 
+/** Helper 1. */
+const BPF_FUNC_MAP_LOOKUP_ELEM = 1;
+
 type RunFn = (m: Machine) => number;
 const cache = new Map<string, RunFn>();
 
@@ -437,11 +440,18 @@ function emitJump(prog: PreparedProgram, pc: number, is64: boolean): string {
     }
     const h = HELPERS[insn.imm]!;
     const touched = h.changesPacket ? [0, 1, 2, 3, 4, 5, 6, 7, 8, 9] : [1, 2, 3, 4, 5];
+    // bpf_map_lookup_elem with a map and a key on the stack (how compiled rules reach their state)
+    // inline; anything else through callHelper.
+    const lookupInline = insn.imm === BPF_FUNC_MAP_LOOKUP_ELEM && !h.changesPacket
+      ? `if (${T(1)} === ${T_MAP} && ${T(2)} === ${T_STACK} && ${H(2)} === 0 && ${L(2)} >= 0) { ${T(0)} = m.mapLookupStackKey(${pc}, ${L(1)}, ${L(2)}); ${L(0)} = 0; ${H(0)} = 0; r1t = r2t = r3t = r4t = r5t = ${T_UNINIT}; } else {`
+      : '';
     return [
+      lookupInline,
       `${sync(touched)}`,
       `m.callHelper(${pc}, ${insn.imm});`,
       `${reload(h.changesPacket ? [0, 6, 7, 8, 9] : [0])} r1t = r2t = r3t = r4t = r5t = ${T_UNINIT};`,
       h.changesPacket ? 'ps = m.pktStart; pe = m.pktEnd;' : '',
+      lookupInline ? '}' : '',
     ].filter(Boolean).join('\n');
   }
   if (op === O.BPF_JA) return go;

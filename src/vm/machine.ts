@@ -679,6 +679,31 @@ export class Machine {
     throw this.fail(pc, `argument r${reg} of ${helper} must point to the stack, the packet or a map value, not ${this.describeTag(t)}`);
   }
 
+  /**
+   * bpf_map_lookup_elem with the map in r1 and the key on the stack at offset `a` (r2), the
+   * JIT's inline case, without the register round trip of callHelper: returns r0's tag (r0's
+   * value is 0 either way; T_SCALAR when there is no entry). A key reaching past the stack or
+   * holding a spilled pointer goes through the helper, for its checks and messages.
+   */
+  mapLookupStackKey(pc: number, mapIndex: number, a: number): number {
+    const map = this.prog.maps[mapIndex]!;
+    const len = map.keySize;
+    let plain = a + len <= this.stackLimit;
+    if (plain && len > 0) {
+      for (let s = a >> 3; s <= (a + len - 1) >> 3; s++) {
+        if (this.stackSpill[s] !== 0) { plain = false; break; }
+      }
+    }
+    if (!plain) {
+      this.lo[1] = mapIndex; this.hi[1] = 0; this.tag[1] = T_MAP;
+      this.lo[2] = a; this.hi[2] = 0; this.tag[2] = T_STACK;
+      this.callHelper(pc, 1);
+      return this.tag[0]!;
+    }
+    const v = map.lookupAt(this.stack, a, this.cpu);
+    return v === null ? T_SCALAR : this.valueTag(map, v);
+  }
+
   /** Gives a map value a region for this run and returns its tag. */
   valueTag(map: VmMap, bytes: Uint8Array): number {
     const i = this.valueCount++;

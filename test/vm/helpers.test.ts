@@ -230,3 +230,26 @@ test('a growing packet does not leak the previous run\'s bytes', () => {
     assert.deepEqual([...second.packet.subarray(20)], new Array(80).fill(0));
   }
 });
+
+test('map lookup with a key on the stack (inline in the JIT): hits, misses past max_entries, and the helper\'s errors for bad keys', () => {
+  const makeMaps = () => ({ arr: createMap({ type: 'array', keySize: 4, valueSize: 8, maxEntries: 2, name: 'arr' }), out: outMap(2) });
+  const r = runAsm((a) => {
+    a.ldMapValue(R7, 'out');
+    a.st(4, R10, -4, 1).ldMap(R1, 'arr').mov64(R2, R10).alu64('add', R2, imm(-4)).call(H.lookup);
+    a.jmp('jeq', R0, imm(0), 'missing').st(8, R0, 0, 77).ldx(8, R3, R0, 0).stx(8, R7, 0, R3);
+    a.st(4, R10, -4, 2).ldMap(R1, 'arr').mov64(R2, R10).alu64('add', R2, imm(-4)).call(H.lookup);
+    a.stx(8, R7, 8, R0); // index 2 of 2 entries: NULL, a number
+    a.label('missing').movImm(R0, 0).exit();
+  }, { programType: 'xdp', makeMaps });
+  assert.deepEqual(r.out, [77n, 0n]);
+
+  const spilled = errorOf(() => runAsm((a) => {
+    a.stx(8, R10, -8, R1).ldMap(R1, 'arr').mov64(R2, R10).alu64('add', R2, imm(-8)).call(H.lookup).movImm(R0, 0).exit();
+  }, { programType: 'xdp', makeMaps }));
+  assert.match(spilled.message, /pointer spilled to the stack/);
+
+  const pastStack = errorOf(() => runAsm((a) => {
+    a.st(2, R10, -2, 0).ldMap(R1, 'arr').mov64(R2, R10).alu64('add', R2, imm(-2)).call(H.lookup).movImm(R0, 0).exit();
+  }, { programType: 'xdp', makeMaps }));
+  assert.match(pastStack.message, /out of bounds|outside|past|beyond/i);
+});
