@@ -80,6 +80,17 @@ const SLOT_CUT_BUF = -384;
 const TRUNCATE_CHUNK = 256;
 const TRUNCATE_CHUNKS = 64;
 
+/** `reject` (TCP): what the answer needs, in the set slots (a rule with reject has none). */
+const REJ_SADDR = -80; // 16 bytes, to -64
+const REJ_DADDR = -96; // 16 bytes
+const REJ_PORTS = -104;
+const REJ_SEQ = -112;
+const REJ_ACK = -120;
+const REJ_FLAGS = -128;
+const REJ_L3OFF = -136;
+const REJ_NEWLEN = -144;
+const XDP_TX = 3;
+
 /** The rule's clock (clock()): the time map value pointer and now + 1, during the trigger only. */
 const SLOT_TIME_PTR = -72;
 const SLOT_NOW = -80;
@@ -596,13 +607,16 @@ class Gen {
     // A cut may remove headers: later rules test for every layer again.
     if (rule.actions.some((x) => x.kind === 'truncate')) this.atRules = new Set();
     this.bumpCounter(index, 'acted');
-    for (const act of rule.actions) {
-      if (act.kind === 'reject') {
-        throw new CompileError(`rule "${rule.name}": ${act.kind} is not supported yet`, { hint: 'available faults: duplicate, corrupt, truncate; and set, drop' });
+    const final = rule.actions.find((x) => x.kind === 'drop' || x.kind === 'pass' || x.kind === 'reject');
+    if (final?.kind === 'reject') {
+      if ((final.with !== undefined && final.with !== 'tcp-reset') || !known.has('tcp')) {
+        throw new CompileError(`rule "${rule.name}": reject with an ICMP unreachable is not supported yet; only a TCP reset is`, {
+          hint: 'make the match need TCP (e.g. "tcp.dstport == 80 => reject") to answer with a TCP RST, or use drop',
+        });
       }
-    }
-    const final = rule.actions.find((x) => x.kind === 'drop' || x.kind === 'pass');
-    if (final?.kind === 'drop') {
+      this.bumpCounter(index, 'dropped');
+      this.rejectTcp();
+    } else if (final?.kind === 'drop') {
       this.bumpCounter(index, 'dropped');
       a.movImm(R0, this.v.drop).exit();
     } else if (final?.kind === 'pass') {
@@ -1122,6 +1136,120 @@ class Gen {
     a.alu64('and', LAYERS, imm(~L4_BITS)).ja(done);
     a.label(gone3).alu64('and', LAYERS, imm(~(L3_BITS | L4_BITS)));
     a.label(done);
+  }
+
+  /**
+   * `reject` of a TCP segment: the packet becomes the TCP RST that answers it (RFC 9293 3.10.7:
+   * to a segment with ACK, seq = its ack; otherwise seq 0 and ack = its seq + length + SYN +
+   * FIN, with ACK set), from the addresses and ports it was sent to, headers built afresh
+   * (IPv4 without options, TTL / hop limit 64, checksums computed whole), the frame cut to
+   * them; then sent back: XDP_TX at xdp, bpf_redirect to the device's egress at tc ingress and
+   * to its ingress at tc egress (back to the local sender). A GSO super-packet at tc egress
+   * is only dropped. Ends the program.
+   */
+  private rejectTcp(): void {
+    const a = this.a;
+    const drop = this.fresh('reject_drop');
+    if (this.hook === 'egress') a.ldx(4, R1, CTXR, SKB.gsoSegs).jmp('jgt', R1, imm(1), drop);
+    // What the answer needs, on the stack (set slots: a rule with reject has no sets).
+    a.ldx(4, R1, L4, 0).stx(8, FP, REJ_PORTS, R1);
+    a.ldx(4, R1, L4, 4).be(R1, 32).stx(8, FP, REJ_SEQ, R1);
+    a.ldx(4, R1, L4, 8).be(R1, 32).stx(8, FP, REJ_ACK, R1);
+    a.ldx(1, R1, L4, 13).stx(8, FP, REJ_FLAGS, R1);
+    a.ldx(4, R2, CTXR, CTX[this.kind].data);
+    a.mov64(R5, L3).alu64('sub', R5, R2);
+    a.mov64(R1, L3).alu64('sub', R1, R2).stx(8, FP, REJ_L3OFF, R1);
+    const v4 = this.fresh('reject_read_v4'), haveEnd = this.fresh('reject_end');
+    a.jmp('jset', LAYERS, imm(LAYER_BIT.ip), v4);
+    a.ldx(2, R1, L3, 4).be(R1, 16).alu64('add', R1, imm(40)).alu64('add', R5, R1);
+    for (let i = 0; i < 4; i++) {
+      a.ldx(4, R1, L3, 8 + 4 * i).stx(4, FP, REJ_SADDR + 4 * i, R1);
+      a.ldx(4, R1, L3, 24 + 4 * i).stx(4, FP, REJ_DADDR + 4 * i, R1);
+    }
+    a.ja(haveEnd);
+    a.label(v4).ldx(2, R1, L3, 2).be(R1, 16).alu64('add', R5, R1);
+    a.ldx(4, R1, L3, 12).stx(4, FP, REJ_SADDR, R1).ldx(4, R1, L3, 16).stx(4, FP, REJ_DADDR, R1);
+    a.label(haveEnd);
+    // r5 = the segment's length: datagram end - L4 offset - TCP header length, + SYN + FIN.
+    a.mov64(R1, L4).alu64('sub', R1, R2).alu64('sub', R5, R1);
+    a.ldx(1, R1, L4, 12).alu64('rsh', R1, imm(4)).alu64('lsh', R1, imm(2)).alu64('sub', R5, R1);
+    a.ldx(8, R1, FP, REJ_FLAGS);
+    a.mov64(R3, R1).alu64('and', R3, imm(1)).alu64('add', R5, R3);
+    a.mov64(R3, R1).alu64('rsh', R3, imm(1)).alu64('and', R3, imm(1)).alu64('add', R5, R3);
+    const hadAck = this.fresh('reject_had_ack'), answer = this.fresh('reject_answer');
+    a.jmp('jset', R1, imm(0x10), hadAck);
+    a.ldx(8, R3, FP, REJ_SEQ).alu64('add', R3, R5).stx(8, FP, REJ_ACK, R3).st(8, FP, REJ_SEQ, 0).st(8, FP, REJ_FLAGS, 0x14).ja(answer);
+    a.label(hadAck).ldx(8, R3, FP, REJ_ACK).stx(8, FP, REJ_SEQ, R3).st(8, FP, REJ_ACK, 0).st(8, FP, REJ_FLAGS, 0x04);
+    a.label(answer);
+    // Ethernet: back where it came from.
+    this.loadBounds(R1, R2);
+    a.mov64(R3, R1).alu64('add', R3, imm(12)).jmp('jgt', R3, R2, drop);
+    a.ldx(4, R3, R1, 0).ldx(2, R4, R1, 4).ldx(4, R5, R1, 6).ldx(2, R0, R1, 10);
+    a.stx(4, R1, 0, R5).stx(2, R1, 4, R0).stx(4, R1, 6, R3).stx(2, R1, 10, R4);
+    const v4w = this.fresh('reject_v4'), cut = this.fresh('reject_cut');
+    a.jmp('jset', LAYERS, imm(LAYER_BIT.ip), v4w);
+    this.writeRst(true, drop);
+    a.ja(cut);
+    a.label(v4w);
+    this.writeRst(false, drop);
+    a.label(cut);
+    // Cut the frame to the new headers (REJ_NEWLEN).
+    const send = this.fresh('reject_send');
+    if (this.kind === 'xdp') {
+      a.mov64(R1, CTXR).call(HELPER.xdp_get_buff_len);
+      a.ldx(8, R2, FP, REJ_NEWLEN).jmp('jge', R2, R0, send).alu64('sub', R2, R0);
+      a.mov64(R1, CTXR).call(HELPER.xdp_adjust_tail);
+      a.label(send).movImm(R0, XDP_TX).exit();
+    } else {
+      a.ldx(4, R1, CTXR, SKB.len).ldx(8, R2, FP, REJ_NEWLEN).jmp('jge', R2, R1, send);
+      a.mov64(R1, CTXR).movImm(R3, 0).call(HELPER.skb_change_tail);
+      a.label(send).ldx(4, R1, CTXR, SKB.ifindex).movImm(R2, this.hook === 'egress' ? BPF_F_INGRESS : 0).call(HELPER.redirect).exit();
+    }
+    a.label(drop).movImm(R0, this.v.drop).exit();
+  }
+
+  /** The RST's IP and TCP headers at r7 (IPv6 or IPv4), their checksums, and REJ_NEWLEN. */
+  private writeRst(ipv6: boolean, fail: string): void {
+    const a = this.a;
+    const ipLen = ipv6 ? 40 : 20;
+    a.mov64(R1, L3).alu64('add', R1, imm(ipLen + 20)).ldx(4, R2, CTXR, CTX[this.kind].dataEnd).jmp('jgt', R1, R2, fail);
+    a.ldx(8, R1, FP, REJ_L3OFF).alu64('add', R1, imm(ipLen + 20)).stx(8, FP, REJ_NEWLEN, R1);
+    // Raw words as a little-endian load sees them: bytes b0 b1 b2 b3 = b0 | b1 << 8 | ...
+    let addrOff: number;
+    if (ipv6) {
+      a.st(4, L3, 0, 0x00000060).st(4, L3, 4, 0x40061400);
+      addrOff = 8;
+      for (let i = 0; i < 4; i++) {
+        a.ldx(4, R1, FP, REJ_DADDR + 4 * i).stx(4, L3, 8 + 4 * i, R1);
+        a.ldx(4, R1, FP, REJ_SADDR + 4 * i).stx(4, L3, 24 + 4 * i, R1);
+      }
+    } else {
+      a.st(4, L3, 0, 0x28000045).st(4, L3, 4, 0x00400000).st(4, L3, 8, 0x00000640);
+      addrOff = 12;
+      a.ldx(4, R1, FP, REJ_DADDR).stx(4, L3, 12, R1).ldx(4, R1, FP, REJ_SADDR).stx(4, L3, 16, R1);
+    }
+    const t = ipLen;
+    a.ldx(8, R1, FP, REJ_PORTS).mov64(R3, R1).alu64('rsh', R3, imm(16)).alu64('lsh', R1, imm(16)).alu64('or', R1, R3).stx(4, L3, t, R1);
+    a.ldx(8, R1, FP, REJ_SEQ).be(R1, 32).stx(4, L3, t + 4, R1);
+    a.ldx(8, R1, FP, REJ_ACK).be(R1, 32).stx(4, L3, t + 8, R1);
+    a.ldx(8, R1, FP, REJ_FLAGS).alu64('lsh', R1, imm(8)).alu64('or', R1, imm(0x50)).stx(2, L3, t + 12, R1);
+    a.st(2, L3, t + 14, 0).st(4, L3, t + 16, 0);
+    const fold = (): void => {
+      for (let i = 0; i < 2; i++) a.mov64(R1, R0).alu64('rsh', R1, imm(16)).alu64('and', R0, imm(0xffff)).alu64('add', R0, R1);
+      a.alu64('xor', R0, imm(0xffff));
+    };
+    if (!ipv6) {
+      a.movImm(R0, 0);
+      for (let off = 0; off < 20; off += 2) a.ldx(2, R1, L3, off).alu64('add', R0, R1);
+      fold();
+      a.stx(2, L3, 10, R0);
+    }
+    // TCP: pseudo-header (addresses, protocol 6 and length 20 as raw words: 0x0600 + 0x1400), header.
+    a.movImm(R0, 0x1a00);
+    for (let off = addrOff; off < addrOff + (ipv6 ? 32 : 8); off += 2) a.ldx(2, R1, L3, off).alu64('add', R0, R1);
+    for (let off = t; off < t + 20; off += 2) a.ldx(2, R1, L3, off).alu64('add', R0, R1);
+    fold();
+    a.stx(2, L3, t + 16, R0);
   }
 
   // ---------------------------------------------------------------- conditions

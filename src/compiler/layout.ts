@@ -51,6 +51,7 @@ export const HELPER = {
   xdp_get_buff_len: 188,
   skb_change_tail: 38,
   csum_diff: 28,
+  redirect: 23,
   skb_load_bytes: 26,
   xdp_load_bytes: 189,
   xdp_adjust_tail: 65,

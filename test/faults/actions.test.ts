@@ -32,7 +32,7 @@ test('fault actions: parsed, checked, refused where they cannot run', () => {
   assert.throws(() => r('udp => reject with host-unreachabel'), /reject with "host-unreachabel": the answer must be one of/);
   assert.equal(r('tcp => reject with admin-prohibited').actions[0]!.kind, 'reject');
   // Not compiled yet: refused with one clear line, never half-run.
-  for (const text of ['tcp => reject']) {
+  for (const text of ['udp => reject', 'tcp => reject with port-unreachable']) {
     assert.throws(() => compileRules('egress', [faultRule(text, 'egress')]), (e: unknown) => e instanceof CompileError && /is not supported yet/.test((e as Error).message));
   }
 });
