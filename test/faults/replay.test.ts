@@ -58,3 +58,19 @@ test('replay: limit 10/s over 2 s of a packet per ms acts about 20 times; for 50
   assert.equal(windowed.summary.dropped, 500);
   assert.equal(windowed.packets.length, 1500);
 });
+
+test('replay: reject writes the RST in place of the segment, in order', async () => {
+  const syn = buildPacket({ l3: { kind: 'ipv4', src: '198.18.0.1', dst: '198.18.0.2' }, l4: { kind: 'tcp', sport: 40000, dport: 80, flags: 0x02, seq: 41 } }).frame;
+  const frames = [udp(1), syn, udp(2)].map((frame, i) => ({ frame, tsSec: 1_700_000_000, tsNsec: i * 1000 }));
+  for (const hook of ['xdp', 'ingress', 'egress'] as const) {
+    const { packets } = await replayed('tcp.dstport == 80 => reject', hook, {}, frames);
+    assert.equal(packets.length, 3);
+    const rst = packets[1]!.data;
+    assert.equal(rst.length, 54);
+    assert.equal(rst[34 + 13], 0x14, `${hook}: RST|ACK`);
+    assert.equal((rst[34] << 8) | rst[35]!, 80, 'from the port the SYN was sent to');
+    assert.equal(((rst[34 + 8]! << 24) | (rst[34 + 9]! << 16) | (rst[34 + 10]! << 8) | rst[34 + 11]!) >>> 0, 42);
+    assert.deepEqual(checksumsValid(rst), { ipv4: true, l4: true });
+    assert.deepEqual(packets[0]!.data, frames[0]!.frame);
+  }
+});
