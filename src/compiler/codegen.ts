@@ -89,7 +89,10 @@ const REJ_ACK = -120;
 const REJ_FLAGS = -128;
 const REJ_L3OFF = -136;
 const REJ_NEWLEN = -144;
+const REJ_QUOTE = -152;
 const XDP_TX = 3;
+/** ICMP destination unreachable codes (RFC 792, RFC 1812) of `reject with`. */
+const ICMP4_UNREACH_CODE: Record<string, number> = { 'net-unreachable': 0, 'host-unreachable': 1, 'proto-unreachable': 2, 'port-unreachable': 3, 'admin-prohibited': 13 };
 
 /** The rule's clock (clock()): the time map value pointer and now + 1, during the trigger only. */
 const SLOT_TIME_PTR = -72;
@@ -609,13 +612,30 @@ class Gen {
     this.bumpCounter(index, 'acted');
     const final = rule.actions.find((x) => x.kind === 'drop' || x.kind === 'pass' || x.kind === 'reject');
     if (final?.kind === 'reject') {
-      if ((final.with !== undefined && final.with !== 'tcp-reset') || !known.has('tcp')) {
-        throw new CompileError(`rule "${rule.name}": reject with an ICMP unreachable is not supported yet; only a TCP reset is`, {
-          hint: 'make the match need TCP (e.g. "tcp.dstport == 80 => reject") to answer with a TCP RST, or use drop',
+      const answer = final.with ?? 'default';
+      if (answer === 'tcp-reset' && !known.has('tcp')) {
+        throw new CompileError(`rule "${rule.name}": reject with tcp-reset answers TCP only, and this match does not need tcp`, { hint: 'add tcp to the match, or reject with an ICMP code' });
+      }
+      const tcpToo = answer === 'default' || answer === 'tcp-reset';
+      if (!(tcpToo && known.has('tcp')) && !known.has('ip')) {
+        throw new CompileError(`rule "${rule.name}": reject with an ICMP / ICMPv6 unreachable is supported for IPv4 only so far (ICMPv6 is not supported yet)`, {
+          hint: 'make the match need ip (e.g. "ip and udp.dstport == 53 => reject"), or need tcp to answer with a TCP RST',
         });
       }
       this.bumpCounter(index, 'dropped');
-      this.rejectTcp();
+      if (tcpToo && known.has('tcp')) {
+        this.rejectTcp();
+      } else {
+        const icmp = this.fresh('reject_icmp');
+        if (tcpToo) a.jmp('jset', LAYERS, imm(LAYER_BIT.tcp), icmp + '_tcp');
+        a.ja(icmp);
+        if (tcpToo) {
+          a.label(icmp + '_tcp');
+          this.rejectTcp();
+        }
+        a.label(icmp);
+        this.rejectIcmp4(ICMP4_UNREACH_CODE[answer === 'default' || answer === 'tcp-reset' ? 'port-unreachable' : answer]);
+      }
     } else if (final?.kind === 'drop') {
       this.bumpCounter(index, 'dropped');
       a.movImm(R0, this.v.drop).exit();
@@ -1206,6 +1226,93 @@ class Gen {
       a.label(send).ldx(4, R1, CTXR, SKB.ifindex).movImm(R2, this.hook === 'egress' ? BPF_F_INGRESS : 0).call(HELPER.redirect).exit();
     }
     a.label(drop).movImm(R0, this.v.drop).exit();
+  }
+
+  /**
+   * `reject` with an ICMP destination unreachable (IPv4): 28 bytes grown in front of the frame
+   * (XDP: bpf_xdp_adjust_head; tc: bpf_skb_change_head), the link-layer header moved there
+   * with its addresses swapped, then a fresh IPv4 header (to the sender, from the address it
+   * sent to) and ICMP type 3 with `code`, quoting the original IP header and the first 8 bytes
+   * after it (RFC 792), the frame cut after the quote; sent back as rejectTcp does. No answer
+   * (only the drop) to ICMP other than echo, to non-first fragments, and to multicast or
+   * broadcast destinations (RFC 1122 3.2.2).
+   */
+  private rejectIcmp4(code: number): void {
+    const a = this.a;
+    const drop = this.fresh('icmp_drop');
+    const ok = this.fresh('icmp_may');
+    if (this.hook === 'egress') a.ldx(4, R1, CTXR, SKB.gsoSegs).jmp('jgt', R1, imm(1), drop);
+    a.jmp('jset', LAYERS, imm(LAYER_BIT.icmp), ok + '_icmp').ja(ok);
+    a.label(ok + '_icmp').ldx(1, R1, L4, 0).jmp('jeq', R1, imm(8), ok).jmp('jne', R1, imm(0), drop);
+    a.label(ok);
+    a.ldx(2, R1, L3, 6).alu64('and', R1, imm(RAW_IP_OFFSET_MASK)).jmp('jne', R1, imm(0), drop);
+    a.ldx(1, R1, L3, 16).jmp('jge', R1, imm(224), drop);
+    a.ldx(4, R1, L3, 12).stx(4, FP, REJ_SADDR, R1).ldx(4, R1, L3, 16).stx(4, FP, REJ_DADDR, R1);
+    // Offsets: L3 (REJ_L3OFF), the quote's length (REJ_QUOTE): IP header + 8, within the frame, even.
+    a.ldx(4, R2, CTXR, CTX[this.kind].data).ldx(4, R3, CTXR, CTX[this.kind].dataEnd);
+    a.mov64(R1, L3).alu64('sub', R1, R2).stx(8, FP, REJ_L3OFF, R1);
+    a.mov64(R4, R3).alu64('sub', R4, L3); // bytes from L3 to the end
+    a.ldx(1, R5, L3, 0).alu64('and', R5, imm(0x0f)).alu64('lsh', R5, imm(2)).alu64('add', R5, imm(8));
+    const fits = this.fresh('quote_fits');
+    a.jmp('jle', R5, R4, fits).mov64(R5, R4).label(fits).alu64('and', R5, imm(0x7e)).stx(8, FP, REJ_QUOTE, R5);
+    // Room in front.
+    a.mov64(R1, CTXR);
+    if (this.kind === 'xdp') a.movImm(R2, -28).call(HELPER.xdp_adjust_head);
+    else a.movImm(R2, 28).movImm(R3, 0).call(HELPER.skb_change_head);
+    a.jmp('jne', R0, imm(0), drop);
+    // Link-layer header (14 to 22 bytes) from data + 28 to data, the MAC addresses swapped.
+    this.loadBounds(R1, R2);
+    a.mov64(R3, R1).alu64('add', R3, imm(28 + 22)).jmp('jgt', R3, R2, drop);
+    a.ldx(8, R5, FP, REJ_L3OFF);
+    for (let off = 12; off < 22; off += 2) {
+      a.jmp('jle', R5, imm(off), ok + '_moved');
+      a.ldx(2, R3, R1, 28 + off).stx(2, R1, off, R3);
+    }
+    a.label(ok + '_moved');
+    a.ldx(4, R3, R1, 28).ldx(2, R4, R1, 32).stx(4, R1, 6, R3).stx(2, R1, 10, R4);
+    a.ldx(4, R3, R1, 34).ldx(2, R4, R1, 38).stx(4, R1, 0, R3).stx(2, R1, 4, R4);
+    // r1 = the new IP header: data + L3 offset, room for it, the ICMP header and the quote (up to 68).
+    a.alu64('and', R5, imm(0x1f)).alu64('add', R1, R5).mov64(R3, R1).alu64('add', R3, imm(28)).jmp('jgt', R3, R2, drop);
+    a.ldx(8, R4, FP, REJ_QUOTE).alu64('add', R4, imm(28)).be(R4, 16).alu64('lsh', R4, imm(16)).alu64('or', R4, imm(0x0045)).stx(4, R1, 0, R4);
+    a.st(4, R1, 4, 0x00400000).st(4, R1, 8, 0x00000140);
+    a.ldx(4, R3, FP, REJ_DADDR).stx(4, R1, 12, R3).ldx(4, R3, FP, REJ_SADDR).stx(4, R1, 16, R3);
+    a.st(4, R1, 20, 3 | (code << 8)).st(4, R1, 24, 0);
+    a.movImm(R0, 0);
+    for (let off = 0; off < 20; off += 2) a.ldx(2, R3, R1, off).alu64('add', R0, R3);
+    const foldInto = (at: number): void => {
+      for (let i = 0; i < 2; i++) a.mov64(R3, R0).alu64('rsh', R3, imm(16)).alu64('and', R0, imm(0xffff)).alu64('add', R0, R3);
+      a.alu64('xor', R0, imm(0xffff)).stx(2, R1, at, R0);
+    };
+    foldInto(10);
+    // ICMP checksum: its header and the quote, word by word while within the quote and the frame.
+    a.movImm(R0, 0).ldx(8, R5, FP, REJ_QUOTE).alu64('add', R5, imm(8));
+    const summed = this.fresh('icmp_summed');
+    for (let off = 0; off < 8 + 68; off += 2) {
+      a.jmp('jle', R5, imm(off), summed);
+      a.mov64(R3, R1).alu64('add', R3, imm(20 + off + 2)).jmp('jgt', R3, R2, summed);
+      a.ldx(2, R3, R1, 20 + off).alu64('add', R0, R3);
+    }
+    a.label(summed);
+    foldInto(22);
+    a.ldx(8, R2, FP, REJ_L3OFF).ldx(8, R3, FP, REJ_QUOTE).alu64('add', R2, R3).alu64('add', R2, imm(28)).stx(8, FP, REJ_NEWLEN, R2);
+    this.sendBack();
+    a.label(drop).movImm(R0, this.v.drop).exit();
+  }
+
+  /** Cuts the frame to REJ_NEWLEN and sends it back the way it came (see rejectTcp). */
+  private sendBack(): void {
+    const a = this.a;
+    const send = this.fresh('reject_send');
+    if (this.kind === 'xdp') {
+      a.mov64(R1, CTXR).call(HELPER.xdp_get_buff_len);
+      a.ldx(8, R2, FP, REJ_NEWLEN).jmp('jge', R2, R0, send).alu64('sub', R2, R0);
+      a.mov64(R1, CTXR).call(HELPER.xdp_adjust_tail);
+      a.label(send).movImm(R0, XDP_TX).exit();
+    } else {
+      a.ldx(4, R1, CTXR, SKB.len).ldx(8, R2, FP, REJ_NEWLEN).jmp('jge', R2, R1, send);
+      a.mov64(R1, CTXR).movImm(R3, 0).call(HELPER.skb_change_tail);
+      a.label(send).ldx(4, R1, CTXR, SKB.ifindex).movImm(R2, this.hook === 'egress' ? BPF_F_INGRESS : 0).call(HELPER.redirect).exit();
+    }
   }
 
   /** The RST's IP and TCP headers at r7 (IPv6 or IPv4), their checksums, and REJ_NEWLEN. */

@@ -52,6 +52,8 @@ export const HELPER = {
   skb_change_tail: 38,
   csum_diff: 28,
   redirect: 23,
+  skb_change_head: 43,
+  xdp_adjust_head: 44,
   skb_load_bytes: 26,
   xdp_load_bytes: 189,
   xdp_adjust_tail: 65,

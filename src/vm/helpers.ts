@@ -307,6 +307,17 @@ def(38, TC, true, (m, pc, name) => {
   ret(m, 0);
 });
 
+/** bpf_skb_change_head: `len` zero bytes in front of the packet (within the VM's headroom). */
+def(43, TC, true, (m, pc, name) => {
+  m.argCtx(pc, 1, name);
+  const len = m.argScalar(pc, 2, name) >>> 0;
+  const flags = flagsArg(m, pc, 3, name);
+  if (flags !== 0 || len > m.pktStart) return ret(m, -EINVAL);
+  m.moveStart(-len);
+  m.pkt.fill(0, m.pktStart, m.pktStart + len);
+  ret(m, 0);
+});
+
 def(44, XDP, true, (m, pc, name) => {
   m.argCtx(pc, 1, name);
   const offset = m.argScalar(pc, 2, name) | 0;
