@@ -46,3 +46,27 @@ kernelTest('lab: reject makes connect() fail at once with connection refused, at
     await lab.down();
   }
 }, { timeout: 120_000 });
+
+kernelTest('lab: ping through reject with CODE reports that unreachable code, at h1 egress and h2 ingress', async () => {
+  const lab = await Lab.up(TOPOLOGY, { name: uniqueName('rp') });
+  try {
+    const expected = { 'host-unreachable': /Destination Host Unreachable/, 'port-unreachable': /Destination Port Unreachable/, 'admin-prohibited': /Packet filtered/ } as const;
+    for (const [host, hook] of [['h1', 'egress'], ['h2', 'ingress']] as const) {
+      for (const [code, pattern] of Object.entries(expected)) {
+        const run = await startRun(['--netns', lab.netns(host), '--dev', 'eth0', '--hook', hook, `icmp.type == 8 => reject with ${code}`]);
+        let ping: { stdout: string; code: number | null };
+        try {
+          ping = await lab.exec('h1', ['ping', '-c', '1', '-W', '2', lab.address('h2')], { timeoutMs: 10_000 });
+        } finally {
+          const stopped = await run.stop();
+          assert.equal(stopped.code, 0, stopped.output);
+        }
+        assert.match(ping.stdout, pattern, `${host} ${hook} ${code}: ${ping.stdout}`);
+        assert.match(ping.stdout, new RegExp(`From ${lab.address('h2').replace(/\./g, '\\.')}`), 'from the address pinged');
+        assert.notEqual(ping.code, 0);
+      }
+    }
+  } finally {
+    await lab.down();
+  }
+}, { timeout: 120_000 });
