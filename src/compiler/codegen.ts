@@ -92,6 +92,14 @@ const REJ_NEWLEN = -144;
 const REJ_QUOTE = -152;
 const XDP_TX = 3;
 /** ICMP destination unreachable codes (RFC 792, RFC 1812) of `reject with`. */
+/** ICMPv6 answers of `reject with` (RFC 4443): destination unreachable codes; proto-unreachable as a parameter problem at the next-header field. */
+const ICMP6_UNREACH: Record<string, { type: number; code: number; pointer: number }> = {
+  'net-unreachable': { type: 1, code: 0, pointer: 0 },
+  'admin-prohibited': { type: 1, code: 1, pointer: 0 },
+  'host-unreachable': { type: 1, code: 3, pointer: 0 },
+  'port-unreachable': { type: 1, code: 4, pointer: 0 },
+  'proto-unreachable': { type: 4, code: 1, pointer: 6 },
+};
 const ICMP4_UNREACH_CODE: Record<string, number> = { 'net-unreachable': 0, 'host-unreachable': 1, 'proto-unreachable': 2, 'port-unreachable': 3, 'admin-prohibited': 13 };
 
 /** The rule's clock (clock()): the time map value pointer and now + 1, during the trigger only. */
@@ -617,11 +625,6 @@ class Gen {
         throw new CompileError(`rule "${rule.name}": reject with tcp-reset answers TCP only, and this match does not need tcp`, { hint: 'add tcp to the match, or reject with an ICMP code' });
       }
       const tcpToo = answer === 'default' || answer === 'tcp-reset';
-      if (!(tcpToo && known.has('tcp')) && !known.has('ip')) {
-        throw new CompileError(`rule "${rule.name}": reject with an ICMP / ICMPv6 unreachable is supported for IPv4 only so far (ICMPv6 is not supported yet)`, {
-          hint: 'make the match need ip (e.g. "ip and udp.dstport == 53 => reject"), or need tcp to answer with a TCP RST',
-        });
-      }
       this.bumpCounter(index, 'dropped');
       if (tcpToo && known.has('tcp')) {
         this.rejectTcp();
@@ -634,7 +637,20 @@ class Gen {
           this.rejectTcp();
         }
         a.label(icmp);
-        this.rejectIcmp4(ICMP4_UNREACH_CODE[answer === 'default' || answer === 'tcp-reset' ? 'port-unreachable' : answer]);
+        const word = answer === 'default' || answer === 'tcp-reset' ? 'port-unreachable' : answer;
+        // The packet's IP version picks ICMP or ICMPv6; without IP there is nobody to answer.
+        const v6 = this.fresh('reject_icmp6'), v4 = this.fresh('reject_icmp4');
+        if (!known.has('ip')) a.jmp('jset', LAYERS, imm(LAYER_BIT.ipv6), v6);
+        if (!known.has('ipv6')) a.jmp('jset', LAYERS, imm(LAYER_BIT.ip), v4);
+        a.movImm(R0, this.v.drop).exit();
+        if (!known.has('ipv6')) {
+          a.label(v4);
+          this.rejectIcmp4(ICMP4_UNREACH_CODE[word]!);
+        }
+        if (!known.has('ip')) {
+          a.label(v6);
+          this.rejectIcmp6(ICMP6_UNREACH[word]!);
+        }
       }
     } else if (final?.kind === 'drop') {
       this.bumpCounter(index, 'dropped');
@@ -1295,6 +1311,66 @@ class Gen {
     a.label(summed);
     foldInto(22);
     a.ldx(8, R2, FP, REJ_L3OFF).ldx(8, R3, FP, REJ_QUOTE).alu64('add', R2, R3).alu64('add', R2, imm(28)).stx(8, FP, REJ_NEWLEN, R2);
+    this.sendBack();
+    a.label(drop).movImm(R0, this.v.drop).exit();
+  }
+
+  /**
+   * `reject` with an ICMPv6 error (RFC 4443): as rejectIcmp4 with 48 bytes in front: a fresh
+   * IPv6 header (hop limit 64) and ICMPv6 type/code (destination unreachable, or parameter
+   * problem pointing at the next-header field for proto-unreachable), quoting the original
+   * IPv6 header and the 8 bytes after it; checksum with the pseudo-header. No answer to ICMPv6
+   * errors or to multicast destinations.
+   */
+  private rejectIcmp6(answer: { type: number; code: number; pointer: number }): void {
+    const a = this.a;
+    const drop = this.fresh('icmp6_drop');
+    const ok = this.fresh('icmp6_may');
+    if (this.hook === 'egress') a.ldx(4, R1, CTXR, SKB.gsoSegs).jmp('jgt', R1, imm(1), drop);
+    a.jmp('jset', LAYERS, imm(LAYER_BIT.icmpv6), ok + '_icmp').ja(ok);
+    a.label(ok + '_icmp').ldx(1, R1, L4, 0).jmp('jlt', R1, imm(128), drop);
+    a.label(ok);
+    a.ldx(1, R1, L3, 24).jmp('jeq', R1, imm(0xff), drop);
+    for (let i = 0; i < 4; i++) a.ldx(4, R1, L3, 8 + 4 * i).stx(4, FP, REJ_SADDR + 4 * i, R1).ldx(4, R1, L3, 24 + 4 * i).stx(4, FP, REJ_DADDR + 4 * i, R1);
+    a.ldx(4, R2, CTXR, CTX[this.kind].data).ldx(4, R3, CTXR, CTX[this.kind].dataEnd);
+    a.mov64(R1, L3).alu64('sub', R1, R2).stx(8, FP, REJ_L3OFF, R1);
+    a.mov64(R4, R3).alu64('sub', R4, L3).movImm(R5, 48);
+    const fits = this.fresh('quote6_fits');
+    a.jmp('jle', R5, R4, fits).mov64(R5, R4).label(fits).alu64('and', R5, imm(0x7e)).stx(8, FP, REJ_QUOTE, R5);
+    a.mov64(R1, CTXR);
+    if (this.kind === 'xdp') a.movImm(R2, -48).call(HELPER.xdp_adjust_head);
+    else a.movImm(R2, 48).movImm(R3, 0).call(HELPER.skb_change_head);
+    a.jmp('jne', R0, imm(0), drop);
+    this.loadBounds(R1, R2);
+    a.mov64(R3, R1).alu64('add', R3, imm(48 + 22)).jmp('jgt', R3, R2, drop);
+    a.ldx(8, R5, FP, REJ_L3OFF);
+    for (let off = 12; off < 22; off += 2) {
+      a.jmp('jle', R5, imm(off), ok + '_moved');
+      a.ldx(2, R3, R1, 48 + off).stx(2, R1, off, R3);
+    }
+    a.label(ok + '_moved');
+    a.ldx(4, R3, R1, 48).ldx(2, R4, R1, 52).stx(4, R1, 6, R3).stx(2, R1, 10, R4);
+    a.ldx(4, R3, R1, 54).ldx(2, R4, R1, 58).stx(4, R1, 0, R3).stx(2, R1, 4, R4);
+    a.alu64('and', R5, imm(0x1f)).alu64('add', R1, R5).mov64(R3, R1).alu64('add', R3, imm(48)).jmp('jgt', R3, R2, drop);
+    // Version 6, payload length = 8 + quote, next header 58, hop limit 64.
+    a.st(4, R1, 0, 0x00000060);
+    a.ldx(8, R4, FP, REJ_QUOTE).alu64('add', R4, imm(8)).be(R4, 16).alu64('or', R4, imm(0x40 << 24 | 58 << 16)).stx(4, R1, 4, R4);
+    for (let i = 0; i < 4; i++) a.ldx(4, R3, FP, REJ_DADDR + 4 * i).stx(4, R1, 8 + 4 * i, R3).ldx(4, R3, FP, REJ_SADDR + 4 * i).stx(4, R1, 24 + 4 * i, R3);
+    a.st(4, R1, 40, answer.type | (answer.code << 8)).st(4, R1, 44, 0);
+    if (answer.pointer) a.movImm(R3, answer.pointer << 24).stx(4, R1, 44, R3);
+    // Checksum: pseudo-header (addresses, length, next header 58) + ICMPv6 header + quote.
+    a.movImm(R0, 58 << 8).ldx(8, R5, FP, REJ_QUOTE).alu64('add', R5, imm(8)).mov64(R3, R5).be(R3, 16).alu64('add', R0, R3);
+    for (let off = 8; off < 40; off += 2) a.ldx(2, R3, R1, off).alu64('add', R0, R3);
+    const summed = this.fresh('icmp6_summed');
+    for (let off = 0; off < 8 + 48; off += 2) {
+      a.jmp('jle', R5, imm(off), summed);
+      a.mov64(R3, R1).alu64('add', R3, imm(40 + off + 2)).jmp('jgt', R3, R2, summed);
+      a.ldx(2, R3, R1, 40 + off).alu64('add', R0, R3);
+    }
+    a.label(summed);
+    for (let i = 0; i < 2; i++) a.mov64(R3, R0).alu64('rsh', R3, imm(16)).alu64('and', R0, imm(0xffff)).alu64('add', R0, R3);
+    a.alu64('xor', R0, imm(0xffff)).stx(2, R1, 42, R0);
+    a.ldx(8, R2, FP, REJ_L3OFF).ldx(8, R3, FP, REJ_QUOTE).alu64('add', R2, R3).alu64('add', R2, imm(48)).stx(8, FP, REJ_NEWLEN, R2);
     this.sendBack();
     a.label(drop).movImm(R0, this.v.drop).exit();
   }
@@ -2100,7 +2176,7 @@ function wantedLayers(rules: Rule[]): Set<Layer> {
   for (const r of rules) {
     condLayers(r.match, out);
     // The connection key reads addresses and ports of every protocol it knows.
-    if (r.perConnection || r.actions.some((x) => x.kind === 'corrupt' || x.kind === 'truncate')) for (const l of ['ip', 'ipv6', 'tcp', 'udp', 'icmp', 'icmpv6'] as const) out.add(l);
+    if (r.perConnection || r.actions.some((x) => x.kind === 'corrupt' || x.kind === 'truncate' || x.kind === 'reject')) for (const l of ['ip', 'ipv6', 'tcp', 'udp', 'icmp', 'icmpv6'] as const) out.add(l);
     for (const act of r.actions) {
       if (act.kind !== 'set') continue;
       if (act.field.layer !== 'frame') out.add(act.field.layer);

@@ -14,10 +14,10 @@ import { compileRules, faultRule, runEverywhere, vmEngine } from './support.js';
 
 const CODES = { 'host-unreachable': 1, 'port-unreachable': 3, 'admin-prohibited': 13 } as const;
 
-test('reject: ICMP answers need an IPv4 match; ICMPv6 refused as not supported yet', () => {
+test('reject: ICMP answers compile for any match; tcp-reset only for TCP ones', () => {
   assert.ok(compileRules('xdp', [faultRule('udp and ip => reject', 'xdp')]).insns.length > 0);
-  assert.throws(() => compileRules('xdp', [faultRule('udp => reject', 'xdp')]), (e: unknown) => e instanceof CompileError && /ICMPv6 is not supported yet/.test((e as Error).message));
-  assert.throws(() => compileRules('xdp', [faultRule('udp and ip => reject with tcp-reset', 'xdp')]), /answers TCP only/);
+  assert.ok(compileRules('xdp', [faultRule('udp => reject', 'xdp')]).insns.length > 0);
+  assert.throws(() => compileRules('xdp', [faultRule('udp and ip => reject with tcp-reset', 'xdp')]), (e: unknown) => e instanceof CompileError && /answers TCP only/.test((e as Error).message));
 });
 
 kernelTest('reject with ICMP unreachable: kernel = VM on every IPv4 shape; the answer quotes the packet', () => {
@@ -62,4 +62,39 @@ test('reject in the VM: UDP to a multicast address gets no answer', () => {
   const mc = buildPacket({ l3: { kind: 'ipv4', src: '198.18.0.1', dst: '239.1.2.3' }, l4: { kind: 'udp', sport: 9, dport: 9 } }).frame;
   const vm = vmEngine(compileRules('xdp', [faultRule('ip => reject', 'xdp')]), 'interpreter');
   assert.equal(vm.run(mc).retval, 1);
+});
+
+const CODES6 = { 'host-unreachable': [1, 3], 'port-unreachable': [1, 4], 'admin-prohibited': [1, 1], 'proto-unreachable': [4, 1] } as const;
+
+kernelTest('reject with ICMPv6: kernel = VM on every IPv6 shape; the answer quotes the packet', () => {
+  for (const hook of ['xdp', 'ingress', 'egress'] as const) {
+    for (const [word, [type, code]] of Object.entries(CODES6)) {
+      const shapes = shapesFor(hook).filter(([, p]) => decode(p.frame).layers.ipv6 !== undefined);
+      const { outcomes } = runEverywhere(compileRules(hook, [faultRule(`ipv6 => reject with ${word}`, hook)]), shapes.map(([, p]) => p.frame));
+      let answered = 0;
+      shapes.forEach(([name, p], i) => {
+        const o = outcomes[i]!;
+        const d = decode(p.frame);
+        const l3 = d.layers.ipv6!;
+        const icmpError = d.layers.icmpv6 !== undefined && p.frame[d.layers.icmpv6]! < 128;
+        if (icmpError || p.frame[l3 + 24] === 0xff) {
+          assert.equal(o.retval, hook === 'xdp' ? 1 : 2, `${hook} ${name}: dropped without an answer`);
+          return;
+        }
+        answered++;
+        assert.equal(o.retval, hook === 'xdp' ? 3 : 7, `${hook} ${name}: sent back`);
+        const out = o.data;
+        const quote = Math.min(48, p.frame.length - l3) & ~1;
+        assert.equal(out.length, l3 + 48 + quote, `${hook} ${name}: length`);
+        assert.deepEqual(out.subarray(0, 6), p.frame.subarray(6, 12));
+        assert.deepEqual(out.subarray(l3 + 8, l3 + 24), p.frame.subarray(l3 + 24, l3 + 40), 'from the address it was sent to');
+        assert.deepEqual(out.subarray(l3 + 24, l3 + 40), p.frame.subarray(l3 + 8, l3 + 24));
+        assert.deepEqual([out[l3 + 6], out[l3 + 7]], [58, 64]);
+        assert.deepEqual([out[l3 + 40], out[l3 + 41]], [type, code]);
+        assert.deepEqual(out.subarray(l3 + 48), p.frame.subarray(l3, l3 + quote), 'the quote');
+        assert.equal(checksumsValid(out).l4, true, `${hook} ${name}: ICMPv6 checksum`);
+      });
+      assert.ok(answered >= 3, `${hook}: ${answered} answered`);
+    }
+  }
 });

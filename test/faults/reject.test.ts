@@ -15,12 +15,10 @@ import { compileRules, faultRule, runEverywhere, vmEngine } from './support.js';
 const rd16 = (b: Uint8Array, o: number): number => (b[o]! << 8) | b[o + 1]!;
 const rd32 = (b: Uint8Array, o: number): number => ((b[o]! << 24) | (b[o + 1]! << 16) | (b[o + 2]! << 8) | b[o + 3]!) >>> 0;
 
-test('reject: TCP resets compile; ICMP answers without an IPv4 match (ICMPv6) are refused as not supported yet', () => {
+test('reject: TCP resets compile; tcp-reset needs a TCP match', () => {
   assert.ok(compileRules('xdp', [faultRule('tcp.dstport == 80 => reject', 'xdp')]).insns.length > 0);
   assert.ok(compileRules('egress', [faultRule('tcp => reject with tcp-reset', 'egress')]).insns.length > 0);
-  for (const text of ['udp => reject', 'ipv6 => reject', 'tcp => reject with admin-prohibited']) {
-    assert.throws(() => compileRules('ingress', [faultRule(text, 'ingress')]), (e: unknown) => e instanceof CompileError && /not supported yet/.test((e as Error).message));
-  }
+  assert.throws(() => compileRules('ingress', [faultRule('udp => reject with tcp-reset', 'ingress')]), (e: unknown) => e instanceof CompileError && /answers TCP only/.test((e as Error).message));
 });
 
 kernelTest('reject: kernel = VM on every TCP shape; the answer is the RST the segment asks for', () => {
