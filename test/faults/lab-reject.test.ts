@@ -70,3 +70,24 @@ kernelTest('lab: ping through reject with CODE reports that unreachable code, at
     await lab.down();
   }
 }, { timeout: 120_000 });
+
+kernelTest('lab: ping -6 through reject with CODE reports the ICMPv6 unreachable code (h2 ingress)', async () => {
+  const lab = await Lab.up(TOPOLOGY, { name: uniqueName('r6') });
+  try {
+    const h2v6 = lab.interfaces('h2')[0]!.addresses.find((a) => a.includes(':'))!.split('/')[0]!;
+    const expected = { 'port-unreachable': /Destination unreachable: Port unreachable/, 'admin-prohibited': /Destination unreachable: Administratively prohibited/ } as const;
+    for (const [code, pattern] of Object.entries(expected)) {
+      const run = await startRun(['--netns', lab.netns('h2'), '--dev', 'eth0', '--hook', 'ingress', `icmpv6.type == 128 => reject with ${code}`]);
+      let ping: { stdout: string; code: number | null };
+      try {
+        ping = await lab.exec('h1', ['ping', '-6', '-c', '1', '-W', '2', h2v6], { timeoutMs: 10_000 });
+      } finally {
+        const stopped = await run.stop();
+        assert.equal(stopped.code, 0, stopped.output);
+      }
+      assert.match(ping.stdout, pattern, `${code}: ${ping.stdout}`);
+    }
+  } finally {
+    await lab.down();
+  }
+}, { timeout: 120_000 });
