@@ -6,16 +6,17 @@
 import { writeFileSync } from 'node:fs';
 import type { Command } from 'commander';
 import { UsageError } from '../../errors.js';
-import { readRules, type RuleSourceOptions } from './run.js';
+import { addTriggerOptions, applyForOption, readRules, type RuleSourceOptions } from './run.js';
 
 interface BuildCliOptions extends RuleSourceOptions {
   output?: string;
   emit: string;
   sections: string;
+  for?: string;
 }
 
 export function register(program: Command): void {
-  program
+  const cmd = program
     .command('build')
     .description('compile rules to an ELF object (or C source, or assembly) for clang, iproute2 and bpftool')
     .argument('<rule>', "a one-line rule 'MATCH => ACTION[, ACTION]...' or a rules file (.yaml)")
@@ -25,7 +26,9 @@ export function register(program: Command): void {
     .option('--dev <dev>', 'interface the rule is meant for (one-line rule; names programs when one hook repeats)')
     .option('--hook <hook>', 'xdp, ingress or egress (one-line rule)')
     .option('--probability <p>', 'act on a matching packet with this probability (0 < p <= 1)')
-    .option('--every <n>', 'act on the Nth, 2Nth ... matching packet')
+    .option('--every <n>', 'act on the Nth, 2Nth ... matching packet');
+  addTriggerOptions(cmd)
+    .option('--for <duration>', 'stop acting this long after the rule\'s first matching packet (kept by the program)')
     .option('--seed <n>', 'seed of the random decisions, stored in the object (default: chosen and printed)')
     .option('--name <name>', 'name of the one-line rule')
     .option('--checksum <mode>', 'fix (default) or keep: leave checksums stale on purpose')
@@ -35,6 +38,7 @@ export function register(program: Command): void {
       if (opts.emit === 'obj' && !opts.output) throw new UsageError('an object needs -o FILE (it is binary)', { hint: 'or use --emit c / --emit asm to print text' });
       const isOneLine = rule.includes('=>');
       const { groups, seed, seedChosen } = await readRules(rule, { ...opts, dev: opts.dev ?? (isOneLine ? 'any' : undefined) });
+      applyForOption(groups, opts.for);
       const { buildObjectFromGroups } = await import('../../elf/build.js');
       const built = buildObjectFromGroups(groups, seed, { sections: opts.sections as 'tc' | 'tcx' });
       let text: string | undefined;

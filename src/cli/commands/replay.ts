@@ -13,9 +13,10 @@ import { closeSync, existsSync, openSync, readSync, statSync } from 'node:fs';
 import type { Command } from 'commander';
 import { UsageError } from '../../errors.js';
 import type { Hook } from '../../rules/ast.js';
-import { readRules } from './run.js';
+import { addTriggerOptions, applyForOption, readRules, triggerOptions, type RuleSourceOptions } from './run.js';
 
-interface ReplayCliOptions {
+interface ReplayCliOptions extends RuleSourceOptions {
+  for?: string;
   output?: string;
   hook?: string;
   dev?: string;
@@ -63,7 +64,7 @@ function parseSeed(text: string | undefined): { seed: number; seedChosen: boolea
 }
 
 export function register(program: Command): void {
-  program
+  const cmd = program
     .command('replay')
     .description('run a capture through the rules (or a program of a BPF object) offline and write the packets that leave (no root needed)')
     .argument('<rules>', "a one-line rule 'MATCH => ACTION[, ACTION]...' (with --hook), a rules file (.yaml), or a BPF object (.o)")
@@ -74,7 +75,9 @@ export function register(program: Command): void {
     .option('--dev <dev>', 'which interface of a rules file to replay (when it names several)')
     .option('--netns <name>', 'which namespace of a rules file to replay (when it names several)')
     .option('--probability <p>', 'act on a matching packet with this probability (one-line rule)')
-    .option('--every <n>', 'act on the Nth, 2Nth ... matching packet (one-line rule)')
+    .option('--every <n>', 'act on the Nth, 2Nth ... matching packet (one-line rule)');
+  addTriggerOptions(cmd)
+    .option('--for <duration>', 'stop acting this long after the rule\'s first matching packet, by the capture\'s clock (one-line rule)')
     .option('--seed <n>', "seed of the random decisions (for an object: of the VM's bpf_get_prandom_u32; default: chosen and printed)")
     .option('--name <name>', 'name of the one-line rule in the summary and comments')
     .option('--checksum <mode>', 'fix (default) or keep: leave checksums stale on purpose (one-line rule)')
@@ -107,7 +110,12 @@ export function register(program: Command): void {
       // A one-line rule needs an interface name to parse; replay has none, so it gets a placeholder.
       const loaded = await readRules(rules, file
         ? { seed: opts.seed }
-        : { dev: 'replay', hook: opts.hook, probability: opts.probability, every: opts.every, seed: opts.seed, name: opts.name, checksum: opts.checksum });
+        : { dev: 'replay', hook: opts.hook, probability: opts.probability, every: opts.every, seed: opts.seed, name: opts.name, checksum: opts.checksum, ...triggerOptions(opts) });
+      if (file) {
+        const given = Object.keys(triggerOptions(opts)).concat(opts.for !== undefined ? ['for'] : []);
+        if (given.length > 0) throw new UsageError(`--${given[0]!.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} applies to a one-line rule; a rules file sets it per rule`);
+      }
+      applyForOption(loaded.groups, opts.for);
       if (file) {
         for (const o of ['probability', 'every', 'name', 'checksum'] as const) {
           if (opts[o] !== undefined) throw new UsageError(`--${o} applies to a one-line rule; a rules file sets ${o} per rule`);
@@ -154,6 +162,10 @@ async function progressBar(input: string, opts: ReplayCliOptions): Promise<impor
 async function replayObjectCommand(file: string, input: string, opts: ReplayCliOptions): Promise<void> {
   for (const o of ['dev', 'netns', 'probability', 'every', 'name', 'checksum'] as const) {
     if (opts[o] !== undefined) throw new UsageError(`--${o} applies to rules; ${file} is a BPF object`);
+  }
+  const triggers = Object.keys(triggerOptions(opts)).concat(opts.for !== undefined ? ['for'] : []);
+  if (triggers.length > 0) {
+    throw new UsageError(`--${triggers[0]!.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} applies to rules; ${file} is a BPF object`);
   }
   if (!existsSync(file)) throw new UsageError(`no object file ${file}`);
   const hook = opts.hook as Hook | undefined;

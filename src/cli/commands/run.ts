@@ -86,22 +86,9 @@ export async function readRules(source: string, opts: RuleSourceOptions): Promis
   return { groups, seed: given ?? randomSeed(), seedChosen: given === undefined };
 }
 
-function parseNumber(text: string, option: string): number {
-  const n = Number(text);
-  if (text.trim() === '' || !Number.isFinite(n)) throw new UsageError(`${option} ${text}: not a number`);
-  return n;
-}
-
-export function register(program: Command): void {
-  program
-    .command('run')
-    .description('compile rules to eBPF, attach them, show live counters, detach on exit')
-    .argument('<rule>', "a one-line rule 'MATCH => ACTION[, ACTION]...' or a rules file (.yaml)")
-    .option('--dev <dev>', 'interface to attach to (one-line rule)')
-    .option('--hook <hook>', 'xdp, ingress or egress (one-line rule)')
-    .option('--netns <name>', 'network namespace of the interface (like ip -n)')
-    .option('--probability <p>', 'act on a matching packet with this probability (0 < p <= 1)')
-    .option('--every <n>', 'act on the Nth, 2Nth ... matching packet')
+/** Trigger options of a one-line rule, shared by run, replay and build. */
+export function addTriggerOptions(cmd: Command): Command {
+  return cmd
     .option('--first <n>', 'act on the first N matching packets (of those --after and --every let through)')
     .option('--after <n>', 'skip the first N matching packets')
     .option('--per-connection', 'keep the counts of --first, --after and --every per connection (both directions as one)')
@@ -109,6 +96,40 @@ export function register(program: Command): void {
     .option('--limit <rate>', 'act on at most this many packets (e.g. 100/s, 6000/min, 10/h), a token bucket kept by the program')
     .option('--start-after <duration>', 'act only this long after the rule\'s first matching packet (kept by the program)')
     .option('--lengths <mode>', 'fix (default) or keep: whether truncate shrinks the IP and UDP length fields')
+}
+
+/** The trigger options of `opts`, to pass on to readRules. */
+export function triggerOptions(opts: RuleSourceOptions): RuleSourceOptions {
+  const out: RuleSourceOptions = {};
+  for (const o of LINE_TRIGGERS) if (opts[o] !== undefined) (out as Record<string, unknown>)[o] = opts[o];
+  return out;
+}
+
+/** `--for` as the rules' own window (nanoseconds from each rule's first matching packet). */
+export function applyForOption(groups: RuleGroup[], forText: string | undefined): number | undefined {
+  if (forText === undefined) return undefined;
+  const forMs = parseDuration(forText, '--for');
+  for (const g of groups) for (const r of g.rules) r.forNs ??= forMs * 1_000_000;
+  return forMs;
+}
+
+function parseNumber(text: string, option: string): number {
+  const n = Number(text);
+  if (text.trim() === '' || !Number.isFinite(n)) throw new UsageError(`${option} ${text}: not a number`);
+  return n;
+}
+
+export function register(program: Command): void {
+  const cmd = program
+    .command('run')
+    .description('compile rules to eBPF, attach them, show live counters, detach on exit')
+    .argument('<rule>', "a one-line rule 'MATCH => ACTION[, ACTION]...' or a rules file (.yaml)")
+    .option('--dev <dev>', 'interface to attach to (one-line rule)')
+    .option('--hook <hook>', 'xdp, ingress or egress (one-line rule)')
+    .option('--netns <name>', 'network namespace of the interface (like ip -n)')
+    .option('--probability <p>', 'act on a matching packet with this probability (0 < p <= 1)')
+    .option('--every <n>', 'act on the Nth, 2Nth ... matching packet');
+  addTriggerOptions(cmd)
     .option('--seed <n>', 'seed of the random decisions (default: chosen and printed)')
     .option('--name <name>', 'name of the one-line rule in counters')
     .option('--checksum <mode>', 'fix (default) or keep: leave checksums stale on purpose')
@@ -122,12 +143,12 @@ export function register(program: Command): void {
           hint: 'set it yourself with: ip link set dev DEV gso_max_segs 1',
         });
       }
-      const forMs = opts.for === undefined ? undefined : parseDuration(opts.for, '--for');
+      if (opts.for !== undefined) parseDuration(opts.for, '--for'); // a bad duration is refused before anything else
       if (!['auto', 'link', 'netlink'].includes(opts.attach)) throw new UsageError(`--attach ${opts.attach}: must be auto, link or netlink`);
       const { groups, seed, seedChosen } = await readRules(rule, opts);
       // The programs keep the deadline themselves (from each rule's first matching packet), so
       // a pinned rule stops acting on time with nobody left to detach it.
-      if (forMs !== undefined) for (const g of groups) for (const r of g.rules) r.forNs ??= forMs * 1_000_000;
+      const forMs = applyForOption(groups, opts.for);
       if (typeof process.getuid === 'function' && process.getuid() !== 0) {
         throw new NetmangleError('netmangle run needs root (CAP_BPF and CAP_NET_ADMIN) to load and attach programs', {
           hint: 'run it with sudo, or try the rule offline first',
