@@ -323,3 +323,36 @@ test('netmangle replay runs without privileges with jit and interp, and says why
     assert.match(k.stderr, /^netmangle: --engine kernel needs root/);
   });
 });
+
+test('netmangle replay takes the trigger options of run: --first, --after, --per-connection, --for', async () => {
+  await withDir(async (dir) => {
+    // Two TCP connections, 10 data segments each, interleaved, 10 ms apart.
+    const inp = join(dir, 'in.pcap');
+    const w = createPcapWriter(inp, { linkType: 1 });
+    for (let i = 0; i < 20; i++) {
+      const f = Buffer.alloc(54);
+      f.writeUInt16BE(0x0800, 12);
+      f[14] = 0x45; f.writeUInt16BE(40, 16); f[22] = 64; f[23] = 6;
+      Buffer.from([198, 18, 0, 1, 198, 18, 0, 2]).copy(f, 26);
+      f.writeUInt16BE(40000 + (i % 2), 34); f.writeUInt16BE(5201, 36); f.writeUInt32BE(i, 38);
+      f[46] = 0x50; f[47] = 0x18;
+      w.write({ data: f, tsSec: 1000, tsNsec: i * 10_000_000 });
+    }
+    w.close();
+    const changed = (extra: string[]): number => {
+      const r = cli(['replay', 'tcp.flags.push => set ip.dsfield.dscp = 46', inp, '--hook', 'egress', '-o', join(dir, 'o.pcap'), '--seed', '1', '--json', ...extra]);
+      assert.equal(r.status, 0, r.stderr);
+      return JSON.parse(r.stdout).changed as number;
+    };
+    assert.equal(changed([]), 20);
+    assert.equal(changed(['--first', '1']), 1);
+    assert.equal(changed(['--first', '1', '--per-connection']), 2);
+    assert.equal(changed(['--after', '15']), 5);
+    assert.equal(changed(['--for', '95ms']), 10, 'the window opens at the first match and counts the capture\'s clock');
+    const file = join(dir, 'r.yaml');
+    writeFileSync(file, 'rules:\n  - { name: a, dev: x, hook: egress, match: tcp, set: { ip.ttl: 9 } }\n');
+    const refused = cli(['replay', file, inp, '-o', join(dir, 'o.pcap'), '--first', '1']);
+    assert.equal(refused.status, 2);
+    assert.match(refused.stderr, /--first applies to a one-line rule/);
+  });
+});
