@@ -7,8 +7,8 @@
  * - A foreground `run` records itself in /run/netmangle/runs/<pid>.<n>.json (program and state
  *   map ids) and removes the record on exit; records of dead processes are ignored and swept.
  */
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { NetmangleError } from '../errors.js';
 import { NETMANGLE_PIN_ROOT, openPinnedMap, BpfMap, mapFdById, pinObject } from '../kernel/index.js';
 import { detachXdpNetlink, delClsBpfFilter } from '../kernel/rtnetlink.js';
@@ -177,9 +177,24 @@ export function clearPinned(filter: { dev?: string; netns?: string } = {}): Atta
       }
     }
     // Unpinning the link drops its last reference: the kernel detaches the program.
-    if (rec.pinDir) rmSync(rec.pinDir, { recursive: true, force: true });
+    if (rec.pinDir) {
+      rmSync(rec.pinDir, { recursive: true, force: true });
+      removeEmptyParents(rec.pinDir);
+    }
     unlinkSync(file);
     removed.push(rec);
   }
   return removed;
+}
+
+/** Removes the interface and namespace directories a cleared set leaves empty, up to the pin root. */
+function removeEmptyParents(dir: string): void {
+  for (let d = dirname(dir); d.startsWith(NETMANGLE_PIN_ROOT + '/'); d = dirname(d)) {
+    try {
+      if (readdirSync(d).length > 0) return;
+      rmdirSync(d);
+    } catch {
+      return;
+    }
+  }
 }
