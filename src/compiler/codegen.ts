@@ -39,7 +39,7 @@ import type { Action, Cond, Expr, FieldDef, Hook, Layer, Rule, RuleGroup } from 
 import { HEADER_SIZE } from '../rules/catalog.js';
 import { NetmangleError } from '../errors.js';
 import {
-  BPF_F_INGRESS, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST, DUPLICATE_TC_INDEX, CONN_KEY, CONN_KEY_SIZE, CTX, EVERY_MAP, HELPER, LAYER_BIT, SEED_SECTION, SKB,
+  BPF_F_INGRESS, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST, DELAYED_MARK, DUPLICATE_TC_INDEX, CONN_KEY, CONN_KEY_SIZE, CTX, EVERY_MAP, HELPER, LAYER_BIT, SEED_SECTION, SKB,
   STATE_GSO, STATE_MAP, STATE_PRNG, TIME_MAP, connMapName, timeStartOffset, timeTatOffset, progKindOf, ruleCounterOffset, verdicts, type ProgKind,
 } from './layout.js';
 import { probabilityThreshold } from './prng.js';
@@ -131,6 +131,8 @@ export interface GenOptions {
    * CompiledProgram.initialState() would have (splitmix64 of seed + (cpu << 32)).
    */
   selfSeed?: boolean;
+  /** ifindex of the delay line's TAP device, where `delay` redirects packets (live sessions only). */
+  delayIfindex?: number;
 }
 
 export interface GenResult {
@@ -289,6 +291,17 @@ class Gen {
       a.ldx(4, R2, ctx, SKB.tcIndex).jmp('jne', R2, imm(DUPLICATE_TC_INDEX), original);
       a.movImm(R2, 0).stx(4, ctx, SKB.tcIndex, R2).movImm(R0, this.v.none).exit();
       a.label(original);
+    }
+    if (this.kind !== 'xdp' && rules.some((r) => r.actions.some((x) => x.kind === 'delay'))) {
+      if (this.opts.delayIfindex === undefined) {
+        throw new CompileError('delay runs only in a live session (netmangle run); delay here is not supported yet', { hint: 'replay and build cannot hold packets: leave the delay rule out' });
+      }
+      // Packets back from the delay line come through this hook again: let them pass untouched.
+      const ctx = this.ctxInR1 ? R1 : CTXR;
+      const fresh = this.fresh('not_delayed');
+      a.ldx(4, R2, ctx, SKB.mark).jmp32('jne', R2, imm(DELAYED_MARK), fresh);
+      a.movImm(R2, 0).stx(4, ctx, SKB.mark, R2).movImm(R0, this.v.none).exit();
+      a.label(fresh);
     }
     this.parse();
     if (this.cacheMaps) a.st(8, FP, SLOT_STATE, 0).st(8, FP, SLOT_EVERY, 0);
@@ -614,6 +627,14 @@ class Gen {
       if (act.kind === 'corrupt') this.corrupt(act.bits, rule.checksum === 'fix', known);
       else if (act.kind === 'truncate') this.truncate(act.length, rule.lengths !== 'keep', rule.checksum === 'fix');
       else if (act.kind === 'duplicate') this.duplicate(act.count);
+    }
+    if (rule.actions.some((x) => x.kind === 'delay')) {
+      // To the delay line's TAP (its transmit side, which netmangle reads); it comes back marked.
+      this.bumpCounter(index, 'acted');
+      a.movImm(R1, this.opts.delayIfindex!).movImm(R2, 0).call(HELPER.redirect).exit();
+      a.label(next);
+      this.rule = undefined;
+      return;
     }
     // A cut may remove headers: later rules test for every layer again.
     if (rule.actions.some((x) => x.kind === 'truncate')) this.atRules = new Set();

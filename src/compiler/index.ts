@@ -45,10 +45,12 @@ export interface CompileOptions {
   lookupField: FieldLookup;
   /** Seed the PRNG from a `.rodata` global on first use (objects for libbpf-based loaders). */
   selfSeed?: boolean;
+  /** ifindex of the delay line's TAP device (required by rules with `delay`). */
+  delayIfindex?: number;
 }
 
 export function compileGroup(group: RuleGroup, opts: CompileOptions): CompiledProgram {
-  const { asm, usesEvery, connRules, usesTime } = generate(group, { lookupField: opts.lookupField, selfSeed: opts.selfSeed });
+  const { asm, usesEvery, connRules, usesTime } = generate(group, { lookupField: opts.lookupField, selfSeed: opts.selfSeed, delayIfindex: opts.delayIfindex });
   const { insns, mapRefs, labels } = asm.assemble();
   const valueSize = stateValueSize(group.rules.length);
   const maps: MapSpec[] = [{ name: STATE_MAP, type: 'percpu_array', keySize: 4, valueSize, maxEntries: 1 }];

@@ -15,7 +15,7 @@ export const CTX = {
 } as const;
 
 /** struct __sk_buff fields read by compiled tc programs. */
-export const SKB = { len: 0, ifindex: 40, tcIndex: 44, gsoSegs: 164 } as const;
+export const SKB = { len: 0, mark: 8, ifindex: 40, tcIndex: 44, gsoSegs: 164 } as const;
 
 /**
  * skb->tc_index of the copies `duplicate` sends (bpf_clone_redirect back to the same hook):
@@ -23,6 +23,12 @@ export const SKB = { len: 0, ifindex: 40, tcIndex: 44, gsoSegs: 164 } as const;
  * copy is neither counted nor copied again.
  */
 export const DUPLICATE_TC_INDEX = 0x6e6d;
+/**
+ * skb->mark of packets coming back from the delay line (set by the program on its TAP device,
+ * src/delay/): the rule's program lets a packet carrying it pass untouched (and clears it), so
+ * a delayed packet is not caught twice.
+ */
+export const DELAYED_MARK = 0x6e6d646c;
 /** bpf_clone_redirect flag: into the device's ingress instead of its egress. */
 export const BPF_F_INGRESS = 1;
 

@@ -24,6 +24,8 @@ export const libc = {
   setns: lib.func('int setns(int fd, int nstype)') as unknown as (fd: number, nstype: number) => number,
   mount: lib.func('int mount(const char *source, const char *target, const char *fstype, unsigned long flags, const void *data)') as unknown as (
     source: string, target: string, fstype: string, flags: number, data: null) => number,
+  /** ioctl(2) with a pointer argument (TUNSETIFF and its kind). */
+  ioctl: lib.func('int ioctl(int fd, unsigned long request, void *arg)') as unknown as (fd: number, request: number, arg: Buffer) => number,
   ifNameToIndex: lib.func('unsigned int if_nametoindex(const char *name)') as unknown as (name: string) => number,
   ifIndexToName: lib.func('char *if_indextoname(unsigned int index, _Out_ char *buf)') as unknown as (index: number, buf: Buffer) => unknown,
 };

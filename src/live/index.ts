@@ -14,6 +14,8 @@ import { linkByName } from '../kernel/iface.js';
 import { lookupField } from '../rules/catalog.js';
 import type { RuleGroup } from '../rules/ast.js';
 import { spawnSync } from 'node:child_process';
+import { startDelayLine, type RunningDelayLine } from '../delay/index.js';
+import type { Action } from '../rules/ast.js';
 
 export interface LoadedProgram extends Disposable {
   compiled: CompiledProgram;
@@ -90,6 +92,8 @@ export interface AttachedGroup {
   attachment: Attachment;
   /** gso_max_segs to restore on detach (when --per-segment changed it). */
   restoreGsoMaxSegs?: number;
+  /** The delay line of the group's `delay` rules (tc egress), removed on detach. */
+  delayLine?: RunningDelayLine;
 }
 
 export interface LiveOptions {
@@ -120,6 +124,11 @@ export class LiveSession implements Disposable {
       }
       if (g.restoreGsoMaxSegs !== undefined) setGsoMaxSegs(g.attachment.dev, g.attachment.netns, g.restoreGsoMaxSegs);
       g.loaded.close();
+      try {
+        g.delayLine?.close();
+      } catch (err) {
+        first ??= err;
+      }
     }
     if (first) throw first;
   }
@@ -130,6 +139,9 @@ export class LiveSession implements Disposable {
    */
   release(): void {
     if (this.detached) return;
+    if (this.groups.some((g) => g.delayLine)) {
+      throw new NetmangleError('keeping delay rules attached after exit is not supported yet: the delay line lives in this process', { hint: 'run delay rules without --pin' });
+    }
     this.detached = true;
     for (const g of this.groups) {
       g.attachment.link?.close();
@@ -147,8 +159,16 @@ export function attachGroups(groups: RuleGroup[], opts: LiveOptions): LiveSessio
   const done: AttachedGroup[] = [];
   try {
     for (const group of groups) {
-      const compiled = compileGroup(group, { seed: opts.seed, lookupField });
-      const loaded = loadCompiled(compiled);
+      const delay = delaySpecOf(group);
+      const delayLine = delay ? startDelayLine({ dev: group.dev, netns: group.netns, spec: delay, path: opts.path }) : undefined;
+      let loaded: LoadedProgram;
+      try {
+        const compiled = compileGroup(group, { seed: opts.seed, lookupField, delayIfindex: delayLine?.ifindex });
+        loaded = loadCompiled(compiled);
+      } catch (err) {
+        delayLine?.close();
+        throw err;
+      }
       let restore: number | undefined;
       try {
         if (opts.perSegment && group.hook === 'egress') {
@@ -159,10 +179,11 @@ export function attachGroups(groups: RuleGroup[], opts: LiveOptions): LiveSessio
           }
         }
         const attachment = attachProgram(loaded.prog, { dev: group.dev, hook: group.hook, netns: group.netns, path: opts.path ?? 'auto' });
-        done.push({ loaded, attachment, restoreGsoMaxSegs: restore });
+        done.push({ loaded, attachment, restoreGsoMaxSegs: restore, delayLine });
       } catch (err) {
         if (restore !== undefined) setGsoMaxSegs(group.dev, group.netns, restore);
         loaded.close();
+        delayLine?.close();
         throw err;
       }
     }
@@ -171,6 +192,20 @@ export function attachGroups(groups: RuleGroup[], opts: LiveOptions): LiveSessio
     throw err;
   }
   return new LiveSession(done);
+}
+
+/**
+ * The delay of a group's `delay` rules (one delay line per interface and hook), or undefined
+ * when it has none. Rules with different delays on one hook would need one line each.
+ */
+export function delaySpecOf(group: RuleGroup): { ns: number; jitterNs?: number } | undefined {
+  const delays = group.rules.flatMap((r) => r.actions.filter((a): a is Extract<Action, { kind: 'delay' }> => a.kind === 'delay'));
+  if (delays.length === 0) return undefined;
+  const [first] = delays;
+  if (delays.some((d) => d.ns !== first!.ns || d.jitterNs !== first!.jitterNs)) {
+    throw new NetmangleError(`different delays on ${group.dev} ${group.hook} are not supported yet`, { hint: 'give every delay rule of one interface and hook the same delay and jitter' });
+  }
+  return first!.jitterNs !== undefined ? { ns: first!.ns, jitterNs: first!.jitterNs } : { ns: first!.ns };
 }
 
 /** The device's gso_max_segs (IFLA_GSO_MAX_SEGS), read through `ip -d link` in its namespace. */

@@ -90,10 +90,18 @@ export type Action =
   /** Cut the frame to `length` bytes (IP and UDP length fields follow unless `lengths: keep`). */
   | { kind: 'truncate'; length: number; span: Span }
   /**
+   * Hold the packet `ns` nanoseconds (plus up to `jitterNs` drawn from `distribution`) in
+   * netmangle's user-space delay line, then send it on: tc egress only, live sessions only.
+   */
+  | { kind: 'delay'; ns: number; jitterNs?: number; distribution?: DelayDistribution; span: Span }
+  /**
    * Answer instead of delivering, sent back out the interface the packet came in on; the
    * packet is dropped. Without `with`: a TCP RST for TCP, ICMP(v6) port unreachable otherwise.
    */
   | { kind: 'reject'; with?: RejectWith; span: Span };
+
+export const DELAY_DISTRIBUTIONS = ['uniform', 'normal', 'pareto'] as const;
+export type DelayDistribution = (typeof DELAY_DISTRIBUTIONS)[number];
 
 /** What `reject` answers with: `tcp-reset` (TCP only; the default for TCP) or an unreachable code. */
 export type RejectWith = 'tcp-reset' | 'net-unreachable' | 'host-unreachable' | 'port-unreachable' | 'proto-unreachable' | 'admin-prohibited';

@@ -16,7 +16,10 @@ import type { ParsedRule } from './parser.js';
 
 type ValueType = 'num' | 'ipv4' | 'ipv6' | 'mac';
 
-type FaultAction = Extract<Action, { kind: 'duplicate' | 'corrupt' | 'truncate' }>;
+type FaultAction = Extract<Action, { kind: 'duplicate' | 'corrupt' | 'truncate' | 'delay' }>;
+
+/** The longest `delay` (a packet held longer is surely a mistake). */
+export const MAX_DELAY_NS = 60_000_000_000;
 
 /** Copies one `duplicate` may send (each a bpf_clone_redirect). */
 export const MAX_DUPLICATES = 16;
@@ -280,10 +283,13 @@ class Checker {
       }
       if (a.kind === 'set') {
         sets.push(this.set(a, sets));
-      } else if (a.kind === 'duplicate' || a.kind === 'corrupt' || a.kind === 'truncate') {
+      } else if (a.kind === 'duplicate' || a.kind === 'corrupt' || a.kind === 'truncate' || a.kind === 'delay') {
         if (faults.has(a.kind)) this.fail(`${a.kind} is given twice in this rule`, a.span, `give ${a.kind} once`);
         faults.set(a.kind, this.fault(a));
       } else {
+        if (a.kind === 'pass' && faults.has('delay')) {
+          this.fail('nothing can follow delay: the delayed packet is sent on by the delay line', a.span, 'remove pass');
+        }
         if ((a.kind === 'drop' || a.kind === 'reject') && (sets.length > 0 || faults.size > 0)) {
           const what = sets.length > 0 ? 'the set actions' : `${[...faults.keys()].join(' and ')}`;
           this.fail(`${a.kind} discards the packet, so ${what} before it would have no effect`, a.span, `${a.kind} the packet in one rule and change packets in another`);
@@ -297,7 +303,8 @@ class Checker {
     const ordered: Action[] = [...sets.filter((s) => !isChecksum(s)), ...sets.filter(isChecksum)];
     // Then the faults, in the order the program applies them: damage, cut, then copies of
     // the packet as the rule left it.
-    for (const k of ['corrupt', 'truncate', 'duplicate'] as const) {
+    // The delay comes last: it takes the packet away (to the delay line) with every change made.
+    for (const k of ['corrupt', 'truncate', 'duplicate', 'delay'] as const) {
       const f = faults.get(k);
       if (f) ordered.push(f);
     }
@@ -321,6 +328,16 @@ class Checker {
         return a;
       case 'truncate':
         whole(a.length, MIN_TRUNCATE, MAX_TRUNCATE, 'the length to cut to', 'truncate 60 keeps the first 60 bytes of the frame (Ethernet header included)');
+        return a;
+      case 'delay':
+        if (this.hook !== 'egress') this.fail(`delay at ${this.hook === 'xdp' ? 'xdp' : 'tc ingress'} is not supported yet`, a.span, 'use --hook egress');
+        if (a.ns <= 0 || a.ns > MAX_DELAY_NS) this.fail(`the delay must be more than 0 and at most 60s, not ${this.text(a.span).replace(/^delay\s+/, '')}`, a.span, 'for example: delay 50ms');
+        if (a.distribution !== undefined && a.distribution !== 'uniform') this.fail(`delay with distribution ${a.distribution} is not supported yet`, a.span, 'leave out distribution (jitter is uniform)');
+        if (a.jitterNs !== undefined) {
+          if (a.jitterNs > a.ns) this.fail('the jitter must not exceed the delay: a packet cannot be sent before it arrived', a.span, 'for example: delay 50ms jitter 5ms');
+        } else if (a.distribution !== undefined) {
+          this.fail('a distribution needs a jitter to spread', a.span, 'for example: delay 50ms jitter 5ms distribution uniform');
+        }
         return a;
     }
   }

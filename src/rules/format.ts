@@ -73,12 +73,20 @@ export function formatCond(c: Cond): string {
   }
 }
 
+/** Nanoseconds in the largest unit that writes them whole: 50ms, 200us, 1s. */
+function formatNs(ns: number): string {
+  if (ns % 1_000_000_000 === 0 && ns > 0) return `${ns / 1_000_000_000}s`;
+  if (ns % 1_000_000 === 0) return `${ns / 1_000_000}ms`;
+  return `${ns / 1000}us`;
+}
+
 export function formatAction(a: Action): string {
   switch (a.kind) {
     case 'set': return `set ${a.field.name} = ${formatExpr(a.value)}`;
     case 'duplicate': return a.count === 1 ? 'duplicate' : `duplicate ${a.count}`;
     case 'corrupt': return a.bits === 1 ? 'corrupt' : `corrupt ${a.bits}`;
     case 'truncate': return `truncate ${a.length}`;
+    case 'delay': return `delay ${formatNs(a.ns)}${a.jitterNs !== undefined ? ` jitter ${formatNs(a.jitterNs)}` : ''}${a.distribution ? ` distribution ${a.distribution}` : ''}`;
     case 'reject': return a.with === undefined ? 'reject' : `reject with ${a.with}`;
     default: return a.kind;
   }

@@ -8,6 +8,8 @@ import { RuleError } from './errors.js';
 export type Token =
   | { kind: 'ident'; text: string; span: Span }
   | { kind: 'num'; value: number; text: string; span: Span }
+  /** A whole number with a time unit (50ms, 200us, 1s), for `delay`: in nanoseconds. */
+  | { kind: 'duration'; ns: number; text: string; span: Span }
   | { kind: 'addr'; family: 'ipv4' | 'ipv6' | 'mac'; bytes: Uint8Array; prefix?: number; text: string; span: Span }
   | { kind: 'op'; text: string; span: Span }
   | { kind: 'eof'; text: ''; span: Span };
@@ -17,6 +19,9 @@ const OPERATORS = [
   '=>', '==', '!=', '<=', '>=', '<<', '>>', '&&', '||', '..',
   '<', '>', '!', '&', '|', '^', '+', '-', '*', '/', '%', '(', ')', '{', '}', ',', '=', '~',
 ];
+
+/** Time units a number may carry (`delay 50ms`), in nanoseconds. */
+const DURATION_UNITS_NS: Record<string, number> = { us: 1_000, ms: 1_000_000, s: 1_000_000_000 };
 
 /** Literals are at most 32 bits: no field is wider, and larger constants are surely mistakes. */
 export const MAX_LITERAL = 0xffffffff;
@@ -103,6 +108,10 @@ function lexNumber(source: string, i: number, end: number, fail: Fail): Token {
   if (j < end && isIdentChar(source[j]) && !(source[j] === '.' && source[j + 1] === '.')) {
     let k = j;
     while (k < end && isIdentChar(source[k])) k++;
+    const unitNs = DURATION_UNITS_NS[source.slice(j, k)];
+    if (unitNs !== undefined && source[i + 1] !== 'x' && source[i + 1] !== 'X') {
+      return { kind: 'duration', ns: value * unitNs, text: source.slice(i, k), span: { start: i, end: k } };
+    }
     if (source[j] === '.') fail(`"${source.slice(i, k)}" is not a number or an IPv4 address`, i, k);
     fail(`"${source.slice(i, k)}" is not a number`, i, k);
   }

@@ -11,7 +11,7 @@
  * The parser resolves names against the field catalog and reports unknown ones; types,
  * values and hooks are the checker's business (check.ts).
  */
-import type { Action, ArithOp, CmpOp, Cond, Expr, RejectWith, Span } from './ast.js';
+import { DELAY_DISTRIBUTIONS, type Action, type ArithOp, type CmpOp, type Cond, type DelayDistribution, type Expr, type RejectWith, type Span } from './ast.js';
 import { fieldCatalog } from './catalog.js';
 import { RuleError } from './errors.js';
 import { tokenize, type Token } from './lexer.js';
@@ -23,10 +23,10 @@ export interface ParsedRule {
 
 const CMP_WORDS: Record<string, CmpOp> = { eq: '==', ne: '!=', lt: '<', le: '<=', gt: '>', ge: '>=' };
 const CMP_OPS = new Set<string>(['==', '!=', '<', '<=', '>', '>=']);
-const KEYWORDS = new Set(['and', 'or', 'not', 'in', 'set', 'drop', 'pass', 'duplicate', 'corrupt', 'truncate', 'reject', ...Object.keys(CMP_WORDS)]);
+const KEYWORDS = new Set(['and', 'or', 'not', 'in', 'set', 'drop', 'pass', 'duplicate', 'corrupt', 'truncate', 'reject', 'delay', 'reorder', ...Object.keys(CMP_WORDS)]);
 /** What `reject with …` accepts. */
 export const REJECT_WITH: readonly RejectWith[] = ['tcp-reset', 'net-unreachable', 'host-unreachable', 'port-unreachable', 'proto-unreachable', 'admin-prohibited'];
-const ACTION_LIST = 'drop, pass, set FIELD = VALUE, duplicate [N], corrupt [BITS], truncate LEN or reject [with CODE]';
+const ACTION_LIST = 'drop, pass, set FIELD = VALUE, duplicate [N], corrupt [BITS], truncate LEN, delay DURATION or reject [with CODE]';
 const FUNCTIONS = new Set(['random', 'min', 'max']);
 /** Binary arithmetic operators by precedence level, loosest first (C's order). */
 const ARITH_LEVELS: ArithOp[][] = [['|'], ['^'], ['&'], ['<<', '>>'], ['+', '-'], ['*', '/', '%']];
@@ -274,6 +274,8 @@ class Parser {
         return this.unexpected(t, 'a value (a number, an address or a field)');
       case 'ident':
         return this.name(t);
+      case 'duration':
+        return this.fail(`${t.text} is a duration: only delay takes one`, t.span, { hint: 'values are plain numbers, addresses or fields' });
     }
   }
 
@@ -341,6 +343,10 @@ class Parser {
       if (n.kind !== 'num') this.fail('truncate needs the length to cut the frame to, in bytes: truncate LEN', n.span, { hint: 'for example: truncate 60' });
       this.next();
       return { kind: 'truncate', length: n.value, span: { start: t.span.start, end: n.span.end } };
+    }
+    if (t.kind === 'ident' && t.text === 'delay') return this.delay(t);
+    if (t.kind === 'ident' && t.text === 'reorder') {
+      this.fail('reorder is not supported yet', t.span, { hint: 'delay DURATION holds chosen packets; later packets that are not delayed overtake them' });
     }
     if (t.kind === 'ident' && t.text === 'reject') {
       if (!this.isWord('with')) return { kind: 'reject', span: t.span };
@@ -411,6 +417,34 @@ class Parser {
   private expectEnd(what: string): void {
     const t = this.peek();
     if (t.kind !== 'eof') this.unexpected(t, `${what} or the end`);
+  }
+
+  /** `delay DURATION [jitter DURATION] [distribution uniform|normal|pareto]`, after the word delay. */
+  private delay(word: Extract<Token, { kind: 'ident' }>): Action {
+    const duration = (what: string): Extract<Token, { kind: 'duration' }> => {
+      const d = this.peek();
+      if (d.kind !== 'duration') this.fail(`${what} needs a duration with its unit: 50ms, 200us or 1s`, d.span, { hint: 'for example: delay 50ms jitter 5ms' });
+      this.next();
+      return d;
+    };
+    const time = duration('delay');
+    const action: Extract<Action, { kind: 'delay' }> = { kind: 'delay', ns: time.ns, span: { start: word.span.start, end: time.span.end } };
+    if (this.isWord('jitter')) {
+      this.next();
+      const jitter = duration('jitter');
+      action.jitterNs = jitter.ns;
+      action.span = { start: action.span.start, end: jitter.span.end };
+    }
+    if (this.isWord('distribution')) {
+      this.next();
+      const d = this.next();
+      if (d.kind !== 'ident' || !(DELAY_DISTRIBUTIONS as readonly string[]).includes(d.text)) {
+        this.fail(`the distribution must be one of ${DELAY_DISTRIBUTIONS.join(', ')}`, d.span);
+      }
+      action.distribution = d.text as DelayDistribution;
+      action.span = { start: action.span.start, end: d.span.end };
+    }
+    return action;
   }
 
   private unexpected(t: Token, expected: string): never {

@@ -149,6 +149,9 @@ export function register(program: Command): void {
       // The programs keep the deadline themselves (from each rule's first matching packet), so
       // a pinned rule stops acting on time with nobody left to detach it.
       const forMs = applyForOption(groups, opts.for);
+      if (opts.pin && groups.some((g) => g.rules.some((r) => r.actions.some((a) => a.kind === 'delay')))) {
+        throw new UsageError('--pin with delay is not supported yet: the delay line lives in the netmangle process', { hint: 'run delay rules without --pin' });
+      }
       if (typeof process.getuid === 'function' && process.getuid() !== 0) {
         throw new NetmangleError('netmangle run needs root (CAP_BPF and CAP_NET_ADMIN) to load and attach programs', {
           hint: 'run it with sudo, or try the rule offline first',
