@@ -7,6 +7,8 @@
  */
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
@@ -16,7 +18,7 @@ import { Lab, ping } from '../../src/lab/index.js';
 import { delaySpecOf } from '../../src/live/index.js';
 import { lookupField } from '../../src/rules/catalog.js';
 import { formatAction } from '../../src/rules/format.js';
-import { parseRuleLine } from '../../src/rules/load.js';
+import { loadRulesFile, parseRuleLine } from '../../src/rules/load.js';
 import { startRun } from '../faults/lab-support.js';
 import { kernelTest, uniqueName } from '../helpers/kernel.js';
 
@@ -34,6 +36,17 @@ test('delay DURATION parses at tc egress, with its unit, and prints back the sam
   const j = group('tcp => delay 2ms jitter 500us').rules[0]!.actions[0]!;
   assert.equal(formatAction(j), 'delay 2ms jitter 500us');
   assert.deepEqual(delaySpecOf(group('tcp => delay 1s jitter 10ms')), { ns: 1_000_000_000, jitterNs: 10_000_000 });
+});
+
+test('a rules file takes delay as its action', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'nm-delay-'));
+  try {
+    const file = join(dir, 'rules.yaml');
+    writeFileSync(file, 'dev: eth0\nhook: egress\nrules:\n  - match: icmp.type == 8\n    action: delay 50ms jitter 5ms\n');
+    assert.deepEqual(delaySpecOf(loadRulesFile(file).groups[0]!), { ns: 50_000_000, jitterNs: 5_000_000 });
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 test('what delay does not support yet is refused with one line saying so', () => {
