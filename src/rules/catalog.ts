@@ -225,7 +225,6 @@ const FAMILIAR_NAMES: Record<string, string> = {
   'tcp.flags.ns': 'tcp.flags.ae',
   'tcp.window_size': 'tcp.window_size_value',
   'tcp.window': 'tcp.window_size_value',
-  'tcp.len': 'tcp.hdr_len',
   'tcp.urgptr': 'tcp.urgent_pointer',
   'tcp.sport': 'tcp.srcport',
   'tcp.dport': 'tcp.dstport',
