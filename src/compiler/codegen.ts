@@ -1292,24 +1292,8 @@ class Gen {
     a.ldx(1, R5, L3, 0).alu64('and', R5, imm(0x0f)).alu64('lsh', R5, imm(2)).alu64('add', R5, imm(8));
     const fits = this.fresh('quote_fits');
     a.jmp('jle', R5, R4, fits).mov64(R5, R4).label(fits).alu64('and', R5, imm(0x7e)).stx(8, FP, REJ_QUOTE, R5);
-    // Room in front.
-    a.mov64(R1, CTXR);
-    if (this.kind === 'xdp') a.movImm(R2, -28).call(HELPER.xdp_adjust_head);
-    else a.movImm(R2, 28).movImm(R3, 0).call(HELPER.skb_change_head);
-    a.jmp('jne', R0, imm(0), drop);
-    // Link-layer header (14 to 22 bytes) from data + 28 to data, the MAC addresses swapped.
-    this.loadBounds(R1, R2);
-    a.mov64(R3, R1).alu64('add', R3, imm(28 + 22)).jmp('jgt', R3, R2, drop);
-    a.ldx(8, R5, FP, REJ_L3OFF);
-    for (let off = 12; off < 22; off += 2) {
-      a.jmp('jle', R5, imm(off), ok + '_moved');
-      a.ldx(2, R3, R1, 28 + off).stx(2, R1, off, R3);
-    }
-    a.label(ok + '_moved');
-    a.ldx(4, R3, R1, 28).ldx(2, R4, R1, 32).stx(4, R1, 6, R3).stx(2, R1, 10, R4);
-    a.ldx(4, R3, R1, 34).ldx(2, R4, R1, 38).stx(4, R1, 0, R3).stx(2, R1, 4, R4);
     // r1 = the new IP header: data + L3 offset, room for it, the ICMP header and the quote (up to 68).
-    a.alu64('and', R5, imm(0x1f)).alu64('add', R1, R5).mov64(R3, R1).alu64('add', R3, imm(28)).jmp('jgt', R3, R2, drop);
+    this.openReplyRoom(28, drop, ok);
     a.ldx(8, R4, FP, REJ_QUOTE).alu64('add', R4, imm(28)).be(R4, 16).alu64('lsh', R4, imm(16)).alu64('or', R4, imm(0x0045)).stx(4, R1, 0, R4);
     a.st(4, R1, 4, 0x00400000).st(4, R1, 8, 0x00000140);
     a.ldx(4, R3, FP, REJ_DADDR).stx(4, R1, 12, R3).ldx(4, R3, FP, REJ_SADDR).stx(4, R1, 16, R3);
@@ -1337,6 +1321,31 @@ class Gen {
   }
 
   /**
+   * Makes `room` bytes in front of the frame for an ICMP reply's new headers, moves the
+   * link-layer header (14 to 22 bytes, its length at REJ_L3OFF) to the new start with the MAC
+   * addresses swapped, and leaves r1 = the new L3 header, checked to hold `room` bytes, and
+   * r2 = data_end. Jumps to `drop` when the head cannot grow.
+   */
+  private openReplyRoom(room: number, drop: string, ok: string): void {
+    const a = this.a;
+    a.mov64(R1, CTXR);
+    if (this.kind === 'xdp') a.movImm(R2, -room).call(HELPER.xdp_adjust_head);
+    else a.movImm(R2, room).movImm(R3, 0).call(HELPER.skb_change_head);
+    a.jmp('jne', R0, imm(0), drop);
+    this.loadBounds(R1, R2);
+    a.mov64(R3, R1).alu64('add', R3, imm(room + 22)).jmp('jgt', R3, R2, drop);
+    a.ldx(8, R5, FP, REJ_L3OFF);
+    for (let off = 12; off < 22; off += 2) {
+      a.jmp('jle', R5, imm(off), ok + '_moved');
+      a.ldx(2, R3, R1, room + off).stx(2, R1, off, R3);
+    }
+    a.label(ok + '_moved');
+    a.ldx(4, R3, R1, room).ldx(2, R4, R1, room + 4).stx(4, R1, 6, R3).stx(2, R1, 10, R4);
+    a.ldx(4, R3, R1, room + 6).ldx(2, R4, R1, room + 10).stx(4, R1, 0, R3).stx(2, R1, 4, R4);
+    a.alu64('and', R5, imm(0x1f)).alu64('add', R1, R5).mov64(R3, R1).alu64('add', R3, imm(room)).jmp('jgt', R3, R2, drop);
+  }
+
+  /**
    * `reject` with an ICMPv6 error (RFC 4443): as rejectIcmp4 with 48 bytes in front: a fresh
    * IPv6 header (hop limit 64) and ICMPv6 type/code (destination unreachable, or parameter
    * problem pointing at the next-header field for proto-unreachable), quoting the original
@@ -1358,21 +1367,7 @@ class Gen {
     a.mov64(R4, R3).alu64('sub', R4, L3).movImm(R5, 48);
     const fits = this.fresh('quote6_fits');
     a.jmp('jle', R5, R4, fits).mov64(R5, R4).label(fits).alu64('and', R5, imm(0x7e)).stx(8, FP, REJ_QUOTE, R5);
-    a.mov64(R1, CTXR);
-    if (this.kind === 'xdp') a.movImm(R2, -48).call(HELPER.xdp_adjust_head);
-    else a.movImm(R2, 48).movImm(R3, 0).call(HELPER.skb_change_head);
-    a.jmp('jne', R0, imm(0), drop);
-    this.loadBounds(R1, R2);
-    a.mov64(R3, R1).alu64('add', R3, imm(48 + 22)).jmp('jgt', R3, R2, drop);
-    a.ldx(8, R5, FP, REJ_L3OFF);
-    for (let off = 12; off < 22; off += 2) {
-      a.jmp('jle', R5, imm(off), ok + '_moved');
-      a.ldx(2, R3, R1, 48 + off).stx(2, R1, off, R3);
-    }
-    a.label(ok + '_moved');
-    a.ldx(4, R3, R1, 48).ldx(2, R4, R1, 52).stx(4, R1, 6, R3).stx(2, R1, 10, R4);
-    a.ldx(4, R3, R1, 54).ldx(2, R4, R1, 58).stx(4, R1, 0, R3).stx(2, R1, 4, R4);
-    a.alu64('and', R5, imm(0x1f)).alu64('add', R1, R5).mov64(R3, R1).alu64('add', R3, imm(48)).jmp('jgt', R3, R2, drop);
+    this.openReplyRoom(48, drop, ok);
     // Version 6, payload length = 8 + quote, next header 58, hop limit 64.
     a.st(4, R1, 0, 0x00000060);
     a.ldx(8, R4, FP, REJ_QUOTE).alu64('add', R4, imm(8)).be(R4, 16).alu64('or', R4, imm(0x40 << 24 | 58 << 16)).stx(4, R1, 4, R4);
