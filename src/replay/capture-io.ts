@@ -3,7 +3,7 @@
  * loop: the output's format and writer, which frames a tc hook can see, byte comparison.
  */
 import { realpathSync } from 'node:fs';
-import { createPcapngWriter, createPcapWriter, LINKTYPE_ETHERNET, type CaptureReaderSync, type CaptureWriter } from '../pcap/index.js';
+import { checkLinkType, createPcapngWriter, createPcapWriter, LINKTYPE_ETHERNET, toEthernet, type CapturePacket, type CaptureReaderSync, type CaptureWriter } from '../pcap/index.js';
 
 export type CaptureFileFormat = 'pcap' | 'pcapng';
 
@@ -48,5 +48,39 @@ export function sameFile(a: string, b: string): boolean {
     return realpathSync(a) === realpathSync(b);
   } catch {
     return false;
+  }
+}
+
+/**
+ * Each packet of a capture as an Ethernet frame: bytes[offset, offset + length) is the reader's
+ * own buffer for Ethernet captures, or a conversion into a reused scratch buffer for the link
+ * types toEthernet handles. Link types are checked once per change, with the file's name.
+ */
+export class EthernetFrames {
+  bytes: Uint8Array = new Uint8Array(0);
+  offset = 0;
+  length = 0;
+  private checked = -1;
+  private readonly scratch = new Uint8Array(65536 + 64);
+
+  constructor(private readonly file: string) {}
+
+  /** Points bytes/offset/length at `pkt`'s frame; throws for an unsupported link type. */
+  of(pkt: CapturePacket): this {
+    if (pkt.linkType !== this.checked) {
+      checkLinkType(pkt.linkType, this.file);
+      this.checked = pkt.linkType;
+    }
+    if (pkt.linkType === LINKTYPE_ETHERNET) {
+      this.bytes = pkt.bytes;
+      this.offset = pkt.offset;
+      this.length = pkt.caplen;
+    } else {
+      const converted = toEthernet(pkt.bytes.subarray(pkt.offset, pkt.offset + pkt.caplen), pkt.linkType, this.scratch, this.file);
+      this.bytes = converted;
+      this.offset = 0;
+      this.length = converted.length;
+    }
+    return this;
   }
 }

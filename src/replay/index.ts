@@ -10,8 +10,8 @@ import { compileGroup, type CompiledProgram } from '../compiler/index.js';
 import { UsageError } from '../errors.js';
 import type { Hook, RuleGroup } from '../rules/ast.js';
 import { lookupField } from '../rules/catalog.js';
-import { checkLinkType, LINKTYPE_ETHERNET, openCaptureSync, toEthernet, type CaptureWriter } from '../pcap/index.js';
-import { formatForPath, openReplayWriter, sameBytes, sameFile, tcCanSee, type CaptureFileFormat } from './capture-io.js';
+import { openCaptureSync, type CaptureWriter } from '../pcap/index.js';
+import { EthernetFrames, formatForPath, openReplayWriter, sameBytes, sameFile, tcCanSee, type CaptureFileFormat } from './capture-io.js';
 import { changedFields, differingBytes, formatChanges } from './fields.js';
 import type { ObjectProgramSummary } from './object.js';
 import { KernelRunner, VmRunner, type ProgramRunner, type ReplayEngine } from './runner.js';
@@ -172,12 +172,11 @@ export async function replayCapture(opts: ReplayOptions): Promise<ReplaySummary>
     writer = openReplayWriter(reader, opts.output, format);
     const out = writer;
     const comments = format === 'pcapng' && opts.comments !== false;
-    const scratch = new Uint8Array(65536 + 64);
+    const frames = new EthernetFrames(reader.name);
     // Rules that acted on the current packet, per stage: indices and counts, reused.
     const acted = stages.map((s) => new Int32Array(s.runner.compiled.rules.length));
     const actedN = new Int32Array(stages.length);
     const progressEvery = 4096;
-    let checkedLinkType = -1;
 
     // The VM's clock (bpf_ktime_get_ns: limit, for, start-after) is the capture's: nanoseconds
     // since the first packet, plus a day, so that it never reads 0 nor goes below 0 for
@@ -190,18 +189,9 @@ export async function replayCapture(opts: ReplayOptions): Promise<ReplaySummary>
         firstNsec = pkt.tsNsec;
       }
       const ktime = Math.max(0, CLOCK_START_NS + (pkt.tsSec - firstSec) * 1e9 + (pkt.tsNsec - firstNsec));
-      if (pkt.linkType !== checkedLinkType) {
-        checkLinkType(pkt.linkType, reader.name);
-        checkedLinkType = pkt.linkType;
-      }
       // The frame is bytes[off, off + len): the reader's buffer for Ethernet, else a converted copy.
-      let inBytes = pkt.bytes, inOff = pkt.offset, inLen = pkt.caplen;
-      if (pkt.linkType !== LINKTYPE_ETHERNET) {
-        const converted = toEthernet(pkt.bytes.subarray(inOff, inOff + inLen), pkt.linkType, scratch, reader.name);
-        inBytes = converted;
-        inOff = 0;
-        inLen = converted.length;
-      }
+      frames.of(pkt);
+      const inBytes = frames.bytes, inOff = frames.offset, inLen = frames.length;
       let buf = inBytes, off = inOff, len = inLen;
       let dropped = false;
       let ran = false;

@@ -13,10 +13,10 @@ import type { Insn } from '../bpf/insn.js';
 import { BPF_PSEUDO_MAP_FD, BPF_PSEUDO_MAP_VALUE, LD_IMM64 } from '../bpf/opcodes.js';
 import type { BpfObject, LinkedProgram, ObjectMap, ObjectProgram } from '../elf/object.js';
 import { NetmangleError, UsageError } from '../errors.js';
-import { checkLinkType, LINKTYPE_ETHERNET, openCaptureSync, toEthernet, type CaptureWriter } from '../pcap/index.js';
+import { openCaptureSync, type CaptureWriter } from '../pcap/index.js';
 import type { Hook } from '../rules/ast.js';
 import { createMap as createVmMap, Vm, VmError, type VmMap, type VmMapType } from '../vm/index.js';
-import { formatForPath, openReplayWriter, sameBytes, sameFile, tcCanSee, type CaptureFileFormat } from './capture-io.js';
+import { EthernetFrames, formatForPath, openReplayWriter, sameBytes, sameFile, tcCanSee, type CaptureFileFormat } from './capture-io.js';
 import { changedFields, differingBytes, formatChanges } from './fields.js';
 import type { ReplayEngine, ReplaySummary } from './index.js';
 import { REPLAY_CPU } from './runner.js';
@@ -321,23 +321,13 @@ export async function replayObject(opts: ObjectReplayOptions): Promise<ReplaySum
     const out = writer;
     const run: ObjectRunner = runner!;
     const comments = format === 'pcapng' && opts.comments !== false;
-    const scratch = new Uint8Array(65536 + 64);
+    const frames = new EthernetFrames(reader.name);
     const progressEvery = 4096;
-    let checkedLinkType = -1;
 
     reader.forEach((pkt) => {
       summary.packetsIn++;
-      if (pkt.linkType !== checkedLinkType) {
-        checkLinkType(pkt.linkType, reader.name);
-        checkedLinkType = pkt.linkType;
-      }
-      let inBytes = pkt.bytes, inOff = pkt.offset, inLen = pkt.caplen;
-      if (pkt.linkType !== LINKTYPE_ETHERNET) {
-        const converted = toEthernet(pkt.bytes.subarray(inOff, inOff + inLen), pkt.linkType, scratch, reader.name);
-        inBytes = converted;
-        inOff = 0;
-        inLen = converted.length;
-      }
+      frames.of(pkt);
+      const inBytes = frames.bytes, inOff = frames.offset, inLen = frames.length;
       let buf = inBytes, off = inOff, len = inLen;
       let rv: number | undefined;
       if (inLen < 14) {
