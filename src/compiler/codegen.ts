@@ -39,7 +39,7 @@ import type { Action, Cond, Expr, FieldDef, Hook, Layer, Rule, RuleGroup } from 
 import { HEADER_SIZE } from '../rules/catalog.js';
 import { NetmangleError } from '../errors.js';
 import {
-  BPF_F_INGRESS, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST, DELAYED_MARK, DUPLICATE_TC_INDEX, CONN_KEY, CONN_KEY_SIZE, CTX, EVERY_MAP, HELPER, LAYER_BIT, SEED_SECTION, SKB,
+  BPF_F_INGRESS, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST, DELAYED_MARK, HELD_MAP, DUPLICATE_TC_INDEX, CONN_KEY, CONN_KEY_SIZE, CTX, EVERY_MAP, HELPER, LAYER_BIT, SEED_SECTION, SKB,
   STATE_GSO, STATE_MAP, STATE_PRNG, TIME_MAP, connMapName, timeStartOffset, timeTatOffset, progKindOf, ruleCounterOffset, verdicts, type ProgKind,
 } from './layout.js';
 import { probabilityThreshold } from './prng.js';
@@ -117,6 +117,14 @@ const RAW_IP_OFFSET_MASK = 0xff1f, RAW_IP6_OFFSET_MASK = 0xf8ff;
 /** The first 8 bytes of an IPv4 header loaded as one u64: version/IHL (byte 0) and fragment offset (bytes 6-7). */
 const RAW_IP_FIRST_8_MASK = 0xff1f_0000_0000_00ffn;
 const IP_PROTO = { tcp: 6, udp: 17, icmp: 1, icmpv6: 58 } as const;
+/**
+ * A bit of r9 beside the layers (LAYER_BIT): the L4 header is that of a first fragment behind
+ * an IPv6 fragment header with M set. Set only when a rule reads tcp.len, which a fragment
+ * does not have.
+ */
+const FRAGMENT_BIT = 1 << 8;
+/** The IPv4 MF flag as a byte load of byte 6 of the header gives it. */
+const RAW_IP_MF_BYTE = 0x20;
 /** IPv6 extension headers walked before the L4 header, at most this many. */
 const IPV6_EXT_MAX = 6;
 
@@ -131,9 +139,22 @@ export interface GenOptions {
    * CompiledProgram.initialState() would have (splitmix64 of seed + (cpu << 32)).
    */
   selfSeed?: boolean;
-  /** ifindex of the delay line's TAP device, where `delay` redirects packets (live sessions only). */
-  delayIfindex?: number;
+  /** Where `delay` and `reorder` send packets (the delay line's TAP devices; live sessions and replay). */
+  hold?: HoldTargets;
 }
+
+/**
+ * The delay line's devices (src/delay/) as ifindexes the program redirects to: replay gives
+ * numbers of its own and reads them back from the redirect verdicts.
+ */
+export interface HoldTargets {
+  /** For each rule index with `delay` or `reorder`: where that rule's packets go to be held. */
+  rule: ReadonlyMap<number, number>;
+  /** Where the other packets of a connection with packets held by `reorder` go (sent on at once). */
+  follower?: number;
+}
+
+const holdsPacket = (r: Rule): boolean => r.actions.some((x) => x.kind === 'delay' || x.kind === 'reorder');
 
 export interface GenResult {
   asm: Assembler;
@@ -143,6 +164,8 @@ export interface GenResult {
   connRules: number[];
   /** Whether the program uses the time map (TIME_MAP: start times and rate limits per rule). */
   usesTime: boolean;
+  /** Whether the program uses HELD_MAP (some rule has `reorder`). */
+  usesHeld: boolean;
 }
 
 /**
@@ -209,7 +232,7 @@ class ReachableAssembler extends Assembler {
 export function generate(group: RuleGroup, opts: GenOptions): GenResult {
   const g = new Gen(group.hook, opts);
   g.program(group.rules);
-  return { asm: g.a, usesEvery: g.usesEvery, connRules: g.connRules, usesTime: g.usesTime };
+  return { asm: g.a, usesEvery: g.usesEvery, connRules: g.connRules, usesTime: g.usesTime, usesHeld: g.usesHeld };
 }
 
 class Gen {
@@ -218,6 +241,7 @@ class Gen {
   readonly hook: Hook;
   usesEvery = false;
   usesTime = false;
+  usesHeld = false;
   readonly connRules: number[] = [];
   private labelN = 0;
   private free: Reg[] = [R1, R2, R3, R4, R5, R0];
@@ -225,6 +249,8 @@ class Gen {
   private rule?: Rule;
   /** Layers some rule reads, writes, tests or fixes a checksum in. */
   private wanted = new Set<Layer>();
+  /** Some rule reads tcp.len: the IPv6 walk then marks a fragment header in r9 (FRAGMENT_BIT). */
+  private readsTcpLen = false;
   /** Per rule, the layers its match needs present. */
   private required: Array<Set<Layer>> = [];
   /** Parse ends jumped to, emitted after the parser: label → layers, and whether reached only untagged. */
@@ -279,7 +305,10 @@ class Gen {
     this.required = rules.map((r) => requiredLayers(r.match));
     this.cacheMaps = rules.length > 1;
     this.rulesCount = rules.length;
-    if (this.kind === 'xdp' && JSON.stringify(rules, (k, v) => (k === 'field' && v?.special ? v.special : v)).includes('"frame.len"')) {
+    const specials = JSON.stringify(rules, (k, v) => (k === 'field' && v?.special ? v.special : v));
+    this.readsTcpLen = specials.includes('"tcp.len"');
+    // tcp.len reads the frame length too, for IPv4 with ip.len 0 (segmentation offload).
+    if (this.kind === 'xdp' && (specials.includes('"frame.len"') || this.readsTcpLen)) {
       // bpf_xdp_get_buff_len: the verifier forbids arithmetic on data_end, so ask the kernel.
       this.ctxInR1 = false;
       a.mov64(CTXR, R1).call(HELPER.xdp_get_buff_len).stx(8, FP, SLOT_FLEN, R0);
@@ -292,21 +321,71 @@ class Gen {
       a.movImm(R2, 0).stx(4, ctx, SKB.tcIndex, R2).movImm(R0, this.v.none).exit();
       a.label(original);
     }
-    if (this.kind !== 'xdp' && rules.some((r) => r.actions.some((x) => x.kind === 'delay'))) {
-      if (this.opts.delayIfindex === undefined) {
-        throw new CompileError('delay runs only in a live session (netmangle run); delay here is not supported yet', { hint: 'replay and build cannot hold packets: leave the delay rule out' });
+    if (rules.some(holdsPacket)) {
+      const hold = this.opts.hold;
+      const missing = rules.findIndex((r, i) => holdsPacket(r) && hold?.rule.get(i) === undefined);
+      if (!hold || missing >= 0) {
+        throw new CompileError('delay and reorder run only where a delay line holds the packets (netmangle run or replay); here they are not supported', { hint: 'build cannot hold packets: leave the delay or reorder rule out' });
       }
-      // Packets back from the delay line come through this hook again: let them pass untouched.
-      const ctx = this.ctxInR1 ? R1 : CTXR;
-      const fresh = this.fresh('not_delayed');
-      a.ldx(4, R2, ctx, SKB.mark).jmp32('jne', R2, imm(DELAYED_MARK), fresh);
-      a.movImm(R2, 0).stx(4, ctx, SKB.mark, R2).movImm(R0, this.v.none).exit();
-      a.label(fresh);
+      this.usesHeld = rules.some((r) => r.actions.some((x) => x.kind === 'reorder'));
+      if (this.usesHeld && hold.follower === undefined) throw new CompileError('internal: reorder without a follower device');
+      if (this.kind !== 'xdp') {
+        // Packets back from the delay line come through this hook again: let them pass untouched.
+        // (At xdp they come back after it, at tc ingress.)
+        const ctx = this.ctxInR1 ? R1 : CTXR;
+        const fresh = this.fresh('not_delayed');
+        a.ldx(4, R2, ctx, SKB.mark).jmp32('jne', R2, imm(DELAYED_MARK), fresh);
+        a.movImm(R2, 0).stx(4, ctx, SKB.mark, R2).movImm(R0, this.v.none).exit();
+        a.label(fresh);
+      }
     }
     this.parse();
     if (this.cacheMaps) a.st(8, FP, SLOT_STATE, 0).st(8, FP, SLOT_EVERY, 0);
     rules.forEach((rule, i) => this.compileRule(rule, i));
-    a.label('verdict_none').movImm(R0, this.v.none).exit();
+    a.label('verdict_none');
+    if (this.usesHeld) this.followHeld();
+    a.movImm(R0, this.v.none).exit();
+    if (this.usesHeld) {
+      a.label('verdict_pass');
+      this.followHeld();
+      a.movImm(R0, this.v.pass).exit();
+    }
+  }
+
+  /**
+   * A packet the rules let pass: if its connection has packets held by `reorder`, it goes
+   * through the delay line too (which counts it and sends it on at once), so the held ones
+   * follow it. Clobbers r0-r5.
+   */
+  private followHeld(): void {
+    const a = this.a;
+    const on = this.fresh('not_following');
+    this.connKey();
+    a.ldMap(R1, HELD_MAP).mov64(R2, FP).alu64('add', R2, imm(SLOT_CONN_KEY)).call(HELPER.map_lookup_elem);
+    a.jmp('jeq', R0, imm(0), on).ldx(8, R1, R0, 0).jmp('jeq', R1, imm(0), on);
+    a.movImm(R1, this.opts.hold!.follower!).movImm(R2, 0).call(HELPER.redirect).exit();
+    a.label(on);
+  }
+
+  /** Adds 1 to the count of this packet's connection in HELD_MAP (see layout.ts). Clobbers r0-r5. */
+  private countHeld(): void {
+    const a = this.a;
+    const have = this.fresh('have_held'), done = this.fresh('held_counted');
+    this.connKey();
+    const lookup = (): void => {
+      a.ldMap(R1, HELD_MAP).mov64(R2, FP).alu64('add', R2, imm(SLOT_CONN_KEY)).call(HELPER.map_lookup_elem);
+    };
+    lookup();
+    a.jmp('jne', R0, imm(0), have);
+    // The connection's first held packet: insert 1, unless another CPU just inserted its own.
+    a.st(8, FP, SLOT_CONN_VALUE, 1).ldMap(R1, HELD_MAP).mov64(R2, FP).alu64('add', R2, imm(SLOT_CONN_KEY));
+    a.mov64(R3, FP).alu64('add', R3, imm(SLOT_CONN_VALUE)).movImm(R4, BPF_NOEXIST).call(HELPER.map_update_elem);
+    a.jmp('jeq', R0, imm(0), done);
+    lookup();
+    // The map full: the packet is still held, and released by its timeout.
+    a.jmp('jeq', R0, imm(0), done);
+    a.label(have).movImm(R1, 1).atomicAdd(8, R0, 0, R1);
+    a.label(done);
   }
 
   /** dst = packet data pointer, end = data_end (both reloaded from the context). */
@@ -419,6 +498,12 @@ class Gen {
           a.label(frag);
           a.mov64(R4, L4).alu64('add', R4, imm(8)).jmp('jgt', R4, R3, noL4);
           a.ldx(2, R4, L4, 2).alu64('and', R4, imm(RAW_IP6_OFFSET_MASK)).jmp('jne', R4, imm(0), noL4);
+          if (this.readsTcpLen) {
+            // M set: a first fragment. Without it (an atomic fragment, RFC 6946) the segment is whole.
+            const whole = this.fresh('frag_whole');
+            a.ldx(1, R4, L4, 3).alu64('and', R4, imm(1)).jmp('jeq', R4, imm(0), whole).alu64('or', LAYERS, imm(FRAGMENT_BIT));
+            a.label(whole);
+          }
           a.ldx(1, R0, L4, 0).alu64('add', L4, imm(8));
           a.label(next);
           // Forget how r8 was reached: without this the verifier follows every sequence of
@@ -628,10 +713,11 @@ class Gen {
       else if (act.kind === 'truncate') this.truncate(act.length, rule.lengths !== 'keep', rule.checksum === 'fix');
       else if (act.kind === 'duplicate') this.duplicate(act.count);
     }
-    if (rule.actions.some((x) => x.kind === 'delay')) {
+    if (holdsPacket(rule)) {
       // To the delay line's TAP (its transmit side, which netmangle reads); it comes back marked.
+      if (rule.actions.some((x) => x.kind === 'reorder')) this.countHeld();
       this.bumpCounter(index, 'acted');
-      a.movImm(R1, this.opts.delayIfindex!).movImm(R2, 0).call(HELPER.redirect).exit();
+      a.movImm(R1, this.opts.hold!.rule.get(index)!).movImm(R2, 0).call(HELPER.redirect).exit();
       a.label(next);
       this.rule = undefined;
       return;
@@ -677,7 +763,8 @@ class Gen {
       this.bumpCounter(index, 'dropped');
       a.movImm(R0, this.v.drop).exit();
     } else if (final?.kind === 'pass') {
-      a.movImm(R0, this.v.pass).exit();
+      if (this.usesHeld) a.ja('verdict_pass');
+      else a.movImm(R0, this.v.pass).exit();
     }
     a.label(next);
     this.rule = undefined;
@@ -1827,6 +1914,7 @@ class Gen {
       }
       return r;
     }
+    if (f.special === 'tcp.len') return this.tcpPayloadLength(absent, known);
     if (f.width !== 1 && f.width !== 2 && f.width !== 4) {
       throw new CompileError(`rule "${this.rule?.name}": ${f.name} is ${f.width} bytes wide and can only be compared with an address`);
     }
@@ -1838,6 +1926,53 @@ class Gen {
     if (f.shift) a.alu64('rsh', r, imm(f.shift));
     if (f.mask !== fullMask(f.width)) this.maskReg(r, f.mask);
     if (f.scale !== 1) a.alu64('mul', r, imm(f.scale));
+    return r;
+  }
+
+  /**
+   * tcp.len into a fresh register, as Wireshark (4.0) computes it: the IP length field (IPv4 total
+   * length; IPv6 payload length + 40) minus the bytes from the IP header to the TCP header
+   * (r8 - r7: options and extension headers included), minus tcp.hdr_len. IPv4 with total
+   * length 0 (segmentation offload, BIG TCP) counts to the end of the packet. Jumps to
+   * `absent` when the length field leaves less than a TCP header (20 bytes, or tcp.hdr_len when
+   * more) and in a first fragment: Wireshark shows no tcp.len there. The length field is not cut to the packet: a
+   * capture cut by a snap length keeps its IP length, and so Wireshark's value.
+   */
+  private tcpPayloadLength(absent: string, known: ReadonlySet<Layer>): Reg {
+    const a = this.a;
+    this.layerTest('tcp', absent, known);
+    const r = this.alloc();
+    const t = this.alloc();
+    const v6 = this.fresh('tcplen_v6');
+    const sized = this.fresh('tcplen_sized');
+    if (!known.has('ipv6')) {
+      if (!known.has('ip')) a.jmp('jset', LAYERS, imm(LAYER_BIT.ipv6), v6);
+      // A first fragment (MF set; a later one has no TCP layer) carries part of the segment.
+      a.ldx(1, r, L3, 6).jmp('jset', r, imm(RAW_IP_MF_BYTE), absent);
+      a.ldx(2, r, L3, 2).be(r, 16);
+      a.jmp('jne', r, imm(0), sized);
+      // Total length 0: the packet's length from the IP header on (pointer difference: the
+      // verifier allows it to programs loaded with CAP_PERFMON, as the parser's walk needs too).
+      if (this.kind === 'xdp') a.ldx(8, r, FP, SLOT_FLEN);
+      else a.ldx(4, r, this.ctx, SKB.len);
+      const data = this.alloc();
+      a.ldx(4, data, this.ctx, CTX[this.kind].data).mov64(t, L3).alu64('sub', t, data).alu64('sub', r, t);
+      this.release(data);
+      a.ja(sized);
+    }
+    if (!known.has('ip')) {
+      a.label(v6);
+      a.jmp('jset', LAYERS, imm(FRAGMENT_BIT), absent);
+      a.ldx(2, r, L3, 4).be(r, 16).alu64('add', r, imm(40));
+    }
+    a.label(sized);
+    // IP payload per the length field: may be negative (a length below the headers).
+    a.mov64(t, L4).alu64('sub', t, L3).alu64('sub', r, t);
+    a.jmp('jslt', r, imm(20), absent);
+    a.ldx(1, t, L4, 12).alu64('rsh', t, imm(4)).alu64('lsh', t, imm(2));
+    a.jmp('jgt', t, r, absent);
+    a.alu64('sub', r, t);
+    this.release(t);
     return r;
   }
 
@@ -2192,7 +2327,7 @@ function wantedLayers(rules: Rule[]): Set<Layer> {
   for (const r of rules) {
     condLayers(r.match, out);
     // The connection key reads addresses and ports of every protocol it knows.
-    if (r.perConnection || r.actions.some((x) => x.kind === 'corrupt' || x.kind === 'truncate' || x.kind === 'reject')) for (const l of ['ip', 'ipv6', 'tcp', 'udp', 'icmp', 'icmpv6'] as const) out.add(l);
+    if (r.perConnection || r.actions.some((x) => x.kind === 'corrupt' || x.kind === 'truncate' || x.kind === 'reject' || x.kind === 'reorder')) for (const l of ['ip', 'ipv6', 'tcp', 'udp', 'icmp', 'icmpv6'] as const) out.add(l);
     for (const act of r.actions) {
       if (act.kind !== 'set') continue;
       if (act.field.layer !== 'frame') out.add(act.field.layer);

@@ -5,18 +5,18 @@
 import type { Insn } from '../bpf/insn.js';
 import type { MapRef } from '../bpf/asm.js';
 import { DEFAULT_CONNECTIONS, type Hook, type RuleGroup } from '../rules/ast.js';
-import { generate, type FieldLookup } from './codegen.js';
-import { CONN_KEY_SIZE, EVERY_MAP, TIME_MAP, TIME_RULE_SIZE, STATE_MAP, connMapName, STATE_PRNG, progKindOf, ruleCounterOffset, stateValueSize, STATE_GSO, type ProgKind } from './layout.js';
+import { generate, type FieldLookup, type HoldTargets } from './codegen.js';
+import { CONN_KEY_SIZE, EVERY_MAP, HELD_CONNECTIONS, HELD_MAP, TIME_MAP, TIME_RULE_SIZE, STATE_MAP, connMapName, STATE_PRNG, progKindOf, ruleCounterOffset, stateValueSize, STATE_GSO, type ProgKind } from './layout.js';
 import { seedState } from './prng.js';
 
-export { CompileError } from './codegen.js';
+export { CompileError, type HoldTargets } from './codegen.js';
 export * from './layout.js';
 export * from './prng.js';
 
 export interface MapSpec {
   name: string;
   /** lru_hash: the per-connection counts (layout.ts CONN_KEY); the others have one entry, key 4 bytes. */
-  type: 'array' | 'percpu_array' | 'lru_hash';
+  type: 'array' | 'percpu_array' | 'lru_hash' | 'hash';
   keySize: number;
   valueSize: number;
   maxEntries: number;
@@ -45,17 +45,18 @@ export interface CompileOptions {
   lookupField: FieldLookup;
   /** Seed the PRNG from a `.rodata` global on first use (objects for libbpf-based loaders). */
   selfSeed?: boolean;
-  /** ifindex of the delay line's TAP device (required by rules with `delay`). */
-  delayIfindex?: number;
+  /** The delay line's devices (required by rules with `delay` or `reorder`). */
+  hold?: HoldTargets;
 }
 
 export function compileGroup(group: RuleGroup, opts: CompileOptions): CompiledProgram {
-  const { asm, usesEvery, connRules, usesTime } = generate(group, { lookupField: opts.lookupField, selfSeed: opts.selfSeed, delayIfindex: opts.delayIfindex });
+  const { asm, usesEvery, connRules, usesTime, usesHeld } = generate(group, { lookupField: opts.lookupField, selfSeed: opts.selfSeed, hold: opts.hold });
   const { insns, mapRefs, labels } = asm.assemble();
   const valueSize = stateValueSize(group.rules.length);
   const maps: MapSpec[] = [{ name: STATE_MAP, type: 'percpu_array', keySize: 4, valueSize, maxEntries: 1 }];
   if (usesEvery) maps.push({ name: EVERY_MAP, type: 'array', keySize: 4, valueSize: 8 * group.rules.length, maxEntries: 1 });
   if (usesTime) maps.push({ name: TIME_MAP, type: 'array', keySize: 4, valueSize: TIME_RULE_SIZE * group.rules.length, maxEntries: 1 });
+  if (usesHeld) maps.push({ name: HELD_MAP, type: 'hash', keySize: CONN_KEY_SIZE, valueSize: 8, maxEntries: HELD_CONNECTIONS });
   for (const i of connRules) {
     const entries = group.rules[i]!.connections ?? DEFAULT_CONNECTIONS;
     maps.push({ name: connMapName(i), type: 'lru_hash', keySize: CONN_KEY_SIZE, valueSize: 8, maxEntries: entries });

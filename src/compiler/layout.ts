@@ -119,6 +119,16 @@ export const CONN_KEY = { addrA: 0, addrB: 16, portA: 32, portB: 34, proto: 36, 
 export const connMapName = (rule: number): string => `nm_conn${rule}`;
 
 /**
+ * Connections with packets held by `reorder` (a hash map, shared by the group's reorder rules):
+ * key CONN_KEY, value a u64 count of that connection's packets in the delay line. The program
+ * adds 1 when it sends a packet to be held; the delay line (src/delay/) takes 1 away when it
+ * sends one on. While the count is above 0, every other packet of the connection that the
+ * rules let pass goes through the delay line too (sent on at once), which counts them.
+ */
+export const HELD_MAP = 'nm_held';
+export const HELD_CONNECTIONS = 65536;
+
+/**
  * The shared (not per-CPU) time map of rules with limit, for or start-after: one entry, per
  * rule 16 bytes: u64 the rule's start (ktime + 1 of its first matching packet, 0 until then),
  * u64 the rate limit's theoretical arrival time (ktime + 1 based).

@@ -1,63 +1,87 @@
 /**
- * The user-space delay line of `delay` (see docs/delay.md). The rule's program at tc egress of
- * `dev` redirects chosen packets to a TAP device netmangle owns; the DelayLine reads them,
- * holds each for its time and writes it back; a small program at tc ingress of the TAP marks
- * it (DELAYED_MARK, which the rule's program lets pass) and redirects it to `dev`'s egress.
- * The TAP is not persistent and both programs hang on BPF links this process holds, so if
- * netmangle dies everything goes with it and traffic flows undelayed again.
+ * The user-space delay line of `delay` and `reorder` (see docs/delay.md). The rule's program
+ * redirects chosen packets to TAP devices netmangle owns, one per hold spec (and one for the
+ * followers of `reorder`); the DelayLine reads them, holds each for its time and writes them
+ * back into the first TAP, whose program at tc ingress sends them on: out of `dev` (egress
+ * rules, marked DELAYED_MARK, which the rule's program lets pass) or into `dev`'s receive path
+ * (ingress and xdp rules; past the XDP program). The TAPs are not persistent and the programs
+ * hang on BPF links this process holds, so if netmangle dies everything goes with it and
+ * traffic flows undelayed again.
  */
 import { Assembler } from '../bpf/asm.js';
 import { R1, R2 } from '../bpf/opcodes.js';
-import { DELAYED_MARK, HELPER, SKB } from '../compiler/layout.js';
+import { BPF_F_INGRESS, DELAYED_MARK, HELPER, SKB } from '../compiler/layout.js';
 import { attachProgram, type Attachment } from '../kernel/attach.js';
 import { ifindexByName } from '../kernel/iface.js';
 import { loadProgram, type Program } from '../kernel/index.js';
-import { DelayLine, type DelaySpec, type DelayLineStats } from './line.js';
+import type { BpfMap } from '../kernel/map.js';
+import type { Hook } from '../rules/ast.js';
+import { DelayLine, type DelayLineStats } from './line.js';
+import type { HoldLimits, HoldSpec } from './queue.js';
 import { createTap, type Tap } from './tap.js';
 
-export { DelayLine, type DelaySpec, type DelayLineStats } from './line.js';
+export { DelayLine, type DelayLineStats } from './line.js';
 export { createTap, type Tap } from './tap.js';
+export { connKeyOf } from './flow.js';
+export { DEFAULT_HOLD_LIMITS, HoldQueue, drawDelayNs, seededRandom, type HoldLimits, type HoldSpec, type HoldStats, type Release } from './queue.js';
 
 export interface DelayLineOptions {
-  /** The interface whose egress the delayed packets go back out of. */
+  /** The interface and hook the rule's program runs at. */
   dev: string;
+  hook: Hook;
   netns?: string;
-  spec: DelaySpec;
+  /** The distinct ways the group's rules hold packets, one TAP each. */
+  specs: readonly HoldSpec[];
   path?: 'auto' | 'link' | 'tcx' | 'netlink';
+  limits?: HoldLimits;
 }
 
 export interface RunningDelayLine extends Disposable {
-  readonly tap: Tap;
-  /** Where the rule's program redirects packets to delay. */
-  readonly ifindex: number;
+  readonly taps: readonly Tap[];
+  /** Where the program redirects packets to hold as specs[i]. */
+  ifindexOf(spec: number): number;
+  /** Where the program redirects the followers of `reorder` (when some spec is a reorder). */
+  readonly followerIfindex?: number;
+  /** Gives the line the program's HELD_MAP (rules with reorder), once it is loaded. */
+  useHeldMap(map: BpfMap): void;
   stats(): DelayLineStats;
-  /** Detaches the TAP's program, stops the line and removes the TAP. Idempotent. */
+  /** Detaches the TAP's program, stops the line and removes the TAPs. Idempotent. */
   close(): void;
 }
 
-/** The TAP's program: mark the frame as delayed and send it out of `ifindex` (its egress). */
-export function returnProgramInsns(ifindex: number) {
+/**
+ * The program on the line's TAP: send what netmangle writes back on through `ifindex`: out of
+ * its egress (marked, so the rule lets it pass), or into its receive path for ingress and xdp
+ * rules (unmarked at xdp: the packet comes back after the XDP program, which never sees it).
+ */
+export function returnProgramInsns(ifindex: number, hook: Hook = 'egress') {
   const a = new Assembler();
-  a.movImm(R2, DELAYED_MARK).stx(4, R1, SKB.mark, R2);
-  a.movImm(R1, ifindex).movImm(R2, 0).call(HELPER.redirect).exit();
+  if (hook !== 'xdp') a.movImm(R2, DELAYED_MARK).stx(4, R1, SKB.mark, R2);
+  a.movImm(R1, ifindex).movImm(R2, hook === 'egress' ? 0 : BPF_F_INGRESS).call(HELPER.redirect).exit();
   return a.assemble().insns;
 }
 
-/** Creates the TAP in `dev`'s namespace, attaches its program and starts the line. */
+/** Creates the TAPs in `dev`'s namespace, attaches the return program and starts the line. */
 export function startDelayLine(opts: DelayLineOptions): RunningDelayLine {
   const devIndex = ifindexByName(opts.dev, opts.netns);
-  const tap = createTap(opts.netns);
+  const followers = opts.specs.some((s) => s.kind === 'reorder');
+  const taps: Tap[] = [];
   let prog: Program | undefined;
   let attachment: Attachment | undefined;
+  const closeTaps = () => {
+    for (const t of taps) t.close();
+  };
   try {
-    prog = loadProgram({ type: 'sched_cls', insns: returnProgramInsns(devIndex), name: 'nm_delay_back' });
-    attachment = attachProgram(prog, { dev: tap.name, hook: 'ingress', netns: opts.netns, path: opts.path ?? 'auto' });
+    for (let i = 0; i < opts.specs.length + (followers ? 1 : 0); i++) taps.push(createTap(opts.netns));
+    prog = loadProgram({ type: 'sched_cls', insns: returnProgramInsns(devIndex, opts.hook), name: 'nm_delay_back' });
+    attachment = attachProgram(prog, { dev: taps[0]!.name, hook: 'ingress', netns: opts.netns, path: opts.path ?? 'auto' });
   } catch (err) {
     prog?.close();
-    tap.close();
+    closeTaps();
     throw err;
   }
-  const line = new DelayLine(tap.fd, opts.spec);
+  const channels = taps.map((t, i) => ({ fd: t.fd, spec: opts.specs[i] }));
+  const line = new DelayLine(channels, taps[0]!.fd, { limits: opts.limits });
   let closed = false;
   const close = () => {
     if (closed) return;
@@ -67,8 +91,16 @@ export function startDelayLine(opts: DelayLineOptions): RunningDelayLine {
       attachment!.detach();
     } finally {
       prog!.close();
-      tap.close();
+      closeTaps();
     }
   };
-  return { tap, ifindex: tap.ifindex, stats: () => ({ ...line.stats }), close, [Symbol.dispose]: close };
+  return {
+    taps,
+    ifindexOf: (spec) => taps[spec]!.ifindex,
+    followerIfindex: followers ? taps[opts.specs.length]!.ifindex : undefined,
+    useHeldMap: (map) => line.useHeldMap(map),
+    stats: () => line.stats,
+    close,
+    [Symbol.dispose]: close,
+  };
 }

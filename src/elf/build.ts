@@ -21,7 +21,7 @@ import { BtfBuilder, type BtfVarInfo } from './btf.js';
 import { ElfWriter, R_BPF, SHF, STB, STT } from './elf.js';
 
 /** BPF_MAP_TYPE_* numbers of the maps compiled programs use. */
-const MAP_TYPE_IDS: Record<MapSpec['type'], number> = { array: 2, percpu_array: 6, lru_hash: 9 };
+const MAP_TYPE_IDS: Record<MapSpec['type'], number> = { array: 2, hash: 1, percpu_array: 6, lru_hash: 9 };
 
 export type SectionStyle = 'tc' | 'tcx';
 

@@ -15,7 +15,7 @@ import { SEED_GLOBAL, SEED_SECTION, STATE_MAP, EVERY_MAP } from '../compiler/ind
 import { NetmangleError } from '../errors.js';
 import type { BuiltObject, BuiltProgram } from './build.js';
 
-const MAP_TYPE_MACRO = { array: 'BPF_MAP_TYPE_ARRAY', percpu_array: 'BPF_MAP_TYPE_PERCPU_ARRAY', lru_hash: 'BPF_MAP_TYPE_LRU_HASH' } as const;
+const MAP_TYPE_MACRO = { array: 'BPF_MAP_TYPE_ARRAY', hash: 'BPF_MAP_TYPE_HASH', percpu_array: 'BPF_MAP_TYPE_PERCPU_ARRAY', lru_hash: 'BPF_MAP_TYPE_LRU_HASH' } as const;
 
 export function emitC(built: BuiltObject): string {
   const out: string[] = [];

@@ -14,8 +14,8 @@ import { linkByName } from '../kernel/iface.js';
 import { lookupField } from '../rules/catalog.js';
 import type { RuleGroup } from '../rules/ast.js';
 import { spawnSync } from 'node:child_process';
-import { startDelayLine, type RunningDelayLine } from '../delay/index.js';
-import type { Action } from '../rules/ast.js';
+import { startDelayLine, type HoldLimits, type HoldSpec, type RunningDelayLine } from '../delay/index.js';
+import { HELD_MAP } from '../compiler/layout.js';
 
 export interface LoadedProgram extends Disposable {
   compiled: CompiledProgram;
@@ -92,7 +92,7 @@ export interface AttachedGroup {
   attachment: Attachment;
   /** gso_max_segs to restore on detach (when --per-segment changed it). */
   restoreGsoMaxSegs?: number;
-  /** The delay line of the group's `delay` rules (tc egress), removed on detach. */
+  /** The delay line of the group's `delay` and `reorder` rules, removed on detach. */
   delayLine?: RunningDelayLine;
 }
 
@@ -101,6 +101,8 @@ export interface LiveOptions {
   path?: 'auto' | 'link' | 'tcx' | 'netlink';
   /** At tc egress, set the device's gso_max_segs to 1 while attached. */
   perSegment?: boolean;
+  /** Most packets and bytes a delay line holds at once (beyond: sent on undelayed, counted). */
+  maxHeld?: HoldLimits;
 }
 
 export class LiveSession implements Disposable {
@@ -159,12 +161,18 @@ export function attachGroups(groups: RuleGroup[], opts: LiveOptions): LiveSessio
   const done: AttachedGroup[] = [];
   try {
     for (const group of groups) {
-      const delay = delaySpecOf(group);
-      const delayLine = delay ? startDelayLine({ dev: group.dev, netns: group.netns, spec: delay, path: opts.path }) : undefined;
+      const plan = holdPlan(group);
+      const delayLine = plan.specs.length > 0 ? startDelayLine({ dev: group.dev, hook: group.hook, netns: group.netns, specs: plan.specs, path: opts.path, limits: opts.maxHeld }) : undefined;
       let loaded: LoadedProgram;
       try {
-        const compiled = compileGroup(group, { seed: opts.seed, lookupField, delayIfindex: delayLine?.ifindex });
+        const hold = delayLine && {
+          rule: new Map([...plan.ruleSpec].map(([rule, spec]) => [rule, delayLine.ifindexOf(spec)] as const)),
+          follower: delayLine.followerIfindex,
+        };
+        const compiled = compileGroup(group, { seed: opts.seed, lookupField, hold });
         loaded = loadCompiled(compiled);
+        const held = loaded.maps[HELD_MAP];
+        if (held) delayLine!.useHeldMap(held);
       } catch (err) {
         delayLine?.close();
         throw err;
@@ -195,17 +203,29 @@ export function attachGroups(groups: RuleGroup[], opts: LiveOptions): LiveSessio
 }
 
 /**
- * The delay of a group's `delay` rules (one delay line per interface and hook), or undefined
- * when it has none. Rules with different delays on one hook would need one line each.
+ * How a group's rules hold packets: the distinct `delay` and `reorder` specs (one delay-line
+ * TAP each) and, per rule index that holds packets, the index of its spec.
  */
-export function delaySpecOf(group: RuleGroup): { ns: number; jitterNs?: number } | undefined {
-  const delays = group.rules.flatMap((r) => r.actions.filter((a): a is Extract<Action, { kind: 'delay' }> => a.kind === 'delay'));
-  if (delays.length === 0) return undefined;
-  const [first] = delays;
-  if (delays.some((d) => d.ns !== first!.ns || d.jitterNs !== first!.jitterNs)) {
-    throw new NetmangleError(`different delays on ${group.dev} ${group.hook} are not supported yet`, { hint: 'give every delay rule of one interface and hook the same delay and jitter' });
-  }
-  return first!.jitterNs !== undefined ? { ns: first!.ns, jitterNs: first!.jitterNs } : { ns: first!.ns };
+export function holdPlan(group: RuleGroup): { specs: HoldSpec[]; ruleSpec: Map<number, number> } {
+  const specs: HoldSpec[] = [];
+  const keys: string[] = [];
+  const ruleSpec = new Map<number, number>();
+  group.rules.forEach((r, i) => {
+    for (const a of r.actions) {
+      let spec: HoldSpec;
+      if (a.kind === 'delay') spec = { kind: 'delay', ns: a.ns, jitterNs: a.jitterNs, distribution: a.distribution };
+      else if (a.kind === 'reorder') spec = { kind: 'reorder', by: a.by, timeoutNs: a.timeoutNs };
+      else continue;
+      const key = JSON.stringify(spec);
+      let k = keys.indexOf(key);
+      if (k < 0) {
+        k = keys.push(key) - 1;
+        specs.push(spec);
+      }
+      ruleSpec.set(i, k);
+    }
+  });
+  return { specs, ruleSpec };
 }
 
 /** The device's gso_max_segs (IFLA_GSO_MAX_SEGS), read through `ip -d link` in its namespace. */

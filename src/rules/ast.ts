@@ -42,8 +42,9 @@ export interface FieldDef {
   covers: ChecksumCover[];
   /** Fields that are one of two real fields (`ip.addr`, `tcp.port`): match-only, either side. */
   either?: [string, string];
-  /** Fields not read from a header: 'frame.len' is the packet length. */
-  special?: 'frame.len';
+  /** Fields not read from a header: 'frame.len' is the packet length; 'tcp.len' the TCP
+   *  payload length, computed from the IP length field and the header lengths. */
+  special?: 'frame.len' | 'tcp.len';
   description: string;
 }
 
@@ -95,10 +96,20 @@ export type Action =
    */
   | { kind: 'delay'; ns: number; jitterNs?: number; distribution?: DelayDistribution; span: Span }
   /**
+   * Hold the packet in the delay line until `by` later packets of its connection have passed
+   * this hook, or `timeoutNs` has gone by, whichever comes first; then send it on.
+   */
+  | { kind: 'reorder'; by: number; timeoutNs: number; span: Span }
+  /**
    * Answer instead of delivering, sent back out the interface the packet came in on; the
    * packet is dropped. Without `with`: a TCP RST for TCP, ICMP(v6) port unreachable otherwise.
    */
   | { kind: 'reject'; with?: RejectWith; span: Span };
+
+/** `reorder` without `by`: the packet is overtaken by one later packet. */
+export const DEFAULT_REORDER_BY = 1;
+/** `reorder` without `timeout`: the longest a packet waits for the packets that overtake it. */
+export const DEFAULT_REORDER_TIMEOUT_NS = 50_000_000;
 
 export const DELAY_DISTRIBUTIONS = ['uniform', 'normal', 'pareto'] as const;
 export type DelayDistribution = (typeof DELAY_DISTRIBUTIONS)[number];

@@ -16,10 +16,12 @@ import type { ParsedRule } from './parser.js';
 
 type ValueType = 'num' | 'ipv4' | 'ipv6' | 'mac';
 
-type FaultAction = Extract<Action, { kind: 'duplicate' | 'corrupt' | 'truncate' | 'delay' }>;
+type FaultAction = Extract<Action, { kind: 'duplicate' | 'corrupt' | 'truncate' | 'delay' | 'reorder' }>;
 
 /** The longest `delay` (a packet held longer is surely a mistake). */
 export const MAX_DELAY_NS = 60_000_000_000;
+/** The most later packets `reorder by N` lets overtake a held one. */
+export const MAX_REORDER_BY = 1000;
 
 /** Copies one `duplicate` may send (each a bpf_clone_redirect). */
 export const MAX_DUPLICATES = 16;
@@ -283,12 +285,16 @@ class Checker {
       }
       if (a.kind === 'set') {
         sets.push(this.set(a, sets));
-      } else if (a.kind === 'duplicate' || a.kind === 'corrupt' || a.kind === 'truncate' || a.kind === 'delay') {
+      } else if (a.kind === 'duplicate' || a.kind === 'corrupt' || a.kind === 'truncate' || a.kind === 'delay' || a.kind === 'reorder') {
         if (faults.has(a.kind)) this.fail(`${a.kind} is given twice in this rule`, a.span, `give ${a.kind} once`);
+        if ((a.kind === 'delay' && faults.has('reorder')) || (a.kind === 'reorder' && faults.has('delay'))) {
+          this.fail('a rule can delay or reorder a packet, not both', a.span, 'give the two in separate rules');
+        }
         faults.set(a.kind, this.fault(a));
       } else {
-        if (a.kind === 'pass' && faults.has('delay')) {
-          this.fail('nothing can follow delay: the delayed packet is sent on by the delay line', a.span, 'remove pass');
+        const hold = faults.has('delay') ? 'delay' : faults.has('reorder') ? 'reorder' : undefined;
+        if (a.kind === 'pass' && hold) {
+          this.fail(`nothing can follow ${hold}: the held packet is sent on by the delay line`, a.span, 'remove pass');
         }
         if ((a.kind === 'drop' || a.kind === 'reject') && (sets.length > 0 || faults.size > 0)) {
           const what = sets.length > 0 ? 'the set actions' : `${[...faults.keys()].join(' and ')}`;
@@ -304,7 +310,7 @@ class Checker {
     // Then the faults, in the order the program applies them: damage, cut, then copies of
     // the packet as the rule left it.
     // The delay comes last: it takes the packet away (to the delay line) with every change made.
-    for (const k of ['corrupt', 'truncate', 'duplicate', 'delay'] as const) {
+    for (const k of ['corrupt', 'truncate', 'duplicate', 'delay', 'reorder'] as const) {
       const f = faults.get(k);
       if (f) ordered.push(f);
     }
@@ -330,14 +336,18 @@ class Checker {
         whole(a.length, MIN_TRUNCATE, MAX_TRUNCATE, 'the length to cut to', 'truncate 60 keeps the first 60 bytes of the frame (Ethernet header included)');
         return a;
       case 'delay':
-        if (this.hook !== 'egress') this.fail(`delay at ${this.hook === 'xdp' ? 'xdp' : 'tc ingress'} is not supported yet`, a.span, 'use --hook egress');
         if (a.ns <= 0 || a.ns > MAX_DELAY_NS) this.fail(`the delay must be more than 0 and at most 60s, not ${this.text(a.span).replace(/^delay\s+/, '')}`, a.span, 'for example: delay 50ms');
-        if (a.distribution !== undefined && a.distribution !== 'uniform') this.fail(`delay with distribution ${a.distribution} is not supported yet`, a.span, 'leave out distribution (jitter is uniform)');
         if (a.jitterNs !== undefined) {
-          if (a.jitterNs > a.ns) this.fail('the jitter must not exceed the delay: a packet cannot be sent before it arrived', a.span, 'for example: delay 50ms jitter 5ms');
+          if (a.jitterNs > a.ns && (a.distribution ?? 'uniform') === 'uniform') {
+            this.fail('a uniform jitter must not exceed the delay: a packet cannot be sent before it arrived', a.span, 'for example: delay 50ms jitter 5ms');
+          }
         } else if (a.distribution !== undefined) {
           this.fail('a distribution needs a jitter to spread', a.span, 'for example: delay 50ms jitter 5ms distribution uniform');
         }
+        return a;
+      case 'reorder':
+        whole(a.by, 1, MAX_REORDER_BY, 'the number of packets that overtake the held one', 'reorder by 3 lets the next 3 packets of its connection go first');
+        if (a.timeoutNs <= 0 || a.timeoutNs > MAX_DELAY_NS) this.fail('the reorder timeout must be more than 0 and at most 60s', a.span, 'for example: reorder by 2 timeout 20ms');
         return a;
     }
   }
@@ -349,6 +359,7 @@ class Checker {
     if (!f.writable) {
       if (f.either) this.fail(`${f.name} means ${f.either[0]} or ${f.either[1]} and can only be matched`, nameSpan, `set ${f.either[0]} or ${f.either[1]}`);
       if (f.special === 'frame.len') this.fail('frame.len is the length of the packet and cannot be set', nameSpan);
+      if (f.special === 'tcp.len') this.fail('tcp.len is computed from the IP and TCP length fields and can only be matched', nameSpan, 'set ip.len or ipv6.plen, or cut the payload with truncate');
       this.fail(`${f.name} cannot be set`, nameSpan);
     }
     const why = hookCannotSee(f.layer, this.hook);

@@ -2,7 +2,7 @@
  * Rules back to text, with as few parentheses as the precedence allows. Parsing the output
  * gives the same rule again; `status`, traces and tests print rules through here.
  */
-import type { Action, ArithOp, Cond, Expr } from './ast.js';
+import { DEFAULT_REORDER_BY, DEFAULT_REORDER_TIMEOUT_NS, type Action, type ArithOp, type Cond, type Expr } from './ast.js';
 
 const ARITH_PREC: Record<ArithOp, number> = {
   '|': 1, '^': 2, '&': 3, '<<': 4, '>>': 4, '+': 5, '-': 5, '*': 6, '/': 6, '%': 6,
@@ -87,6 +87,7 @@ export function formatAction(a: Action): string {
     case 'corrupt': return a.bits === 1 ? 'corrupt' : `corrupt ${a.bits}`;
     case 'truncate': return `truncate ${a.length}`;
     case 'delay': return `delay ${formatNs(a.ns)}${a.jitterNs !== undefined ? ` jitter ${formatNs(a.jitterNs)}` : ''}${a.distribution ? ` distribution ${a.distribution}` : ''}`;
+    case 'reorder': return `reorder${a.by !== DEFAULT_REORDER_BY ? ` by ${a.by}` : ''}${a.timeoutNs !== DEFAULT_REORDER_TIMEOUT_NS ? ` timeout ${formatNs(a.timeoutNs)}` : ''}`;
     case 'reject': return a.with === undefined ? 'reject' : `reject with ${a.with}`;
     default: return a.kind;
   }

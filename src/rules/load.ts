@@ -253,7 +253,7 @@ const ruleSchema = {
       additionalProperties: { type: ['string', 'integer'] },
     },
     // drop, pass, or a fault action with its argument (`duplicate 2`, `reject with host-unreachable`)
-    action: { type: 'string', pattern: '^\\s*(drop|pass|duplicate|corrupt|truncate|reject|delay)(\\s|$)' },
+    action: { type: 'string', pattern: '^\\s*(drop|pass|duplicate|corrupt|truncate|reject|delay|reorder)(\\s|$)' },
     rule: { type: 'string' },
     probability: { type: 'number', exclusiveMinimum: 0, maximum: 1 },
     every: { type: 'integer', minimum: 1, maximum: MAX_EVERY },
@@ -592,7 +592,7 @@ class Locator {
         return new UsageError(`${this.place(docPath)}: ${prefix}must be ${range}`);
       }
       case 'pattern':
-        return new UsageError(`${this.place(docPath)}: ${prefix}must be one of drop, pass, duplicate [N], corrupt [BITS], truncate LEN, delay DURATION, reject [with CODE]`);
+        return new UsageError(`${this.place(docPath)}: ${prefix}must be one of drop, pass, duplicate [N], corrupt [BITS], truncate LEN, delay DURATION, reorder [by N], reject [with CODE]`);
       case 'minItems':
         return new UsageError(`${this.place(docPath)}: ${prefix}the list is empty`, { hint: 'give at least one rule' });
       case 'minProperties':

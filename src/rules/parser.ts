@@ -11,7 +11,7 @@
  * The parser resolves names against the field catalog and reports unknown ones; types,
  * values and hooks are the checker's business (check.ts).
  */
-import { DELAY_DISTRIBUTIONS, type Action, type ArithOp, type CmpOp, type Cond, type DelayDistribution, type Expr, type RejectWith, type Span } from './ast.js';
+import { DEFAULT_REORDER_BY, DEFAULT_REORDER_TIMEOUT_NS, DELAY_DISTRIBUTIONS, type Action, type ArithOp, type CmpOp, type Cond, type DelayDistribution, type Expr, type RejectWith, type Span } from './ast.js';
 import { fieldCatalog } from './catalog.js';
 import { RuleError } from './errors.js';
 import { tokenize, type Token } from './lexer.js';
@@ -26,7 +26,7 @@ const CMP_OPS = new Set<string>(['==', '!=', '<', '<=', '>', '>=']);
 const KEYWORDS = new Set(['and', 'or', 'not', 'in', 'set', 'drop', 'pass', 'duplicate', 'corrupt', 'truncate', 'reject', 'delay', 'reorder', ...Object.keys(CMP_WORDS)]);
 /** What `reject with …` accepts. */
 export const REJECT_WITH: readonly RejectWith[] = ['tcp-reset', 'net-unreachable', 'host-unreachable', 'port-unreachable', 'proto-unreachable', 'admin-prohibited'];
-const ACTION_LIST = 'drop, pass, set FIELD = VALUE, duplicate [N], corrupt [BITS], truncate LEN, delay DURATION or reject [with CODE]';
+const ACTION_LIST = 'drop, pass, set FIELD = VALUE, duplicate [N], corrupt [BITS], truncate LEN, delay DURATION, reorder [by N] or reject [with CODE]';
 const FUNCTIONS = new Set(['random', 'min', 'max']);
 /** Binary arithmetic operators by precedence level, loosest first (C's order). */
 const ARITH_LEVELS: ArithOp[][] = [['|'], ['^'], ['&'], ['<<', '>>'], ['+', '-'], ['*', '/', '%']];
@@ -345,9 +345,7 @@ class Parser {
       return { kind: 'truncate', length: n.value, span: { start: t.span.start, end: n.span.end } };
     }
     if (t.kind === 'ident' && t.text === 'delay') return this.delay(t);
-    if (t.kind === 'ident' && t.text === 'reorder') {
-      this.fail('reorder is not supported yet', t.span, { hint: 'delay DURATION holds chosen packets; later packets that are not delayed overtake them' });
-    }
+    if (t.kind === 'ident' && t.text === 'reorder') return this.reorder(t);
     if (t.kind === 'ident' && t.text === 'reject') {
       if (!this.isWord('with')) return { kind: 'reject', span: t.span };
       this.next();
@@ -442,6 +440,28 @@ class Parser {
         this.fail(`the distribution must be one of ${DELAY_DISTRIBUTIONS.join(', ')}`, d.span);
       }
       action.distribution = d.text as DelayDistribution;
+      action.span = { start: action.span.start, end: d.span.end };
+    }
+    return action;
+  }
+
+  /** `reorder [by N] [timeout DURATION]`, after the word reorder. */
+  private reorder(word: Extract<Token, { kind: 'ident' }>): Action {
+    const action: Extract<Action, { kind: 'reorder' }> = { kind: 'reorder', by: DEFAULT_REORDER_BY, timeoutNs: DEFAULT_REORDER_TIMEOUT_NS, span: word.span };
+    if (this.isWord('by')) {
+      this.next();
+      const n = this.peek();
+      if (n.kind !== 'num') this.fail('reorder by needs the number of later packets that overtake this one', n.span, { hint: 'for example: reorder by 3' });
+      this.next();
+      action.by = n.value;
+      action.span = { start: action.span.start, end: n.span.end };
+    }
+    if (this.isWord('timeout')) {
+      this.next();
+      const d = this.peek();
+      if (d.kind !== 'duration') this.fail('timeout needs a duration with its unit: 50ms, 200us or 1s', d.span, { hint: 'for example: reorder by 2 timeout 20ms' });
+      this.next();
+      action.timeoutNs = d.ns;
       action.span = { start: action.span.start, end: d.span.end };
     }
     return action;

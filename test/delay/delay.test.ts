@@ -1,7 +1,6 @@
 /**
- * `delay DURATION [jitter DURATION]`: the language (parse, check, what is not supported yet),
- * the compiled program's redirect and pass-through of delayed packets, the delay line's hold
- * times; and live in a lab: ping's RTT grows by the delay at h1's tc egress while the other
+ * `delay DURATION [jitter DURATION]` and `reorder`: the language (parse, check, mistakes), the
+ * compiled program's redirect and pass-through of delayed packets; and live in a lab: ping's RTT grows by the delay at h1's tc egress while the other
  * direction is untouched, jitter spreads RTTs within its bounds, and kill -9 leaves no TAP and
  * no program behind and traffic flowing undelayed again.
  */
@@ -13,9 +12,8 @@ import { dirname, join } from 'node:path';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { compileGroup, DELAYED_MARK, SKB } from '../../src/compiler/index.js';
-import { DelayLine } from '../../src/delay/line.js';
 import { Lab, ping } from '../../src/lab/index.js';
-import { delaySpecOf } from '../../src/live/index.js';
+import { holdPlan } from '../../src/live/index.js';
 import { lookupField } from '../../src/rules/catalog.js';
 import { formatAction } from '../../src/rules/format.js';
 import { loadRulesFile, parseRuleLine } from '../../src/rules/load.js';
@@ -28,69 +26,67 @@ function group(text: string, hook: 'egress' | 'ingress' | 'xdp' = 'egress') {
   return parseRuleLine(text, { dev: 'eth0', hook }).groups[0]!;
 }
 
-test('delay DURATION parses at tc egress, with its unit, and prints back the same', () => {
+test('delay DURATION parses at every hook, with its unit, and prints back the same', () => {
   const g = group('icmp.type == 8 => delay 50ms');
   const action = g.rules[0]!.actions[0]!;
   assert.deepEqual({ kind: action.kind, ns: action.kind === 'delay' ? action.ns : 0 }, { kind: 'delay', ns: 50_000_000 });
   assert.equal(formatAction(action), 'delay 50ms');
   const j = group('tcp => delay 2ms jitter 500us').rules[0]!.actions[0]!;
   assert.equal(formatAction(j), 'delay 2ms jitter 500us');
-  assert.deepEqual(delaySpecOf(group('tcp => delay 1s jitter 10ms')), { ns: 1_000_000_000, jitterNs: 10_000_000 });
+  assert.equal(formatAction(group('tcp => delay 2ms jitter 5ms distribution pareto', 'xdp').rules[0]!.actions[0]!), 'delay 2ms jitter 5ms distribution pareto');
+  assert.deepEqual(holdPlan(group('tcp => delay 1s jitter 10ms', 'ingress')).specs, [{ kind: 'delay', ns: 1_000_000_000, jitterNs: 10_000_000, distribution: undefined }]);
 });
 
-test('a rules file takes delay as its action', () => {
+test('reorder [by N] [timeout D] parses, defaults to by 1 timeout 50ms, and prints back the same', () => {
+  const r = group('tcp.flags.push => reorder').rules[0]!.actions[0]!;
+  assert.deepEqual({ ...r, span: undefined }, { kind: 'reorder', by: 1, timeoutNs: 50_000_000, span: undefined });
+  assert.equal(formatAction(r), 'reorder');
+  const r3 = group('tcp => reorder by 3 timeout 20ms', 'xdp').rules[0]!.actions[0]!;
+  assert.equal(formatAction(r3), 'reorder by 3 timeout 20ms');
+  assert.throws(() => group('tcp => reorder by 0'), /whole number from 1 to 1000/);
+  assert.throws(() => group('tcp => reorder by'), /reorder by needs the number/);
+  assert.throws(() => group('tcp => reorder timeout 5'), /timeout needs a duration/);
+  assert.throws(() => group('tcp => reorder, delay 5ms'), /delay or reorder a packet, not both/);
+  assert.throws(() => group('tcp => reorder, drop'), /drop discards the packet/);
+  assert.throws(() => group('tcp => reorder, pass'), /nothing can follow reorder/);
+});
+
+test('a rules file takes delay and reorder as its action', () => {
   const dir = mkdtempSync(join(tmpdir(), 'nm-delay-'));
   try {
     const file = join(dir, 'rules.yaml');
-    writeFileSync(file, 'dev: eth0\nhook: egress\nrules:\n  - match: icmp.type == 8\n    action: delay 50ms jitter 5ms\n');
-    assert.deepEqual(delaySpecOf(loadRulesFile(file).groups[0]!), { ns: 50_000_000, jitterNs: 5_000_000 });
+    writeFileSync(file, 'dev: eth0\nhook: egress\nrules:\n  - match: icmp.type == 8\n    action: delay 50ms jitter 5ms\n  - match: tcp\n    action: reorder by 2\n');
+    assert.deepEqual(holdPlan(loadRulesFile(file).groups[0]!), {
+      specs: [{ kind: 'delay', ns: 50_000_000, jitterNs: 5_000_000, distribution: undefined }, { kind: 'reorder', by: 2, timeoutNs: 50_000_000 }],
+      ruleSpec: new Map([[0, 0], [1, 1]]),
+    });
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
 });
 
-test('what delay does not support yet is refused with one line saying so', () => {
-  for (const [text, hook, pattern] of [
-    ['icmp => delay 5ms', 'ingress', /delay at tc ingress is not supported yet/],
-    ['icmp => delay 5ms', 'xdp', /delay at xdp is not supported yet/],
-    ['icmp => delay 5ms jitter 1ms distribution normal', 'egress', /distribution normal is not supported yet/],
-    ['icmp => reorder', 'egress', /reorder is not supported yet/],
-  ] as const) {
-    assert.throws(() => group(text, hook), (e: Error) => pattern.test(e.message), text);
-  }
+test('delay mistakes are refused with one line; rules with the same hold share one spec', () => {
   assert.throws(() => group('icmp => delay 5'), /delay needs a duration with its unit/);
   assert.throws(() => group('icmp => delay 5ms jitter 6ms'), /jitter must not exceed the delay/);
+  assert.doesNotThrow(() => group('icmp => delay 5ms jitter 6ms distribution normal'));
   assert.throws(() => group('icmp => delay 5ms, pass'), /nothing can follow delay/);
   assert.throws(() => group('ip.ttl == 5ms => drop'), /is a duration/);
-  const two = { dev: 'eth0', hook: 'egress' as const, rules: [...group('icmp.type == 8 => delay 5ms').rules, ...group('icmp.type == 0 => delay 6ms').rules] };
-  assert.throws(() => delaySpecOf(two), /different delays on eth0 egress are not supported yet/);
+  const three = { dev: 'eth0', hook: 'egress' as const, rules: [...group('icmp.type == 8 => delay 5ms').rules, ...group('icmp.type == 0 => delay 6ms').rules, ...group('udp => delay 5ms').rules] };
+  assert.deepEqual([...holdPlan(three).ruleSpec], [[0, 0], [1, 1], [2, 0]]);
 });
 
-test('a delay rule compiles to a redirect to the TAP, and delayed packets pass; without a TAP it is refused', () => {
+test('a delay rule compiles to a redirect to its TAP, and delayed packets pass; without a delay line it is refused', () => {
   const g = group('icmp.type == 8 => delay 50ms');
-  assert.throws(() => compileGroup(g, { seed: 1, lookupField }), /delay here is not supported yet/);
-  const p = compileGroup(g, { seed: 1, lookupField, delayIfindex: 4242 });
+  assert.throws(() => compileGroup(g, { seed: 1, lookupField }), /delay and reorder run only where a delay line holds the packets/);
+  const p = compileGroup(g, { seed: 1, lookupField, hold: { rule: new Map([[0, 4242]]) } });
   const markLoads = p.insns.filter((i) => i.code === 0x61 && i.off === SKB.mark);
   assert.ok(markLoads.length >= 1, 'the program reads skb->mark');
   assert.ok(p.insns.some((i) => i.imm === DELAYED_MARK), 'and compares it with the delay line mark');
   const call = p.insns.findIndex((i) => i.code === 0x85 && i.imm === 23);
   assert.ok(call > 0, 'bpf_redirect is called');
   assert.ok(p.insns.slice(0, call).some((i) => i.code === 0xb7 && i.dst === 1 && i.imm === 4242), 'to the TAP ifindex');
-});
-
-test('the delay line holds each packet the delay, spread by the jitter within its bounds', () => {
-  const fixed = new DelayLine(-1, { ns: 50_000_000 }, () => 0.9);
-  const spread = new DelayLine(-1, { ns: 50_000_000, jitterNs: 10_000_000 }, () => 0);
-  const top = new DelayLine(-1, { ns: 50_000_000, jitterNs: 10_000_000 }, () => 0.999999);
-  try {
-    assert.equal(fixed.holdMs(), 50);
-    assert.equal(spread.holdMs(), 40);
-    assert.ok(Math.abs(top.holdMs() - 60) < 0.001);
-  } finally {
-    fixed.stop();
-    spread.stop();
-    top.stop();
-  }
+  const x = compileGroup(group('icmp.type == 8 => delay 50ms', 'xdp'), { seed: 1, lookupField, hold: { rule: new Map([[0, 4242]]) } });
+  assert.ok(!x.insns.some((i) => i.imm === DELAYED_MARK), 'at xdp nothing comes back through the program: no mark test');
 });
 
 const TOPOLOGY: Parameters<typeof Lab.up>[0] = { hosts: { h1: {}, h2: {} }, links: [{ a: 'h1', b: 'h2' }] };

@@ -37,6 +37,6 @@ test('runAt on a range of a buffer gives what run gives on a copy of that range'
 function mapsFor(c: ReturnType<typeof compileGroup>) {
   return Object.fromEntries(c.maps.map((m) => [m.name, createVmMapFor(m)]));
 }
-function createVmMapFor(m: { name: string; type: 'array' | 'percpu_array' | 'lru_hash'; keySize: number; valueSize: number; maxEntries: number }) {
+function createVmMapFor(m: { name: string; type: 'array' | 'percpu_array' | 'lru_hash' | 'hash'; keySize: number; valueSize: number; maxEntries: number }) {
   return createMap({ type: m.type, keySize: m.keySize, valueSize: m.valueSize, maxEntries: m.maxEntries, name: m.name });
 }
