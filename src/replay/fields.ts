@@ -84,9 +84,13 @@ export interface FieldChange {
   after: string;
 }
 
-/** Fields worth listing: real (not `either`) and not a second name for the same bits (tcp.seq_raw). */
+/**
+ * Fields worth listing: real (not `either`), not computed from other fields (tcp.len follows
+ * ip.len or ipv6.plen, which are listed when they change), and not a second name for the same
+ * bits (tcp.seq_raw).
+ */
 const LISTED: readonly FieldDef[] = FIELDS.filter((f, i) => {
-  if (f.either) return false;
+  if (f.either || f.special === 'tcp.len') return false;
   return !FIELDS.slice(0, i).some((g) => !g.either && g.layer === f.layer && g.offset === f.offset && g.width === f.width
     && g.shift === f.shift && g.mask === f.mask && g.scale === f.scale && g.special === f.special);
 });

@@ -162,6 +162,14 @@ export const FIELDS: readonly FieldDef[] = [
     offset: 12, width: 1, shift: 4, mask: 0xf, scale: 4, covers: L4,
     description: 'Header length in bytes (4 × data offset): 20 without options',
   }),
+  def('tcp.len', 'tcp', {
+    offset: 0, width: 4, special: 'tcp.len', writable: false,
+    description: 'Payload length in bytes, as Wireshark computes it: ip.len (or ipv6.plen + 40) minus the IP header with its '
+      + 'options or extension headers, minus tcp.hdr_len; ip.len 0 (segmentation offload) counts to the end of the packet. '
+      + 'At tc egress a GSO packet counts whole (the length field covers the super-packet). Absent in a first fragment and '
+      + 'where the length field leaves no room for the TCP header. A length field past the end of the packet is believed '
+      + '(Wireshark stops at the end; a capture cut by a snap length agrees). Match only',
+  }),
   def('tcp.flags', 'tcp', {
     offset: 12, width: 2, mask: 0xfff, covers: L4,
     description: 'The 12 flag bits: FIN 0x001, SYN 0x002, RST 0x004, PSH 0x008, ACK 0x010, URG 0x020, ECE 0x040, CWR 0x080, AE 0x100, reserved 0xe00',
@@ -226,6 +234,8 @@ const FAMILIAR_NAMES: Record<string, string> = {
   'tcp.window_size': 'tcp.window_size_value',
   'tcp.window': 'tcp.window_size_value',
   'tcp.urgptr': 'tcp.urgent_pointer',
+  'tcp.seglen': 'tcp.len',
+  'tcp.payload_len': 'tcp.len',
   'tcp.sport': 'tcp.srcport',
   'tcp.dport': 'tcp.dstport',
   'udp.sport': 'udp.srcport',

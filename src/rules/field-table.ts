@@ -37,6 +37,7 @@ function valueColumn(f: FieldDef): string {
 
 function whereColumn(f: FieldDef): string {
   if (f.special === 'frame.len') return 'packet length';
+  if (f.special === 'tcp.len') return 'computed from the length fields';
   const bytes = f.width === 1 ? `byte ${f.offset}` : `bytes ${f.offset}-${f.offset + f.width - 1}`;
   const fullWidth = f.mask === 0 || f.mask === (f.width >= 4 ? 0xffffffff : 2 ** (f.width * 8) - 1);
   if (fullWidth && f.shift === 0) return bytes;

@@ -43,6 +43,9 @@ const CONDITIONS: string[] = [
   'tcp.port == 5201', 'tcp.port != 5201', 'tcp.port != 40001', 'tcp.port != 1', 'udp.port == 40000',
   // frame.len
   'frame.len == 54', 'frame.len > 60', 'frame.len >= 100', 'frame.len < 40',
+  // tcp.len: the payload length from the IP length field (options, extension headers, fragments, cut frames)
+  'tcp.len == 0', 'tcp.len != 0', 'tcp.len > 8', 'tcp.len == 33', 'tcp.len == 7', 'tcp.len == 40', 'tcp.len', 'not tcp.len >= 0',
+  'ipv6 and tcp.len == 8', 'tcp.flags.push and tcp.len > 20', 'tcp.len == 0 and tcp.flags.ack', 'tcp.len + tcp.hdr_len == 40', 'tcp.len in {7 10}',
   // arithmetic and functions in a match
   'ip.ttl + 1 == 65', 'ip.id * 2 > 4000', 'ip.ttl - 65 > 1000', 'tcp.seq / tcp.urgent_pointer == 0', 'tcp.seq % tcp.urgent_pointer == tcp.seq', 'ip.len / 2 == 20', 'ip.ttl >> 2 == 16',
   'ip.ttl << 1 == 128', '(ip.ttl ^ 0xff) == 191', 'min(ip.ttl, 60) == 60', 'max(ip.ttl, 100) == 100', 'tcp.srcport - tcp.dstport == 34799',

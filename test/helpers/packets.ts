@@ -526,9 +526,38 @@ export function fieldOffset(d: Decoded, f: FieldDef): number | undefined {
   return base === undefined ? undefined : base + f.offset;
 }
 
+/**
+ * Wireshark's tcp.len: the TCP payload length from the IP length field, or undefined when
+ * there is no TCP layer or the length field leaves less than a TCP header. IPv4's field is the
+ * whole datagram (0 with segmentation offload: to the end of the frame), IPv6's the part after
+ * the fixed 40 bytes; the IP header's options or extension headers and the TCP header (its
+ * data offset, even a bogus one below 5) are taken off. A length past the frame's end is
+ * believed (a capture cut by a snap length). None in a first fragment (MF or M set; an IPv6
+ * atomic fragment, offset 0 without M, is a whole segment).
+ */
+export function tcpPayloadLength(frame: Uint8Array): number | undefined {
+  const d = decode(frame);
+  const tcp = d.layers.tcp;
+  // A fragment carries part of the segment: Wireshark shows no tcp.len.
+  if (tcp === undefined || d.fragment?.more) return undefined;
+  const ip = d.layers.ip ?? d.layers.ipv6!;
+  let datagram: number;
+  if (d.layers.ip !== undefined) {
+    datagram = rd16(frame, ip + 2);
+    if (datagram === 0) datagram = frame.length - ip;
+  } else {
+    datagram = 40 + rd16(frame, ip + 4);
+  }
+  const segment = datagram - (tcp - ip);
+  const headerLength = (frame[tcp + 12]! >> 4) * 4;
+  if (segment < 20 || segment < headerLength) return undefined;
+  return segment - headerLength;
+}
+
 /** Reads a numeric field's user-visible value, or undefined when absent. */
 export function readField(frame: Uint8Array, f: FieldDef): number | undefined {
   if (f.special === 'frame.len') return frame.length;
+  if (f.special === 'tcp.len') return tcpPayloadLength(frame);
   const at = fieldOffset(decode(frame), f);
   if (at === undefined || at + f.width > frame.length) return undefined;
   let c = 0;
