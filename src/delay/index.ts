@@ -23,6 +23,7 @@ import { createTap, type Tap } from './tap.js';
 export { DelayLine, type DelayLineStats } from './line.js';
 export { createTap, type Tap } from './tap.js';
 export { connKeyOf } from './flow.js';
+export { uncountHeld, type HeldCounts } from './held.js';
 export { DEFAULT_HOLD_LIMITS, HoldQueue, drawDelayNs, seededRandom, type HoldLimits, type HoldSpec, type HoldStats, type Release } from './queue.js';
 
 export interface DelayLineOptions {

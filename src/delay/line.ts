@@ -11,6 +11,7 @@
 import { readSync, writeSync } from 'node:fs';
 import type { BpfMap } from '../kernel/map.js';
 import { connKeyOf } from './flow.js';
+import { uncountHeld } from './held.js';
 import { DEFAULT_HOLD_LIMITS, HoldQueue, type HoldLimits, type HoldSpec, type HoldStats, type Release } from './queue.js';
 
 /** How often the TAPs are drained, in milliseconds (the added error of a delay is about this). */
@@ -117,15 +118,7 @@ export class DelayLine {
     const map = this.heldMap;
     if (!map) return;
     try {
-      const v = map.lookup(key);
-      if (!v) return;
-      const n = v.readBigUInt64LE(0);
-      if (n <= 1n) map.delete(key);
-      else {
-        const next = Buffer.alloc(8);
-        next.writeBigUInt64LE(n - 1n);
-        map.update(key, next);
-      }
+      uncountHeld(map, key);
     } catch {
       // The map went with the program (detach in progress): nothing left to count.
     }
