@@ -14,7 +14,7 @@ import { linkByName } from '../kernel/iface.js';
 import { lookupField } from '../rules/catalog.js';
 import type { RuleGroup } from '../rules/ast.js';
 import { spawnSync } from 'node:child_process';
-import { startDelayLine, type HoldLimits, type HoldSpec, type RunningDelayLine } from '../delay/index.js';
+import { startDelayLine, type DelayLineStats, type HoldLimits, type HoldSpec, type RunningDelayLine } from '../delay/index.js';
 import { HELD_MAP } from '../compiler/layout.js';
 
 export interface LoadedProgram extends Disposable {
@@ -109,8 +109,8 @@ export class LiveSession implements Disposable {
   private detached = false;
   constructor(readonly groups: AttachedGroup[]) {}
 
-  counters(): Array<{ group: AttachedGroup; rules: RuleCounters[]; gso: number }> {
-    return this.groups.map((g) => ({ group: g, ...g.loaded.counters() }));
+  counters(): Array<{ group: AttachedGroup; rules: RuleCounters[]; gso: number; delay?: DelayLineStats }> {
+    return this.groups.map((g) => ({ group: g, ...g.loaded.counters(), delay: g.delayLine?.stats() }));
   }
 
   /** Detaches every program, restores device settings, closes maps. Idempotent. */
@@ -142,7 +142,7 @@ export class LiveSession implements Disposable {
   release(): void {
     if (this.detached) return;
     if (this.groups.some((g) => g.delayLine)) {
-      throw new NetmangleError('keeping delay rules attached after exit is not supported yet: the delay line lives in this process', { hint: 'run delay rules without --pin' });
+      throw new NetmangleError('delay and reorder rules cannot stay attached after exit: the delay line lives in this process', { hint: 'run them without --pin' });
     }
     this.detached = true;
     for (const g of this.groups) {

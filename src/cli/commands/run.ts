@@ -10,6 +10,7 @@ import { existsSync } from 'node:fs';
 import type { Command } from 'commander';
 import { randomSeed } from '../../compiler/prng.js';
 import { NetmangleError, UsageError, describeError } from '../../errors.js';
+import type { DelayLineStats } from '../../delay/line.js';
 import type { LiveSession } from '../../live/index.js';
 import type { Hook, RuleGroup } from '../../rules/ast.js';
 import { parseDuration } from '../duration.js';
@@ -113,6 +114,30 @@ export function applyForOption(groups: RuleGroup[], forText: string | undefined)
   return forMs;
 }
 
+const SIZE_UNITS: Record<string, number> = { '': 1, b: 1, k: 1024, kb: 1000, kib: 1024, m: 1024 ** 2, mb: 1000 ** 2, mib: 1024 ** 2, g: 1024 ** 3, gb: 1000 ** 3, gib: 1024 ** 3 };
+
+/** `--max-held PACKETS[,BYTES]` or `--max-held BYTES` (a size with its unit: 16MiB, 500KB). */
+export function parseMaxHeld(text: string): { packets: number; bytes: number } {
+  const bad = (why: string): never => {
+    throw new UsageError(`--max-held ${text}: ${why}`, { hint: 'for example --max-held 1000 (packets), --max-held 16MiB (bytes) or --max-held 1000,16MiB' });
+  };
+  const limits = { packets: 10_000, bytes: 64 * 1024 * 1024 };
+  const parts = text.split(',').map((p) => p.trim());
+  if (parts.length > 2 || parts.some((p) => p === '')) bad('give PACKETS, BYTES or PACKETS,BYTES');
+  for (const [i, p] of parts.entries()) {
+    const m = /^(\d+)\s*([a-z]*)$/i.exec(p);
+    const unit = m?.[2]?.toLowerCase() ?? '';
+    if (!m || !(unit in SIZE_UNITS)) bad(`${p} is not a count or a size (units: B, KB, KiB, MB, MiB, GB, GiB)`);
+    const n = Number(m![1]) * SIZE_UNITS[unit]!;
+    const isBytes = unit !== '' || (parts.length === 2 && i === 1);
+    if (n < 1 || !Number.isSafeInteger(n)) bad('must be at least 1');
+    if (isBytes) limits.bytes = n;
+    else if (i === 0) limits.packets = n;
+    if (parts.length === 2 && i === 0 && unit !== '') bad('the first of PACKETS,BYTES is a count of packets, without a unit');
+  }
+  return limits;
+}
+
 function parseNumber(text: string, option: string): number {
   const n = Number(text);
   if (text.trim() === '' || !Number.isFinite(n)) throw new UsageError(`${option} ${text}: not a number`);
@@ -135,9 +160,10 @@ export function register(program: Command): void {
     .option('--checksum <mode>', 'fix (default) or keep: leave checksums stale on purpose')
     .option('--for <duration>', 'stop acting after this long (e.g. 30s, 5m): the program stops by its own clock (so a pinned rule does too), and run detaches')
     .option('--per-segment', 'at tc egress, make every TCP segment a packet of its own at the hook (gso_max_segs 1 while attached)')
+    .option('--max-held <limit>', 'most packets a delay line holds at once, PACKETS[,BYTES] (e.g. 1000,16MiB; default 10000,64MiB); beyond it packets pass undelayed and are counted')
     .option('--pin', 'keep the rules attached after exit (see netmangle status, netmangle clear)')
     .option('--attach <path>', 'auto (default), link (XDP link / tcx) or netlink (legacy IFLA_XDP / cls_bpf)', 'auto')
-    .action(async (rule: string, opts: RuleSourceOptions & { for?: string; perSegment?: boolean; attach: string; pin?: boolean }) => {
+    .action(async (rule: string, opts: RuleSourceOptions & { for?: string; perSegment?: boolean; attach: string; pin?: boolean; maxHeld?: string }) => {
       if (opts.pin && opts.perSegment) {
         throw new UsageError('--per-segment cannot be combined with --pin: nothing would restore gso_max_segs afterwards', {
           hint: 'set it yourself with: ip link set dev DEV gso_max_segs 1',
@@ -149,9 +175,12 @@ export function register(program: Command): void {
       // The programs keep the deadline themselves (from each rule's first matching packet), so
       // a pinned rule stops acting on time with nobody left to detach it.
       const forMs = applyForOption(groups, opts.for);
-      if (opts.pin && groups.some((g) => g.rules.some((r) => r.actions.some((a) => a.kind === 'delay')))) {
-        throw new UsageError('--pin with delay is not supported yet: the delay line lives in the netmangle process', { hint: 'run delay rules without --pin' });
+      const maxHeld = opts.maxHeld === undefined ? undefined : parseMaxHeld(opts.maxHeld);
+      const hold = groups.flatMap((g) => g.rules.flatMap((r) => r.actions.filter((a) => a.kind === 'delay' || a.kind === 'reorder')))[0];
+      if (opts.pin && hold) {
+        throw new UsageError(`--pin with ${hold.kind} is not possible: the delay line that holds the packets lives in the netmangle process`, { hint: `run ${hold.kind} rules without --pin` });
       }
+      if (maxHeld && !hold) throw new UsageError('--max-held applies to delay and reorder rules, and these rules hold no packets');
       if (typeof process.getuid === 'function' && process.getuid() !== 0) {
         throw new NetmangleError('netmangle run needs root (CAP_BPF and CAP_NET_ADMIN) to load and attach programs', {
           hint: 'run it with sudo, or try the rule offline first',
@@ -159,7 +188,7 @@ export function register(program: Command): void {
       }
       const { attachGroups } = await import('../../live/index.js');
       const registry = await import('../../live/registry.js');
-      const session = attachGroups(groups, { seed, path: opts.attach as 'auto' | 'link' | 'netlink', perSegment: opts.perSegment });
+      const session = attachGroups(groups, { seed, path: opts.attach as 'auto' | 'link' | 'netlink', perSegment: opts.perSegment, maxHeld });
       if (opts.pin) {
         try {
           for (const r of registry.pinGroups(session.groups, seed)) {
@@ -245,7 +274,13 @@ async function runForeground(session: LiveSession, o: ForegroundOptions): Promis
       const c = s.rules[i]!;
       out.write(`rule ${r.name}: matched=${c.matched} acted=${c.acted} dropped=${c.dropped}\n`);
     });
+    if (s.delay) out.write(`delay line ${s.group.attachment.dev}/${s.group.attachment.hook}: ${formatDelayStats(s.delay)}\n`);
   }
+}
+
+/** The delay line's counters as name=value pairs (what it holds now, and totals). */
+function formatDelayStats(d: DelayLineStats): string {
+  return `held=${d.held} peak=${d.peakHeld} delayed=${d.delayed} reordered=${d.reordered} overtaken=${d.overtaken} timed-out=${d.timedOut} followers=${d.followers} over-limit=${d.overLimit} failed=${d.failed}`;
 }
 
 function formatTable(session: LiveSession): string[] {
@@ -258,5 +293,7 @@ function formatTable(session: LiveSession): string[] {
     });
   }
   const widths = rows[0]!.map((_, col) => Math.max(...rows.map((r) => r[col]!.length)));
-  return rows.map((r) => r.map((cell, col) => (col >= 2 ? cell.padStart(widths[col]!) : cell.padEnd(widths[col]!))).join('  '));
+  const lines = rows.map((r) => r.map((cell, col) => (col >= 2 ? cell.padStart(widths[col]!) : cell.padEnd(widths[col]!))).join('  '));
+  for (const s of session.counters()) if (s.delay) lines.push(`delay line ${s.group.attachment.dev}/${s.group.attachment.hook}: ${formatDelayStats(s.delay)}`);
+  return lines;
 }
