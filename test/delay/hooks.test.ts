@@ -1,0 +1,171 @@
+/**
+ * The delay line live, through `netmangle run`, at every hook: numbered UDP datagrams on two
+ * flows show exactly which packets `reorder by N` lets overtake the held one (only its own
+ * connection's), the timeout, and `--max-held`; ping shows `delay` at xdp and tc ingress. The
+ * order is read by the receiver's own sockets.
+ */
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Lab, ping } from '../../src/lab/index.js';
+import { startRun } from '../faults/lab-support.js';
+import { kernelTest, uniqueName } from '../helpers/kernel.js';
+
+const TOPOLOGY: Parameters<typeof Lab.up>[0] = { hosts: { h1: {}, h2: {} }, links: [{ a: 'h1', b: 'h2' }] };
+const A = 7000, B = 7001;
+
+/** Receives on ports A and B until `count` datagrams came or 2 s pass idle; prints "port seq ns" lines. */
+const RECEIVER = `
+import socket, select, sys, time
+count = int(sys.argv[1])
+socks = []
+for port in (${A}, ${B}):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("0.0.0.0", port))
+    socks.append(s)
+print("ready", flush=True)
+got = 0
+while got < count:
+    r, _, _ = select.select(socks, [], [], 2.0)
+    if not r:
+        break
+    for s in r:
+        data = s.recv(100)
+        print(s.getsockname()[1], int(data.decode()), time.monotonic_ns(), flush=True)
+        got += 1
+`;
+
+/** Sends datagrams 0..n-1 on flow A, each followed by the same number on flow B, `gapMs` apart. */
+const SENDER = `
+import socket, sys, time
+dst, n, gap, flows = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]) / 1000, sys.argv[4]
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for i in range(n):
+    s.sendto(str(i).encode(), (dst, ${A}))
+    if flows == "ab":
+        s.sendto(str(i).encode(), (dst, ${B}))
+    time.sleep(gap)
+`;
+
+interface Arrival {
+  port: number;
+  seq: number;
+  ns: number;
+}
+
+async function exchange(lab: Lab, dir: string, n: number, flows: 'a' | 'ab', gapMs = 3): Promise<Arrival[]> {
+  const expected = flows === 'ab' ? 2 * n : n;
+  const rx = lab.spawn('h2', ['python3', join(dir, 'rx.py'), String(expected)]);
+  let out = '';
+  rx.stdout!.setEncoding('utf8').on('data', (d: string) => (out += d));
+  const done = new Promise<void>((resolve) => rx.on('close', () => resolve()));
+  try {
+    for (let i = 0; i < 100 && !out.startsWith('ready'); i++) await new Promise((r) => setTimeout(r, 50));
+    assert.ok(out.startsWith('ready'), 'the receiver started');
+    const tx = await lab.exec('h1', ['python3', join(dir, 'tx.py'), lab.address('h2'), String(n), String(gapMs), flows], { timeoutMs: 20_000 });
+    assert.equal(tx.code, 0, tx.stderr);
+    await done;
+  } finally {
+    if (rx.exitCode === null) rx.kill('SIGKILL');
+    await done;
+  }
+  return out.split('\n').slice(1).filter(Boolean).map((l) => {
+    const [port, seq, ns] = l.split(' ').map(Number);
+    return { port: port!, seq: seq!, ns: ns! };
+  });
+}
+
+const order = (arrivals: Arrival[], port: number): number[] => arrivals.filter((a) => a.port === port).map((a) => a.seq);
+const range = (from: number, to: number): number[] => Array.from({ length: to - from }, (_, i) => from + i);
+
+async function withLab(prefix: string, fn: (lab: Lab, dir: string) => Promise<void>): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), 'nm-hold-'));
+  writeFileSync(join(dir, 'rx.py'), RECEIVER);
+  writeFileSync(join(dir, 'tx.py'), SENDER);
+  const lab = await Lab.up(TOPOLOGY, { name: uniqueName(prefix) });
+  try {
+    await fn(lab, dir);
+  } finally {
+    await lab.down();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+function delayLine(output: string): Record<string, number> {
+  const m = /^delay line \S+: (.*)$/m.exec(output);
+  assert.ok(m, `the exit summary has the delay line's counters: ${output}`);
+  return Object.fromEntries([...m[1]!.matchAll(/([\w-]+)=(\d+)/g)].map((p) => [p[1]!, Number(p[2])]));
+}
+
+kernelTest('lab: reorder by 3 at tc egress: the third datagram of flow A arrives after A3, A4, A5; flow B does not count', async () => {
+  await withLab('ro', async (lab, dir) => {
+    const run = await startRun(['--netns', lab.netns('h1'), '--dev', 'eth0', '--hook', 'egress', `udp.dstport == ${A} => reorder by 3`, '--after', '2', '--first', '1']);
+    let arrivals: Arrival[];
+    let stopped: Awaited<ReturnType<typeof run.stop>>;
+    try {
+      arrivals = await exchange(lab, dir, 12, 'ab');
+    } finally {
+      stopped = await run.stop();
+    }
+    assert.equal(stopped.code, 0, stopped.output);
+    assert.deepEqual(order(arrivals, A), [0, 1, 3, 4, 5, 2, ...range(6, 12)], 'flow A at the receiver');
+    assert.deepEqual(order(arrivals, B), range(0, 12), 'flow B untouched');
+    const line = delayLine(stopped.output);
+    assert.deepEqual({ reordered: line.reordered, overtaken: line.overtaken, timedOut: line['timed-out'], held: line.held }, { reordered: 1, overtaken: 1, timedOut: 0, held: 0 });
+    assert.equal(line.followers, 3, 'A3, A4, A5 went through the line, B did not');
+    assert.equal(stopped.counters['rule-1']?.acted, 1);
+  });
+}, { timeout: 120_000 });
+
+kernelTest('lab: reorder at tc ingress with too few followers is released by its timeout; delay at xdp and at tc ingress raises ping RTT', async () => {
+  await withLab('rt', async (lab, dir) => {
+    const run = await startRun(['--netns', lab.netns('h2'), '--dev', 'eth0', '--hook', 'ingress', `udp.dstport == ${A} => reorder by 3 timeout 150ms`, '--after', '10', '--first', '1']);
+    let arrivals: Arrival[];
+    let stopped: Awaited<ReturnType<typeof run.stop>>;
+    try {
+      arrivals = await exchange(lab, dir, 12, 'a', 5);
+    } finally {
+      stopped = await run.stop();
+    }
+    assert.equal(stopped.code, 0, stopped.output);
+    assert.deepEqual(order(arrivals, A), [...range(0, 10), 11, 10]);
+    const at = (seq: number) => arrivals.find((a) => a.seq === seq)!.ns / 1e6;
+    const late = at(10) - at(9);
+    assert.ok(late >= 140 && late < 300, `A10 came ${late.toFixed(1)} ms after A9 (timeout 150 ms)`);
+    const line = delayLine(stopped.output);
+    assert.deepEqual({ reordered: line.reordered, timedOut: line['timed-out'], followers: line.followers }, { reordered: 1, timedOut: 1, followers: 1 });
+
+    const base = Math.min(...(await ping(lab, 'h1', 'h2', { count: 4, intervalS: 0.1 })).replies.map((r) => r.rttMs));
+    for (const hook of ['xdp', 'ingress']) {
+      const d = await startRun(['--netns', lab.netns('h2'), '--dev', 'eth0', '--hook', hook, 'icmp.type == 8 => delay 40ms']);
+      let rtts: number[];
+      try {
+        rtts = (await ping(lab, 'h1', 'h2', { count: 6, intervalS: 0.1 })).replies.map((r) => r.rttMs);
+      } finally {
+        const s = await d.stop();
+        assert.equal(s.code, 0, s.output);
+        assert.equal(delayLine(s.output).delayed, 6, `${hook}: ${s.output}`);
+      }
+      assert.equal(rtts.length, 6, `${hook}: every echo answered`);
+      assert.ok(Math.abs(Math.min(...rtts) - base - 40) <= 5, `${hook}: min RTT ${base} ms -> ${Math.min(...rtts)} ms`);
+    }
+  });
+}, { timeout: 120_000 });
+
+kernelTest('lab: --max-held 1 holds one packet; the others pass undelayed and are counted', async () => {
+  await withLab('mh', async (lab, dir) => {
+    const run = await startRun(['--netns', lab.netns('h1'), '--dev', 'eth0', '--hook', 'egress', `udp.dstport == ${A} => delay 300ms`, '--max-held', '1']);
+    let arrivals: Arrival[];
+    let stopped: Awaited<ReturnType<typeof run.stop>>;
+    try {
+      arrivals = await exchange(lab, dir, 10, 'a', 2);
+    } finally {
+      stopped = await run.stop();
+    }
+    assert.equal(stopped.code, 0, stopped.output);
+    assert.deepEqual(order(arrivals, A), [...range(1, 10), 0]);
+    const line = delayLine(stopped.output);
+    assert.deepEqual({ delayed: line.delayed, overLimit: line['over-limit'], peak: line.peak }, { delayed: 1, overLimit: 9, peak: 1 });
+  });
+}, { timeout: 120_000 });
