@@ -336,7 +336,7 @@ class Checker {
         whole(a.length, MIN_TRUNCATE, MAX_TRUNCATE, 'the length to cut to', 'truncate 60 keeps the first 60 bytes of the frame (Ethernet header included)');
         return a;
       case 'delay':
-        if (a.ns <= 0 || a.ns > MAX_DELAY_NS) this.fail(`the delay must be more than 0 and at most 60s, not ${this.text(a.span).replace(/^delay\s+/, '')}`, a.span, 'for example: delay 50ms');
+        if (a.ns < 0 || a.ns > MAX_DELAY_NS) this.fail(`the delay must be from 0 to 60s, not ${this.text(a.span).replace(/^delay\s+/, '')}`, a.span, 'for example: delay 50ms');
         if (a.jitterNs !== undefined) {
           if (a.jitterNs > a.ns && (a.distribution ?? 'uniform') === 'uniform') {
             this.fail('a uniform jitter must not exceed the delay: a packet cannot be sent before it arrived', a.span, 'for example: delay 50ms jitter 5ms');
