@@ -1934,8 +1934,9 @@ class Gen {
    * length; IPv6 payload length + 40) minus the bytes from the IP header to the TCP header
    * (r8 - r7: options and extension headers included), minus tcp.hdr_len. IPv4 with total
    * length 0 (segmentation offload, BIG TCP) counts to the end of the packet. Jumps to
-   * `absent` when the length field leaves less than a TCP header (20 bytes, or tcp.hdr_len when
-   * more) and in a first fragment: Wireshark shows no tcp.len there. The length field is not cut to the packet: a
+   * `absent` when the length field leaves less than tcp.hdr_len, or less than 16 bytes (even
+   * with a bogus data offset below 5, Wireshark reads up to the window first), and in a first
+   * fragment: Wireshark shows no tcp.len there. The length field is not cut to the packet: a
    * capture cut by a snap length keeps its IP length, and so Wireshark's value.
    */
   private tcpPayloadLength(absent: string, known: ReadonlySet<Layer>): Reg {
@@ -1968,7 +1969,8 @@ class Gen {
     a.label(sized);
     // IP payload per the length field: may be negative (a length below the headers).
     a.mov64(t, L4).alu64('sub', t, L3).alu64('sub', r, t);
-    a.jmp('jslt', r, imm(20), absent);
+    // Wireshark reads the header up to the window (16 bytes) before it counts the payload.
+    a.jmp('jslt', r, imm(16), absent);
     a.ldx(1, t, L4, 12).alu64('rsh', t, imm(4)).alu64('lsh', t, imm(2));
     a.jmp('jgt', t, r, absent);
     a.alu64('sub', r, t);

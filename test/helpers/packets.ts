@@ -531,7 +531,8 @@ export function fieldOffset(d: Decoded, f: FieldDef): number | undefined {
  * there is no TCP layer or the length field leaves less than a TCP header. IPv4's field is the
  * whole datagram (0 with segmentation offload: to the end of the frame), IPv6's the part after
  * the fixed 40 bytes; the IP header's options or extension headers and the TCP header (its
- * data offset, even a bogus one below 5) are taken off. A length past the frame's end is
+ * data offset, even a bogus one below 5) are taken off. Absent when that leaves less than the
+ * TCP header, or less than 16 bytes (Wireshark reads up to the window first). A length past the frame's end is
  * believed (a capture cut by a snap length). None in a first fragment (MF or M set; an IPv6
  * atomic fragment, offset 0 without M, is a whole segment).
  */
@@ -550,7 +551,8 @@ export function tcpPayloadLength(frame: Uint8Array): number | undefined {
   }
   const segment = datagram - (tcp - ip);
   const headerLength = (frame[tcp + 12]! >> 4) * 4;
-  if (segment < 20 || segment < headerLength) return undefined;
+  // Wireshark reads the header up to the window (16 bytes) before it counts the payload.
+  if (segment < 16 || segment < headerLength) return undefined;
   return segment - headerLength;
 }
 
