@@ -1,9 +1,13 @@
 /**
  * The field bug of the delay article, reproduced in a lab: on each of 8 parallel TCP
- * connections the first PSH segment carrying bulk data is held 2 ms at h1's tc egress, so later
- * segments of the same connection overtake it. The receiver's kernel must see out-of-order
+ * connections the first PSH segment carrying bulk data is held 2 ms at the sender's tc egress, so
+ * later segments of the same connection overtake it. The receiver's kernel must see out-of-order
  * segments on every connection (tcp_info rcv_ooopack, sampled with `ss` during the transfer) and
  * TcpExtTCPOFOQueue must grow; the same transfer without the rule must show none.
+ *
+ * The issue's own command, `tcp.flags.push => delay 2ms --first 1 --per-connection`, as it is,
+ * at the egress of a host that sends bulk data on connections it accepted (iperf3 -R: the server
+ * sends): there the first PSH segment of each data connection carries data and more follows it.
  *
  * Sender and receiver are pinned to CPU 0 because veth reorders by itself when a flow's segments
  * land in both CPUs' backlogs (KERNEL-NOTES). `ip.len > 200` skips iperf3's 37-byte cookie, the
@@ -35,18 +39,20 @@ function waitExit(child: ChildProcess): Promise<void> {
   });
 }
 
-async function transfer(lab: Lab): Promise<Transfer> {
+/** iperf3 from h1 to the server on h2; `reverse`: the server sends (-R), h1 receives. */
+async function transfer(lab: Lab, reverse = false): Promise<Transfer> {
+  const receiver = reverse ? 'h1' : 'h2';
   const server = lab.spawn('h2', ['taskset', '-c', '0', 'iperf3', '-s', '-1', '-p', PORT]);
   const serverDone = waitExit(server);
   try {
     await new Promise((r) => setTimeout(r, 500));
-    const before = await nstatSnapshot(lab, 'h2');
-    const client = lab.exec('h1', ['taskset', '-c', '0', 'iperf3', '-c', lab.address('h2'), '-p', PORT, '-P', String(CONNECTIONS), '-t', '3', '-J'], { timeoutMs: 30_000 });
+    const before = await nstatSnapshot(lab, receiver);
+    const client = lab.exec('h1', ['taskset', '-c', '0', 'iperf3', '-c', lab.address('h2'), '-p', PORT, '-P', String(CONNECTIONS), '-t', '3', '-J', ...(reverse ? ['-R'] : [])], { timeoutMs: 30_000 });
     await new Promise((r) => setTimeout(r, 2_500));
-    const ss = await lab.exec('h2', ['ss', '-tinH', 'state', 'established', 'sport', '=', `:${PORT}`], { check: true });
+    const ss = await lab.exec(receiver, ['ss', '-tinH', 'state', 'established', reverse ? 'dport' : 'sport', '=', `:${PORT}`], { check: true });
     const result = await client;
     assert.equal(result.code, 0, result.stderr || result.stdout);
-    const after = await nstatSnapshot(lab, 'h2');
+    const after = await nstatSnapshot(lab, receiver);
     // ss prints each socket on a line of its own followed by an indented line of tcp_info; the data
     // connections are those that received bulk data (the control connection receives a few bytes).
     // A connection that saw no out-of-order packet prints no rcv_ooopack: that is 0.
@@ -74,6 +80,31 @@ kernelTest(`lab: '${RULE}' --first 1 --per-connection makes the receiver count o
       const stopped = await run.stop();
       assert.equal(stopped.code, 0, stopped.output);
       // One per data connection, plus iperf3's control connection (its parameters exceed 200 bytes).
+      assert.ok((stopped.counters['rule-1']?.acted ?? 0) >= CONNECTIONS, stopped.output);
+    }
+    t.diagnostic(`without: OFO ${without.ofo}, ${without.gbps.toFixed(1)} Gb/s; with: OFO ${withRule.ofo}, per connection ${withRule.perConnection.join(' ')}, ${withRule.gbps.toFixed(1)} Gb/s`);
+    assert.equal(without.ofo, 0, 'no out-of-order segments without the rule');
+    assert.ok(withRule.ofo >= CONNECTIONS, `TcpExtTCPOFOQueue ${withRule.ofo} with the rule`);
+    assert.equal(withRule.perConnection.length, CONNECTIONS, `data connections seen by ss: ${withRule.perConnection.join(' ')}`);
+    for (const n of withRule.perConnection) assert.ok(n >= 1, `every connection saw out-of-order packets: ${withRule.perConnection.join(' ')}`);
+  } finally {
+    await lab.down();
+  }
+}, { timeout: 120_000 });
+
+const ISSUE_RULE = 'tcp.flags.push => delay 2ms';
+
+kernelTest(`lab: the issue's own '${ISSUE_RULE}' --first 1 --per-connection at the sending server's egress (iperf3 -R): out-of-order segments on each of ${CONNECTIONS} connections at the receiver`, async (t) => {
+  const lab = await Lab.up(TOPOLOGY, { name: uniqueName('ofr') });
+  try {
+    const without = await transfer(lab, true);
+    const run = await startRun(['--netns', lab.netns('h2'), '--dev', 'eth0', '--hook', 'egress', ISSUE_RULE, '--first', '1', '--per-connection']);
+    let withRule: Transfer;
+    try {
+      withRule = await transfer(lab, true);
+    } finally {
+      const stopped = await run.stop();
+      assert.equal(stopped.code, 0, stopped.output);
       assert.ok((stopped.counters['rule-1']?.acted ?? 0) >= CONNECTIONS, stopped.output);
     }
     t.diagnostic(`without: OFO ${without.ofo}, ${without.gbps.toFixed(1)} Gb/s; with: OFO ${withRule.ofo}, per connection ${withRule.perConnection.join(' ')}, ${withRule.gbps.toFixed(1)} Gb/s`);
