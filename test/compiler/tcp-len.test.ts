@@ -15,7 +15,8 @@ import { test } from 'node:test';
 import type { Hook } from '../../src/rules/ast.js';
 import { buildPacket, internetChecksum, tcpPayloadLength, type BuiltPacket, type PacketSpec } from '../helpers/packets.js';
 import { kernelTest } from '../helpers/kernel.js';
-import { rule, run, verdictsAt, withRules } from './harness.js';
+import { VmRunner } from '../../src/replay/runner.js';
+import { compileRules, rule, run, verdictsAt, withRules } from './harness.js';
 import { evalCond } from './reference-eval.js';
 import { shapes, tcTestRunAccepts } from './shapes.js';
 
@@ -198,16 +199,41 @@ test('the reference agrees with tshark on every shape (IP reassembly off: netman
   }
 });
 
+/** Shapes a test run at the hook takes, and conditions that tell every value of tcp.len among them apart. */
+function casesFor(hook: Hook): { usable: Array<[string, BuiltPacket]>; conditions: string[] } {
+  const usable = allShapes().filter(([, p]) => hook === 'xdp' || tcTestRunAccepts(p.frame));
+  const values = [...new Set(usable.map(([, p]) => tcpPayloadLength(p.frame)).filter((v): v is number => v !== undefined))].sort((x, y) => x - y);
+  assert.ok(values.length >= 10, `values ${values.join(' ')}`);
+  const conditions = [
+    ...values.map((v) => `tcp.len == ${v}`),
+    'tcp.len >= 0', 'not tcp.len >= 0', 'tcp.len > 100', 'tcp.len', 'ipv6 and tcp.len < 20', 'ip and tcp.len != 0',
+    'tcp.len - 1 > 0x7fffffff', 'tcp.flags.push and tcp.len > 10',
+  ];
+  return { usable, conditions };
+}
+
+test('in the VM (replay), interpreter and JIT: the program\'s tcp.len is the reference\'s on every shape', () => {
+  const failures: string[] = [];
+  for (const hook of ['xdp', 'egress', 'ingress'] as Hook[]) {
+    const { usable, conditions } = casesFor(hook);
+    for (const text of conditions) {
+      const r = rule(`${text} => drop`, hook);
+      for (const engine of ['interpreter', 'jit'] as const) {
+        const vm = new VmRunner(compileRules(hook, [r]), engine);
+        for (const [name, pkt] of usable) {
+          const want = evalCond(pkt.frame, r.match) ? verdictsAt(hook).drop : verdictsAt(hook).none;
+          const got = vm.run(pkt.frame);
+          if (got !== want) failures.push(`${hook} ${engine}: ${text} on ${name}: returned ${got}, expected ${want}`);
+        }
+      }
+    }
+  }
+  assert.deepEqual(failures, []);
+});
+
 for (const hook of ['xdp', 'egress', 'ingress'] as Hook[]) {
   kernelTest(`${hook}: the program's tcp.len is the reference's on every shape`, () => {
-    const usable = allShapes().filter(([, p]) => hook === 'xdp' || tcTestRunAccepts(p.frame));
-    const values = [...new Set(usable.map(([, p]) => tcpPayloadLength(p.frame)).filter((v): v is number => v !== undefined))].sort((x, y) => x - y);
-    assert.ok(values.length >= 10, `values ${values.join(' ')}`);
-    const conditions = [
-      ...values.map((v) => `tcp.len == ${v}`),
-      'tcp.len >= 0', 'not tcp.len >= 0', 'tcp.len > 100', 'tcp.len', 'ipv6 and tcp.len < 20', 'ip and tcp.len != 0',
-      'tcp.len - 1 > 0x7fffffff', 'tcp.flags.push and tcp.len > 10',
-    ];
+    const { usable, conditions } = casesFor(hook);
     const failures: string[] = [];
     for (const text of conditions) {
       const r = rule(`${text} => drop`, hook);
