@@ -15,6 +15,9 @@ export interface HeldCounts {
 /**
  * Takes 1 off the u64 count of connection `key`, deleting the entry at 0 (so the program stops
  * sending the connection's packets through the line as followers). A missing entry stays missing.
+ * The read and the write are two steps: an add by the program in between is lost, and the
+ * connection's count then reaches 0 while one of its packets is still held; that packet leaves
+ * by its timeout instead of after its followers (rare: two held packets of one connection at once).
  */
 export function uncountHeld(map: HeldCounts, key: Uint8Array): void {
   const v = map.lookup(key);
