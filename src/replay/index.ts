@@ -15,6 +15,8 @@ import { EthernetFrames, formatForPath, openReplayWriter, sameBytes, sameFile, t
 import { changedFields, differingBytes, formatChanges } from './fields.js';
 import type { ObjectProgramSummary } from './object.js';
 import { KernelRunner, VmRunner, type ProgramRunner, type ReplayEngine } from './runner.js';
+import { DEFAULT_HOLD_LIMITS, type HoldLimits, type Release } from '../delay/queue.js';
+import { groupHolds, holdNote, holdSeed, overLimitNote, StageHold, type HeldPacket } from './hold.js';
 
 export { changedFields, formatChanges, locateLayers, type FieldChange, type LayerOffsets } from './fields.js';
 export {
@@ -86,6 +88,8 @@ export interface ReplayOptions {
   format?: CaptureFileFormat;
   /** Comment changed packets in a pcapng output (default true). */
   comments?: boolean;
+  /** Most packets and bytes each stage's hold queue keeps at once (delay, reorder); beyond, packets go on at once, counted. */
+  maxHeld?: HoldLimits;
   /** Called every few thousand packets and at the end, with bytes of the input read so far. */
   onProgress?: (bytesRead: number, packets: number) => void;
 }
@@ -102,6 +106,25 @@ export interface RuleSummary {
   /** Packets that left with bytes different from the input, this rule having acted on them. */
   changed: number;
   dropped: number;
+  /** Rules of a group that holds packets: packets this rule delayed, reordered, or would have but the hold was full. */
+  delayed?: number;
+  reordered?: number;
+  overLimit?: number;
+}
+
+/** What the hold queues (delay, reorder) did, summed over the stages. */
+export interface HoldSummary {
+  delayed: number;
+  reordered: number;
+  /** Reordered packets released by the packets of their connection that overtook them, and by their timeout. */
+  overtaken: number;
+  timedOut: number;
+  /** Packets a full queue sent on at once. */
+  overLimit: number;
+  /** Packets of connections with reordered packets held, that went by. */
+  followers: number;
+  peakHeld: number;
+  limits: HoldLimits;
 }
 
 export interface ReplaySummary {
@@ -124,6 +147,8 @@ export interface ReplaySummary {
     /** --engine kernel: frames BPF_PROG_TEST_RUN refused (tc frames over 3712 bytes). */
     kernelRefused: number;
   };
+  /** Present when some rule holds packets (delay, reorder). */
+  held?: HoldSummary;
   /** Per rule, for compiled rules; empty for a program from an object. */
   rules: RuleSummary[];
   /** A program from an object (replayObject): what it did, in place of per-rule counters. */
@@ -140,6 +165,27 @@ interface Stage {
   runner: ProgramRunner;
   seen: number;
   changed: Float64Array;
+  /** The stage's `delay` and `reorder` side, when its rules hold packets. */
+  hold?: StageHold;
+}
+
+/**
+ * One packet on its way through the stages: the input it came from (to tell whether it left
+ * changed) and what earlier stages left on it. Packets straight from the capture share one,
+ * reset per packet; a held packet carries its own.
+ */
+interface Passage {
+  inBytes: Uint8Array;
+  inOff: number;
+  inLen: number;
+  /** The input's wire length minus its captured length. */
+  wireExtra: number;
+  /** Rules of stages before `from` that acted on it, as (stage, rule) pairs. */
+  acted: number[];
+  /** Comment parts from holds (delayed, reordered, over the limit). */
+  notes: string[];
+  /** Whether some stage ran its program on it. */
+  ran: boolean;
 }
 
 /** Where replay's VM clock starts: one day (see the packet loop). */
@@ -150,7 +196,10 @@ export async function replayCapture(opts: ReplayOptions): Promise<ReplaySummary>
   const format = opts.format ?? formatForPath(opts.output);
   if (opts.groups.length === 0) throw new UsageError('no rules to replay');
   if (sameFile(opts.input, opts.output)) throw new UsageError(`the output ${opts.output} is the input capture; write to another file`);
-  const compiled: CompiledProgram[] = opts.groups.map((g) => compileGroup(g, { seed: opts.seed, lookupField }));
+  // The hold plan lives beside the live delay line, whose module loads the kernel's bindings: only when needed.
+  const holdPlan = opts.groups.some(groupHolds) ? (await import('../live/index.js')).holdPlan : undefined;
+  const holds = opts.groups.map((g, i) => (holdPlan ? StageHold.of(g, holdPlan(g), holdSeed(opts.seed, i), opts.maxHeld) : undefined));
+  const compiled: CompiledProgram[] = opts.groups.map((g, i) => compileGroup(g, { seed: opts.seed, lookupField, hold: holds[i]?.targets }));
   const reader = openCaptureSync(opts.input);
   const summary: ReplaySummary = {
     input: opts.input, output: opts.output, format, engine: opts.engine, seed: opts.seed, hooks: opts.groups.map((g) => g.hook),
@@ -165,9 +214,11 @@ export async function replayCapture(opts: ReplayOptions): Promise<ReplaySummary>
       const { pinThread } = await import('../kernel/affinity.js');
       unpin = pinThread().restore;
     }
-    for (const c of compiled) {
+    for (const [i, c] of compiled.entries()) {
       const runner = opts.engine === 'kernel' ? await KernelRunner.open(c) : new VmRunner(c, opts.engine === 'interp' ? 'interpreter' : 'jit');
-      stages.push({ hook: c.hook, runner, seen: 0, changed: new Float64Array(c.rules.length) });
+      const hold = holds[i];
+      hold?.useHeldMap(runner.heldMap());
+      stages.push({ hook: c.hook, runner, seen: 0, changed: new Float64Array(c.rules.length), hold });
     }
     writer = openReplayWriter(reader, opts.output, format);
     const out = writer;
@@ -177,69 +228,105 @@ export async function replayCapture(opts: ReplayOptions): Promise<ReplaySummary>
     const acted = stages.map((s) => new Int32Array(s.runner.compiled.rules.length));
     const actedN = new Int32Array(stages.length);
     const progressEvery = 4096;
+    const anyHold = stages.some((s) => s.hold);
 
     // The VM's clock (bpf_ktime_get_ns: limit, for, start-after) is the capture's: nanoseconds
     // since the first packet, plus a day, so that it never reads 0 nor goes below 0 for
-    // packets a little out of order.
+    // packets a little out of order. The hold queues run on the same clock (without the day).
     let firstSec: number | undefined, firstNsec = 0;
-    reader.forEach((pkt) => {
-      summary.packetsIn++;
-      if (firstSec === undefined) {
-        firstSec = pkt.tsSec;
-        firstNsec = pkt.tsNsec;
-      }
-      const ktime = Math.max(0, CLOCK_START_NS + (pkt.tsSec - firstSec) * 1e9 + (pkt.tsNsec - firstNsec));
-      // The frame is bytes[off, off + len): the reader's buffer for Ethernet, else a converted copy.
-      frames.of(pkt);
-      const inBytes = frames.bytes, inOff = frames.offset, inLen = frames.length;
-      let buf = inBytes, off = inOff, len = inLen;
+    const ts = { sec: 0, nsec: 0 };
+    /** Sets `ts` to the capture time `relNs` after the first packet. */
+    const timestampOf = (relNs: number): typeof ts => {
+      const total = firstNsec + Math.round(relNs);
+      const secs = Math.floor(total / 1e9);
+      ts.sec = firstSec! + secs;
+      ts.nsec = total - secs * 1e9;
+      return ts;
+    };
+
+    /**
+     * Runs a frame through stages [from, n) at capture time relNs (written with timestamp
+     * tsSec.tsNsec): it leaves (written), is dropped, or is held by a stage (written when it
+     * leaves the hold, then going on through the stages after that one).
+     */
+    const passOn = (frame: Uint8Array, frameOff: number, frameLen: number, from: number, relNs: number, tsSec: number, tsNsec: number, p: Passage): void => {
+      const ktime = Math.max(0, CLOCK_START_NS + relNs);
+      let buf = frame, off = frameOff, len = frameLen;
       let dropped = false;
-      let ran = false;
-      if (inLen < 14) {
-        summary.notRun.tooShort++;
-      } else {
-        for (let s = 0; s < stages.length; s++) {
-          actedN[s] = 0;
-          const stage = stages[s]!;
-          if (stage.hook !== 'xdp' && !tcCanSee(buf, off, len)) {
-            summary.notRun.cutIpHeader++;
-            continue;
-          }
-          const runner = stage.runner;
-          const rv = runner.run(buf, off, len, ktime);
-          if (rv === undefined) {
-            summary.notRun.kernelRefused++;
-            continue;
-          }
-          ran = true;
-          stage.seen++;
-          // `duplicate`'s copies leave before the original (bpf_clone_redirect sends at once),
-          // as the rule left them; they do not meet later stages.
-          const copies = runner.clones;
-          if (copies !== undefined && copies.length > 0) {
-            for (const c of copies) {
-              out.writeBytes(c.packet, 0, c.packet.length, pkt.tsSec, pkt.tsNsec, Math.max(c.packet.length, pkt.origLen - inLen + c.packet.length), 0, comments ? 'netmangle: duplicate (a copy of the next packet)' : undefined);
-              summary.packetsOut++;
-            }
-          }
-          actedN[s] = runner.actedSinceLast(acted[s]!);
-          if (isDrop(stage.hook, rv)) {
-            dropped = true;
-            break;
-          }
-          buf = runner.outBytes;
-          off = runner.outOffset;
-          len = runner.outLength;
+      let followed: Array<{ stage: number; flow: string }> | undefined;
+      for (let s = from; s < stages.length; s++) {
+        actedN[s] = 0;
+        const stage = stages[s]!;
+        if (stage.hook !== 'xdp' && !tcCanSee(buf, off, len)) {
+          summary.notRun.cutIpHeader++;
+          continue;
         }
+        const runner = stage.runner;
+        const rv = runner.run(buf, off, len, ktime);
+        if (rv === undefined) {
+          summary.notRun.kernelRefused++;
+          continue;
+        }
+        p.ran = true;
+        stage.seen++;
+        // `duplicate`'s copies leave before the original (bpf_clone_redirect sends at once),
+        // as the rule left them; they do not meet later stages.
+        const copies = runner.clones;
+        if (copies !== undefined && copies.length > 0) {
+          for (const c of copies) {
+            out.writeBytes(c.packet, 0, c.packet.length, tsSec, tsNsec, Math.max(c.packet.length, p.wireExtra + c.packet.length), 0, comments ? 'netmangle: duplicate (a copy of the next packet)' : undefined);
+            summary.packetsOut++;
+          }
+        }
+        const n = (actedN[s] = runner.actedSinceLast(acted[s]!));
+        if (isDrop(stage.hook, rv)) {
+          dropped = true;
+          break;
+        }
+        buf = runner.outBytes;
+        off = runner.outOffset;
+        len = runner.outLength;
+        const hold = stage.hold;
+        if (hold === undefined) continue;
+        const target = hold.targetOf(runner, rv, n > 0 ? acted[s]![n - 1]! : -1);
+        if (target === undefined) continue;
+        if (target === 'follower') {
+          // Sent on at once; the held packets of its connection it frees leave right after it.
+          (followed ??= []).push({ stage: s, flow: hold.flowOf(buf.subarray(off, off + len)) });
+          continue;
+        }
+        const rule = acted[s]![n - 1]!;
+        const spec = hold.specs[target.spec]!;
+        const copy = buf.slice(off, off + len);
+        const flow = spec.kind === 'reorder' ? hold.flowOf(copy) : undefined;
+        const pairs = p.acted.slice();
+        for (let t = from; t <= s; t++) for (let k = 0; k < actedN[t]!; k++) pairs.push(t, acted[t]![k]!);
+        const item: HeldPacket = {
+          frame: copy, original: p.inBytes.slice(p.inOff, p.inOff + p.inLen), wireExtra: p.wireExtra, acted: pairs, notes: p.notes.slice(), rule, flow,
+        };
+        if (hold.queue.hold(item, len, spec, relNs, flow)) {
+          hold.counts[spec.kind === 'delay' ? 'delayed' : 'reordered'][rule]!++;
+          return;
+        }
+        // The line is full: the packet goes on at once, counted (and off its connection's count).
+        hold.counts.overLimit[rule]!++;
+        hold.left(spec, flow);
+        if (comments) p.notes.push(overLimitNote(runner.compiled.rules[rule]!.name, spec));
       }
       if (dropped) {
         summary.dropped++;
       } else {
         let comment: string | undefined;
-        if (ran && !sameBytes(buf, off, len, inBytes, inOff, inLen)) {
+        const parts: string[] | undefined = comments && p.notes.length > 0 ? [] : undefined;
+        if (p.ran && !sameBytes(buf, off, len, p.inBytes, p.inOff, p.inLen)) {
           summary.changed++;
           const names: string[] = [];
-          for (let s = 0; s < stages.length; s++) {
+          for (let k = 0; k < p.acted.length; k += 2) {
+            const stage = stages[p.acted[k]!]!;
+            stage.changed[p.acted[k + 1]!]!++;
+            if (comments) names.push(stage.runner.compiled.rules[p.acted[k + 1]!]!.name);
+          }
+          for (let s = from; s < stages.length; s++) {
             const stage = stages[s]!;
             for (let k = 0; k < actedN[s]!; k++) {
               const r = acted[s]![k]!;
@@ -248,32 +335,115 @@ export async function replayCapture(opts: ReplayOptions): Promise<ReplaySummary>
             }
           }
           if (comments) {
-            const before = inBytes.subarray(inOff, inOff + inLen);
+            const before = p.inBytes.subarray(p.inOff, p.inOff + p.inLen);
             const after = buf.subarray(off, off + len);
             const changes = changedFields(before, after);
             const what = changes.length > 0 ? formatChanges(changes) : `bytes ${differingBytes(before, after).join(', ')} changed`;
             comment = `${names.length > 0 ? names.join(', ') : 'netmangle'}: ${what}`;
           }
         }
-        // The wire length grows or shrinks with the frame (never, for today's rules).
-        const origLen = Math.max(len, pkt.origLen - inLen + len);
-        out.writeBytes(buf, off, len, pkt.tsSec, pkt.tsNsec, origLen, 0, comment);
+        if (parts) {
+          if (comment !== undefined) parts.push(comment);
+          parts.push(...p.notes);
+          comment = parts.join('; ');
+        }
+        // The wire length grows or shrinks with the frame.
+        const origLen = Math.max(len, p.wireExtra + len);
+        out.writeBytes(buf, off, len, tsSec, tsNsec, origLen, 0, comment);
         summary.packetsOut++;
+      }
+      if (followed) {
+        for (const f of followed) {
+          const hold = stages[f.stage]!.hold!;
+          for (const r of hold.queue.follow(f.flow, relNs)) leave(f.stage, r, 'overtaken', relNs, tsSec, tsNsec);
+        }
+      }
+    };
+
+    /** A held packet leaves stage s's hold at relNs: off its connection's count, on through the later stages. */
+    const leave = (s: number, r: Release<HeldPacket>, how: 'due' | 'overtaken', relNs: number, tsSec: number, tsNsec: number): void => {
+      const hold = stages[s]!.hold!;
+      hold.left(r.spec, r.flow);
+      const item = r.item;
+      if (comments) item.notes.push(holdNote(stages[s]!.runner.compiled.rules[item.rule]!.name, r, how));
+      passOn(item.frame, 0, item.frame.length, s + 1, relNs, tsSec, tsNsec, {
+        inBytes: item.original, inOff: 0, inLen: item.original.length, wireExtra: item.wireExtra, acted: item.acted, notes: item.notes, ran: true,
+      });
+    };
+
+    /** Every held packet due at or before relNs leaves, in release order across the stages. */
+    const releaseDue = (relNs: number): void => {
+      for (;;) {
+        let s = -1, next = Number.POSITIVE_INFINITY;
+        for (let k = 0; k < stages.length; k++) {
+          const at = stages[k]!.hold?.queue.nextNs();
+          if (at !== undefined && at < next) {
+            next = at;
+            s = k;
+          }
+        }
+        if (s < 0 || next > relNs) return;
+        for (const r of stages[s]!.hold!.queue.due(next)) {
+          const t = timestampOf(r.releaseNs);
+          leave(s, r, 'due', r.releaseNs, t.sec, t.nsec);
+        }
+      }
+    };
+
+    const passage: Passage = { inBytes: new Uint8Array(0), inOff: 0, inLen: 0, wireExtra: 0, acted: [], notes: [], ran: false };
+    reader.forEach((pkt) => {
+      summary.packetsIn++;
+      if (firstSec === undefined) {
+        firstSec = pkt.tsSec;
+        firstNsec = pkt.tsNsec;
+      }
+      const relNs = (pkt.tsSec - firstSec) * 1e9 + (pkt.tsNsec - firstNsec);
+      if (anyHold) releaseDue(relNs);
+      // The frame is bytes[off, off + len): the reader's buffer for Ethernet, else a converted copy.
+      frames.of(pkt);
+      const p = passage;
+      p.inBytes = frames.bytes;
+      p.inOff = frames.offset;
+      p.inLen = frames.length;
+      p.wireExtra = pkt.origLen - frames.length;
+      p.ran = false;
+      if (p.notes.length > 0) p.notes = [];
+      if (p.inLen < 14) {
+        summary.notRun.tooShort++;
+        out.writeBytes(p.inBytes, p.inOff, p.inLen, pkt.tsSec, pkt.tsNsec, pkt.origLen, 0, undefined);
+        summary.packetsOut++;
+      } else {
+        passOn(p.inBytes, p.inOff, p.inLen, 0, relNs, pkt.tsSec, pkt.tsNsec, p);
       }
       if (opts.onProgress && summary.packetsIn % progressEvery === 0) opts.onProgress(pkt.fileOffset, summary.packetsIn);
     });
+    // The end of the capture: what is still held leaves at its release time.
+    if (anyHold && firstSec !== undefined) releaseDue(Number.POSITIVE_INFINITY);
   } finally {
     try {
       if (writer) await writer.close();
     } finally {
       for (const s of stages) {
         const counters = s.runner.counters();
+        const hold = s.hold;
         s.runner.compiled.rules.forEach((r, i) => {
           summary.rules.push({
             name: r.name, hook: s.hook, dev: s.runner.compiled.dev, seen: s.seen,
             matched: counters[i]!.matched, acted: counters[i]!.acted, changed: s.changed[i]!, dropped: counters[i]!.dropped,
+            ...(hold ? { delayed: hold.counts.delayed[i]!, reordered: hold.counts.reordered[i]!, overLimit: hold.counts.overLimit[i]! } : {}),
           });
         });
+        if (hold) {
+          const q = hold.queue.stats;
+          const h = (summary.held ??= { delayed: 0, reordered: 0, overtaken: 0, timedOut: 0, overLimit: 0, followers: 0, peakHeld: 0, limits: opts.maxHeld ?? DEFAULT_HOLD_LIMITS });
+          h.delayed += q.delayed;
+          h.reordered += q.reordered;
+          h.overtaken += q.overtaken;
+          h.timedOut += q.timedOut;
+          h.overLimit += q.overLimit;
+          h.followers += q.followers;
+          h.peakHeld = Math.max(h.peakHeld, q.peakHeld);
+        }
         s.runner.close();
       }
       unpin?.();
@@ -290,8 +460,10 @@ export function formatSummaryTable(s: ReplaySummary, opts: { seedChosen?: boolea
   const p = s.program;
   const rows: string[][] = p
     ? [['program', 'hook', 'seen', 'changed', 'dropped'], [`${p.name} (section ${p.section})`, p.hook, String(p.seen), String(p.changed), String(p.dropped)]]
-    : [['rule', 'hook', 'seen', 'matched', 'changed', 'dropped']];
-  for (const r of s.rules) rows.push([r.name, r.hook, String(r.seen), String(r.matched), String(r.changed), String(r.dropped)]);
+    : [['rule', 'hook', 'seen', 'matched', 'changed', 'dropped', ...(s.held ? ['delayed', 'reordered'] : [])]];
+  for (const r of s.rules) {
+    rows.push([r.name, r.hook, String(r.seen), String(r.matched), String(r.changed), String(r.dropped), ...(s.held ? [String(r.delayed ?? 0), String(r.reordered ?? 0)] : [])]);
+  }
   const widths = rows[0]!.map((_, col) => Math.max(...rows.map((r) => r[col]!.length)));
   const lines = rows.map((r) => r.map((cell, col) => (col >= 2 ? cell.padStart(widths[col]!) : cell.padEnd(widths[col]!))).join('  ').trimEnd());
   const chosen = opts.seedChosen ? ' (chosen at random; pass --seed to repeat)' : '';
@@ -305,6 +477,12 @@ export function formatSummaryTable(s: ReplaySummary, opts: { seedChosen?: boolea
     else seedText = `bpf_get_prandom_u32 seed ${s.seed}${chosen}`;
   }
   lines.push(`${s.packetsIn} packets in, ${s.packetsOut} out (${s.changed} changed), ${s.dropped} dropped; engine ${s.engine}${seedText ? `, ${seedText}` : ''}`);
+  const h = s.held;
+  if (h) {
+    const limit = `${h.limits.packets} packets / ${formatBytes(h.limits.bytes)}`;
+    lines.push(`held: ${h.delayed} delayed, ${h.reordered} reordered (${h.overtaken} overtaken, ${h.timedOut} by timeout), `
+      + `${h.overLimit} over the limit of ${limit} (sent on at once); at most ${h.peakHeld} held at once`);
+  }
   const notRun = s.notRun.tooShort + s.notRun.cutIpHeader + s.notRun.kernelRefused;
   if (notRun > 0) {
     const parts = [
@@ -315,4 +493,9 @@ export function formatSummaryTable(s: ReplaySummary, opts: { seedChosen?: boolea
     lines.push(`passed through without running the ${p ? 'program' : 'rules'}: ${parts.join(', ')}`);
   }
   return lines;
+}
+
+function formatBytes(n: number): string {
+  for (const [unit, size] of [['GiB', 1024 ** 3], ['MiB', 1024 ** 2], ['KiB', 1024]] as const) if (n >= size && n % size === 0) return `${n / size} ${unit}`;
+  return `${n} bytes`;
 }

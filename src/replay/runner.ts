@@ -10,6 +10,8 @@
  */
 import type { CompiledProgram, RuleCounters } from '../compiler/index.js';
 import { readCounters, ruleCounterOffset, STATE_MAP } from '../compiler/index.js';
+import { HELD_MAP } from '../compiler/layout.js';
+import type { HeldCounts } from '../delay/held.js';
 import { NetmangleError } from '../errors.js';
 
 const EINVAL = 22;
@@ -42,6 +44,13 @@ export interface ProgramRunner {
   actedSinceLast(into: Int32Array): number;
   /** Per-rule counters so far. */
   counters(): RuleCounters[];
+  /**
+   * Where the last run's bpf_redirect sent the packet (-1: nowhere); undefined for the kernel,
+   * whose test run keeps no record of it.
+   */
+  readonly redirectIfindex?: number;
+  /** The program's HELD_MAP (rules with `reorder`), to take leaving packets off their count. */
+  heldMap(): HeldCounts | undefined;
   /** Copies the last run sent (bpf_clone_redirect: `duplicate`), in order; the VM engines only. */
   readonly clones?: ReadonlyArray<{ packet: Uint8Array }>;
   close(): void;
@@ -55,12 +64,14 @@ export class VmRunner implements ProgramRunner {
   private readonly stateWords: Uint32Array;
   private readonly lastActed: Float64Array;
   private readonly actedWord: Int32Array;
+  private readonly maps: Record<string, VmMap>;
 
   constructor(readonly compiled: CompiledProgram, engine: 'jit' | 'interpreter') {
     const maps: Record<string, VmMap> = {};
     for (const spec of compiled.maps) {
       maps[spec.name] = createVmMap({ type: spec.type, keySize: spec.keySize, valueSize: spec.valueSize, maxEntries: spec.maxEntries, name: spec.name, cpus: 1 });
     }
+    this.maps = maps;
     this.state = maps[STATE_MAP] as ArrayMap;
     this.state.update(0, compiled.initialState(REPLAY_CPU));
     this.vm = new Vm(compiled.insns, { programType: compiled.kind, maps, mapRefs: compiled.mapRefs, engine, cpu: 0 });
@@ -92,6 +103,14 @@ export class VmRunner implements ProgramRunner {
 
   get clones(): ReadonlyArray<{ packet: Uint8Array }> {
     return this.vm.machine.clones;
+  }
+
+  get redirectIfindex(): number {
+    return this.vm.machine.redirectIfindex;
+  }
+
+  heldMap(): HeldCounts | undefined {
+    return this.maps[HELD_MAP];
   }
 
   get outOffset(): number {
@@ -181,6 +200,10 @@ export class KernelRunner implements ProgramRunner {
   }
 
   readonly outOffset = 0;
+
+  heldMap(): HeldCounts | undefined {
+    return this.loaded.maps[HELD_MAP];
+  }
 
   get outLength(): number {
     return this.out.length;
