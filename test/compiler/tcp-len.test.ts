@@ -15,6 +15,7 @@ import { test } from 'node:test';
 import type { Hook } from '../../src/rules/ast.js';
 import { buildPacket, internetChecksum, tcpPayloadLength, type BuiltPacket, type PacketSpec } from '../helpers/packets.js';
 import { kernelTest } from '../helpers/kernel.js';
+import { changedFields } from '../../src/replay/fields.js';
 import { VmRunner } from '../../src/replay/runner.js';
 import { compileRules, rule, run, verdictsAt, withRules } from './harness.js';
 import { evalCond } from './reference-eval.js';
@@ -145,6 +146,18 @@ test('the reference gives the pinned tcp.len of each named shape', () => {
     assert.ok(pkt, `no shape named ${name}`);
     assert.equal(tcpPayloadLength(pkt.frame), want, name);
   }
+});
+
+test('replay\'s change comments name the length field that changed, not tcp.len computed from it', () => {
+  const before = new Map(allShapes()).get('ipv4 tcp 1400 bytes')!.frame;
+  const after = before.slice();
+  setU16(after, 14 + 2, 20 + 20 + 1000);
+  assert.equal(tcpPayloadLength(after), 1000);
+  assert.deepEqual(changedFields(before, after).map((c) => `${c.field.name} ${c.before}→${c.after}`), ['ip.len 1440→1040']);
+  // tcp.len has no bytes of its own: a change of the ports is the ports' alone.
+  const ports = before.slice();
+  setU16(ports, 34, 1234);
+  assert.deepEqual(changedFields(before, ports).map((c) => c.field.name), ['tcp.srcport']);
 });
 
 /** A classic pcap (Ethernet, microseconds) with each frame's uncut length as its original length. */
