@@ -7,12 +7,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createPcapWriter, readAllPackets, type CapturePacket } from '../../src/pcap/index.js';
-import { replayCapture, formatSummaryTable, type ReplayEngine, type ReplaySummary } from '../../src/replay/index.js';
+import { replayCapture, formatSummaryTable, selectGroups, type ReplayEngine, type ReplaySummary } from '../../src/replay/index.js';
+import { loadRulesFile } from '../../src/rules/load.js';
 import { parseRuleLine, type RuleLineOptions } from '../../src/rules/load.js';
 import type { Hook } from '../../src/rules/ast.js';
 import { uncountHeld } from '../../src/delay/held.js';
@@ -263,5 +264,52 @@ test('netmangle replay \'tcp.flags.push => reorder\': tshark reads the reordered
     const rows = t.stdout.trim().split('\n').map((l) => l.split('\t'));
     assert.deepEqual(rows.map((x) => Number(x[1])), [1000, 1200, 1100, 1300]);
     assert.deepEqual(rows.map((x) => Math.round(Number(x[0]) * 1000)), [0, 2, 2, 3]);
+  });
+});
+
+test('xdp then ingress: a packet held at XDP meets the ingress rules when it leaves, on the clock of its release', async () => {
+  await withDir(async (dir) => {
+    writeFileSync(join(dir, 'rules.yaml'), [
+      'dev: eth0',
+      'rules:',
+      '  - name: late',
+      '    hook: ingress',
+      '    rule: udp.dstport == 9 => set ip.ttl = 3, delay 5ms',
+      '  - name: early',
+      '    hook: xdp',
+      '    rule: udp => delay 20ms',
+    ].join('\n'));
+    const groups = selectGroups(loadRulesFile(join(dir, 'rules.yaml')).groups);
+    const frames = [{ frame: udp(1), tNs: 0 }, { frame: udp(2, 7), tNs: 1 * MS }, { frame: seg(1, 1000), tNs: 30 * MS }];
+    await writeCapture(join(dir, 'in.pcap'), frames);
+    const output = join(dir, 'out.pcapng');
+    const s = await replayCapture({ groups, seed: 1, engine: 'jit', input: join(dir, 'in.pcap'), output });
+    const { packets } = await readAllPackets(output);
+    // udp 7: 20 ms at xdp (leaves at 21); udp 9: 20 ms at xdp, then 5 ms at ingress (leaves at 25), its TTL set.
+    assert.deepEqual(packets.map(tOf), [21, 25, 30].map((x) => x * MS));
+    assert.deepEqual(packets.slice(0, 2).map(ipId), [2, 1]);
+    assert.equal(packets[1]!.data[22], 3);
+    assert.equal(packets[1]!.comment?.split('; ').slice(1).join('; '), 'early: delayed 20.000 ms; late: delayed 5.000 ms');
+    assert.equal(s.held?.delayed, 3);
+    assert.equal(s.changed, 1);
+    assert.equal(s.rules.find((r) => r.name === 'late')!.changed, 1);
+  });
+});
+
+test('netmangle replay --max-held: packets beyond it go on at once; refused for rules that hold nothing or a bad limit', async () => {
+  await withDir(async (dir) => {
+    await writeCapture(join(dir, 'in.pcap'), steady(3));
+    const run = (args: string[]) => spawnSync(bin, ['replay', ...args], { encoding: 'utf8' });
+    const r = run(['udp => delay 50ms', join(dir, 'in.pcap'), '--hook', 'egress', '-o', join(dir, 'out.pcap'), '--max-held', '1', '--json']);
+    assert.equal(r.status, 0, r.stderr);
+    const summary = JSON.parse(r.stdout) as ReplaySummary;
+    assert.equal(summary.held?.overLimit, 2);
+    assert.deepEqual(summary.held?.limits, { packets: 1, bytes: 64 * 1024 * 1024 });
+    const none = run(['udp => drop', join(dir, 'in.pcap'), '--hook', 'egress', '-o', join(dir, 'out.pcap'), '--max-held', '1']);
+    assert.equal(none.status, 2);
+    assert.match(none.stderr, /^netmangle: --max-held applies to delay and reorder rules/);
+    const bad = run(['udp => delay 5ms', join(dir, 'in.pcap'), '--hook', 'egress', '-o', join(dir, 'out.pcap'), '--max-held', 'lots']);
+    assert.equal(bad.status, 2);
+    assert.match(bad.stderr, /^netmangle: --max-held lots: /);
   });
 });

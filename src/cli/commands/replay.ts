@@ -13,7 +13,7 @@ import { closeSync, existsSync, openSync, readSync, statSync } from 'node:fs';
 import type { Command } from 'commander';
 import { UsageError } from '../../errors.js';
 import type { Hook } from '../../rules/ast.js';
-import { addTriggerOptions, applyForOption, readRules, triggerOptions, type RuleSourceOptions } from './run.js';
+import { addTriggerOptions, applyForOption, parseMaxHeld, readRules, triggerOptions, type RuleSourceOptions } from './run.js';
 
 interface ReplayCliOptions extends RuleSourceOptions {
   for?: string;
@@ -31,6 +31,7 @@ interface ReplayCliOptions extends RuleSourceOptions {
   json?: boolean;
   progress?: boolean;
   section?: string;
+  maxHeld?: string;
 }
 
 /** Inputs above this size get a progress bar on a terminal. */
@@ -81,6 +82,7 @@ export function register(program: Command): void {
     .option('--seed <n>', "seed of the random decisions (for an object: of the VM's bpf_get_prandom_u32; default: chosen and printed)")
     .option('--name <name>', 'name of the one-line rule in the summary and comments')
     .option('--checksum <mode>', 'fix (default) or keep: leave checksums stale on purpose (one-line rule)')
+    .option('--max-held <limit>', 'most packets delay and reorder rules hold at once, PACKETS[,BYTES] (default 10000,64MiB); beyond it packets go on at once, counted')
     .option('--engine <engine>', 'jit (default), interp (the reference interpreter) or kernel (BPF_PROG_TEST_RUN, needs root)', 'jit')
     .option('--format <format>', 'pcap or pcapng (default: from the output name)')
     .option('--json', 'print the summary as one JSON object')
@@ -122,13 +124,17 @@ export function register(program: Command): void {
         }
       }
       const groups = selectGroups(loaded.groups, file ? { hook: opts.hook as Hook | undefined, dev: opts.dev, netns: opts.netns } : {});
+      const maxHeld = opts.maxHeld === undefined ? undefined : parseMaxHeld(opts.maxHeld);
+      if (maxHeld && !groups.some((g) => g.rules.some((r) => r.actions.some((a) => a.kind === 'delay' || a.kind === 'reorder')))) {
+        throw new UsageError('--max-held applies to delay and reorder rules, and these rules hold no packets');
+      }
 
       const bar = await progressBar(input, opts);
       let summary;
       try {
         summary = await replayCapture({
           groups, seed: loaded.seed, engine: opts.engine as 'jit' | 'interp' | 'kernel', input, output: opts.output,
-          format: opts.format as 'pcap' | 'pcapng' | undefined,
+          format: opts.format as 'pcap' | 'pcapng' | undefined, maxHeld,
           onProgress: bar ? (bytes, packets) => bar.update(bytes, { packets }) : undefined,
         });
       } finally {
@@ -160,8 +166,8 @@ async function progressBar(input: string, opts: ReplayCliOptions): Promise<impor
 
 /** `netmangle replay OBJ.o IN -o OUT`: one program of a BPF object instead of compiled rules. */
 async function replayObjectCommand(file: string, input: string, opts: ReplayCliOptions): Promise<void> {
-  for (const o of ['dev', 'netns', 'probability', 'every', 'name', 'checksum'] as const) {
-    if (opts[o] !== undefined) throw new UsageError(`--${o} applies to rules; ${file} is a BPF object`);
+  for (const o of ['dev', 'netns', 'probability', 'every', 'name', 'checksum', 'maxHeld'] as const) {
+    if (opts[o] !== undefined) throw new UsageError(`--${o === 'maxHeld' ? 'max-held' : o} applies to rules; ${file} is a BPF object`);
   }
   const triggers = Object.keys(triggerOptions(opts)).concat(opts.for !== undefined ? ['for'] : []);
   if (triggers.length > 0) {
