@@ -133,7 +133,7 @@ test('schema errors carry the line and the path', () => {
   assertFileError('dev: v\nhook: xdp\nrules:\n  - action: drop\n    probability: 0\n', 'rules.yaml:5: rules[0].probability: must be a number greater than 0 and at most 1');
   assertFileError('dev: v\nhook: xdp\nrules:\n  - action: drop\n    every: 0\n', 'rules.yaml:5: rules[0].every: must be a whole number from 1 to 2147483647');
   assertFileError('dev: v\nhook: xdp\nrules:\n  - action: drop\n    every: 2.5\n', 'rules.yaml:5: rules[0].every: must be an integer');
-  assertFileError('dev: v\nhook: xdp\nrules:\n  - action: explode\n', 'rules.yaml:4: rules[0].action: must be one of drop, pass, duplicate [N], corrupt [BITS], truncate LEN, delay DURATION, reject [with CODE]');
+  assertFileError('dev: v\nhook: xdp\nrules:\n  - action: explode\n', 'rules.yaml:4: rules[0].action: must be one of drop, pass, duplicate [N], corrupt [BITS], truncate LEN, delay DURATION, reorder [by N], reject [with CODE]');
   assertFileError('dev: v\nhook: xdp\nrules:\n  - action: drop\n    checksum: later\n', 'rules.yaml:5: rules[0].checksum: must be one of fix, keep');
   assertFileError('dev: v\nhook: xdp\nrules:\n  - set:\n      ip.ttl: [1]\n', 'rules.yaml:5: rules[0].set.ip.ttl: must be a string or integer');
   assertFileError('dev: v\nhook: xdp\nrules:\n  - set: {}\n', 'rules.yaml:4: rules[0].set: is empty');
