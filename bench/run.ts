@@ -4,8 +4,11 @@
  *   npm run bench               full run, writes BENCHMARKS.md (under 10 minutes)
  *   npm run bench -- --quick    smoke run: same code paths, fewer rounds and smaller inputs
  *
- * Options: --out FILE (default BENCHMARKS.md in the repository), --only cost,many,attach,replay,live,
- * --no-install (do not apt-get missing tools). Needs root (it loads programs and builds labs).
+ *   npm run bench -- --only delay    one section (or several, comma-separated) alone
+ *
+ * Options: --out FILE (default BENCHMARKS.md in the repository), --only cost,many,attach,replay,live,delay
+ * (6. delay: the user-space delay line's own overhead, issue 9), --no-install (do not apt-get missing
+ * tools). Needs root (it loads programs and builds labs).
  *
  * Every figure is a ratio against an anchor measured in the same rounds; a section that fails
  * says so in the report instead of showing figures, and the run then exits with status 1.
@@ -25,6 +28,7 @@ import { measureManyRules } from './sections/many.js';
 import { measureAttach } from './sections/attach.js';
 import { measureReplay } from './sections/replay.js';
 import { measureLive } from './sections/live.js';
+import { measureDelay } from './sections/delay.js';
 
 interface Section {
   key: string;
@@ -38,6 +42,7 @@ const SECTIONS: Section[] = [
   { key: 'attach', title: '3. From rule to attached program', run: measureAttach },
   { key: 'replay', title: '4. Offline replay', run: measureReplay },
   { key: 'live', title: '5. Live throughput', run: measureLive },
+  { key: 'delay', title: '6. Delay line', run: measureDelay },
 ];
 
 interface Options {
@@ -50,7 +55,7 @@ interface Options {
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 
 function usage(): string {
-  return 'usage: npm run bench [-- --quick] [--out FILE] [--only cost,many,attach,replay,live] [--no-install]\n';
+  return 'usage: npm run bench [-- --quick] [--out FILE] [--only cost,many,attach,replay,live,delay] [--no-install]\n';
 }
 
 function parseArgs(argv: string[]): Options {

@@ -79,6 +79,8 @@ export interface IperfResult {
   /** Bits per second the receiver got (TCP), or the sender's rate (UDP). */
   bitsPerSecond: number;
   retransmits: number;
+  /** UDP: datagrams the client sent (iperf3's sum_sent.packets), when it reports them. */
+  packetsSent?: number;
 }
 
 /** Runs an iperf3 client on the sender against the server on the receiver. */
@@ -90,7 +92,7 @@ export async function iperfClient(l: BenchLab, o: IperfOptions): Promise<IperfRe
   if (o.bitrate) argv.push('-b', o.bitrate);
   if (o.length) argv.push('-l', String(o.length));
   const r = await l.lab.exec(SENDER, argv, { timeoutMs: ((o.seconds ?? 10) + 20) * 1000 });
-  let report: { error?: string; end?: { sum_received?: { bits_per_second?: number }; sum_sent?: { bits_per_second?: number; retransmits?: number }; sum?: { bits_per_second?: number } } };
+  let report: { error?: string; end?: { sum_received?: { bits_per_second?: number }; sum_sent?: { bits_per_second?: number; retransmits?: number; packets?: number }; sum?: { bits_per_second?: number } } };
   try {
     report = JSON.parse(r.stdout) as typeof report;
   } catch {
@@ -99,5 +101,5 @@ export async function iperfClient(l: BenchLab, o: IperfOptions): Promise<IperfRe
   if (report.error) throw new NetmangleError(`iperf3 client: ${report.error}`);
   const end = report.end ?? {};
   const bps = o.udp ? (end.sum?.bits_per_second ?? 0) : (end.sum_received?.bits_per_second ?? 0);
-  return { bitsPerSecond: bps, retransmits: end.sum_sent?.retransmits ?? 0 };
+  return { bitsPerSecond: bps, retransmits: end.sum_sent?.retransmits ?? 0, packetsSent: o.udp ? end.sum_sent?.packets : undefined };
 }
