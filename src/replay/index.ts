@@ -188,6 +188,9 @@ interface Passage {
   ran: boolean;
 }
 
+/** A copy of bytes[off, off + len): Uint8Array's slice, since a Buffer's slice is a view (and the reader's buffer is reused). */
+const copyOf = (bytes: Uint8Array, off: number, len: number): Uint8Array => Uint8Array.prototype.slice.call(bytes, off, off + len);
+
 /** Where replay's VM clock starts: one day (see the packet loop). */
 const CLOCK_START_NS = 86_400e9;
 
@@ -297,12 +300,12 @@ export async function replayCapture(opts: ReplayOptions): Promise<ReplaySummary>
         }
         const rule = acted[s]![n - 1]!;
         const spec = hold.specs[target.spec]!;
-        const copy = buf.slice(off, off + len);
+        const copy = copyOf(buf, off, len);
         const flow = spec.kind === 'reorder' ? hold.flowOf(copy) : undefined;
         const pairs = p.acted.slice();
         for (let t = from; t <= s; t++) for (let k = 0; k < actedN[t]!; k++) pairs.push(t, acted[t]![k]!);
         const item: HeldPacket = {
-          frame: copy, original: p.inBytes.slice(p.inOff, p.inOff + p.inLen), wireExtra: p.wireExtra, acted: pairs, notes: p.notes.slice(), rule, flow,
+          frame: copy, original: copyOf(p.inBytes, p.inOff, p.inLen), wireExtra: p.wireExtra, acted: pairs, notes: p.notes.slice(), rule, flow,
         };
         if (hold.queue.hold(item, len, spec, relNs, flow)) {
           hold.counts[spec.kind === 'delay' ? 'delayed' : 'reordered'][rule]!++;
@@ -410,7 +413,7 @@ export async function replayCapture(opts: ReplayOptions): Promise<ReplaySummary>
       if (p.notes.length > 0) p.notes = [];
       if (p.inLen < 14) {
         summary.notRun.tooShort++;
-        out.writeBytes(p.inBytes, p.inOff, p.inLen, pkt.tsSec, pkt.tsNsec, pkt.origLen, 0, undefined);
+        out.writeBytes(p.inBytes, p.inOff, p.inLen, pkt.tsSec, pkt.tsNsec, Math.max(p.inLen, pkt.origLen), 0, undefined);
         summary.packetsOut++;
       } else {
         passOn(p.inBytes, p.inOff, p.inLen, 0, relNs, pkt.tsSec, pkt.tsNsec, p);

@@ -27,7 +27,7 @@ const BASE_SEC = 1_700_000_000;
 const MS = 1_000_000;
 
 const udp = (id: number, dport = 9): Uint8Array =>
-  buildPacket({ l3: { kind: 'ipv4', src: '198.18.0.1', dst: '198.18.0.2', id }, l4: { kind: 'udp', sport: 5000, dport, payload: new Uint8Array(32).fill(id & 0xff) } }).frame;
+  buildPacket({ l3: { kind: 'ipv4', src: '198.18.0.1', dst: '198.18.0.2', id: id & 0xffff }, l4: { kind: 'udp', sport: 5000, dport, payload: new Uint8Array(32).fill(id & 0xff) } }).frame;
 
 /** A segment of connection `conn` (198.18.0.1:40000+conn -> 198.18.0.2:80), or of its reverse direction. */
 const seg = (conn: number, seq: number, flags = 0x10, reverse = false): Uint8Array => {
@@ -187,6 +187,18 @@ test('over the hold limit: packets go on at once, counted, and a reorder packet 
   assert.equal(r.summary.held?.overLimit, 1);
   // 1200 follows; had 1100 stayed on the count, 1300 would have followed too.
   assert.equal(r.summary.held?.followers, 1);
+});
+
+test('held packets keep their bytes when the reader moves on (a capture larger than its read buffer)', async () => {
+  // 4000 frames of 1442 bytes: about 5.8 MB, several refills of the reader's buffer while packets are held.
+  const frames = Array.from({ length: 4000 }, (_, i) => ({
+    frame: buildPacket({ l3: { kind: 'ipv4', src: '198.18.0.1', dst: '198.18.0.2', id: i + 1 }, l4: { kind: 'udp', sport: 5000, dport: 9, payload: new Uint8Array(1400).fill(i & 0xff) } }).frame,
+    tNs: i * MS,
+  }));
+  const r = await replayed('udp => delay 5ms jitter 2ms', frames);
+  assert.equal(r.summary.held?.delayed, 4000);
+  assert.equal(r.summary.changed, 0);
+  for (const p of r.packets) assert.deepEqual(p.data, frames[ipId(p) - 1]!.frame);
 });
 
 const mixed = (): Frame[] => {
