@@ -39,7 +39,7 @@ import type { Action, Cond, Expr, FieldDef, Hook, Layer, Rule, RuleGroup } from 
 import { HEADER_SIZE } from '../rules/catalog.js';
 import { NetmangleError } from '../errors.js';
 import {
-  BPF_F_INGRESS, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST, DELAYED_MARK, HELD_MAP, DUPLICATE_TC_INDEX, CONN_KEY, CONN_KEY_SIZE, CTX, EVERY_MAP, HELPER, LAYER_BIT, SEED_SECTION, SKB,
+  BPF_F_INGRESS, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST, DELAYED_MARK_BASE, DELAYED_MARK_MASK, HELD_MAP, DUPLICATE_TC_INDEX, CONN_KEY, CONN_KEY_SIZE, CTX, EVERY_MAP, HELPER, LAYER_BIT, SEED_SECTION, SKB,
   STATE_GSO, STATE_MAP, STATE_PRNG, TIME_MAP, connMapName, timeStartOffset, timeTatOffset, progKindOf, ruleCounterOffset, verdicts, type ProgKind,
 } from './layout.js';
 import { probabilityThreshold } from './prng.js';
@@ -152,6 +152,8 @@ export interface HoldTargets {
   rule: ReadonlyMap<number, number>;
   /** Where the other packets of a connection with packets held by `reorder` go (sent on at once). */
   follower?: number;
+  /** The mark packets sent on by this line carry (layout.ts delayedMark). */
+  mark: number;
 }
 
 const holdsPacket = (r: Rule): boolean => r.actions.some((x) => x.kind === 'delay' || x.kind === 'reorder');
@@ -332,10 +334,13 @@ class Gen {
       if (this.kind !== 'xdp') {
         // Packets back from the delay line come through this hook again: let them pass untouched.
         // (At xdp they come back after it, at tc ingress.)
+        // (At xdp they come back after it, at tc ingress.) Another line's packets pass as they are.
         const ctx = this.ctxInR1 ? R1 : CTXR;
-        const fresh = this.fresh('not_delayed');
-        a.ldx(4, R2, ctx, SKB.mark).jmp32('jne', R2, imm(DELAYED_MARK), fresh);
-        a.movImm(R2, 0).stx(4, ctx, SKB.mark, R2).movImm(R0, this.v.none).exit();
+        const fresh = this.fresh('not_delayed'), others = this.fresh('other_line');
+        a.ldx(4, R2, ctx, SKB.mark).mov32(R3, R2).alu32('and', R3, imm(DELAYED_MARK_MASK | 0)).jmp32('jne', R3, imm(DELAYED_MARK_BASE), fresh);
+        a.jmp32('jne', R2, imm(hold.mark), others);
+        a.movImm(R2, 0).stx(4, ctx, SKB.mark, R2);
+        a.label(others).movImm(R0, this.v.none).exit();
         a.label(fresh);
       }
     }

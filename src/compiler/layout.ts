@@ -24,11 +24,15 @@ export const SKB = { len: 0, mark: 8, ifindex: 40, tcIndex: 44, gsoSegs: 164 } a
  */
 export const DUPLICATE_TC_INDEX = 0x6e6d;
 /**
- * skb->mark of packets coming back from the delay line (set by the program on its TAP device,
- * src/delay/): the rule's program lets a packet carrying it pass untouched (and clears it), so
- * a delayed packet is not caught twice.
+ * skb->mark of packets coming back from a delay line (set by the program on its TAP device,
+ * src/delay/): DELAYED_MARK_BASE with the line's 16-bit id below it. A rule's program that sees
+ * its own line's mark clears it and lets the packet pass; one that sees another line's mark lets
+ * it pass untouched (it saw the packet before that line took it), so two netmangle runs holding
+ * packets on one hook each hold a packet once instead of passing it back and forth forever.
  */
-export const DELAYED_MARK = 0x6e6d646c;
+export const DELAYED_MARK_BASE = 0x6e6d0000;
+export const DELAYED_MARK_MASK = 0xffff0000;
+export const delayedMark = (lineId: number): number => (DELAYED_MARK_BASE | (lineId & 0xffff)) >>> 0;
 /** bpf_clone_redirect flag: into the device's ingress instead of its egress. */
 export const BPF_F_INGRESS = 1;
 

@@ -3,14 +3,14 @@
  * redirects chosen packets to TAP devices netmangle owns, one per hold spec (and one for the
  * followers of `reorder`); the DelayLine reads them, holds each for its time and writes them
  * back into the first TAP, whose program at tc ingress sends them on: out of `dev` (egress
- * rules, marked DELAYED_MARK, which the rule's program lets pass) or into `dev`'s receive path
+ * rules, marked with the line's own mark (layout.ts delayedMark), which the rule's program lets pass) or into `dev`'s receive path
  * (ingress and xdp rules; past the XDP program). The TAPs are not persistent and the programs
  * hang on BPF links this process holds, so if netmangle dies everything goes with it and
  * traffic flows undelayed again.
  */
 import { Assembler } from '../bpf/asm.js';
 import { R1, R2 } from '../bpf/opcodes.js';
-import { BPF_F_INGRESS, DELAYED_MARK, HELPER, SKB } from '../compiler/layout.js';
+import { BPF_F_INGRESS, delayedMark, HELPER, SKB } from '../compiler/layout.js';
 import { attachProgram, type Attachment } from '../kernel/attach.js';
 import { ifindexByName } from '../kernel/iface.js';
 import { loadProgram, type Program } from '../kernel/index.js';
@@ -43,8 +43,10 @@ export interface RunningDelayLine extends Disposable {
   ifindexOf(spec: number): number;
   /** Where the program redirects the followers of `reorder` (when some spec is a reorder). */
   readonly followerIfindex?: number;
-  /** Gives the line the program's HELD_MAP (rules with reorder), once it is loaded. */
-  useHeldMap(map: BpfMap): void;
+  /** The mark packets this line sends on carry (the rule's program clears it and lets them pass). */
+  readonly mark: number;
+  /** Starts the line's thread once the program is loaded, with its HELD_MAP (rules with reorder). */
+  start(heldMap?: BpfMap): void;
   stats(): DelayLineStats;
   /** Detaches the TAP's program, stops the line and removes the TAPs. Idempotent. */
   close(): void;
@@ -55,9 +57,9 @@ export interface RunningDelayLine extends Disposable {
  * its egress (marked, so the rule lets it pass), or into its receive path for ingress and xdp
  * rules (unmarked at xdp: the packet comes back after the XDP program, which never sees it).
  */
-export function returnProgramInsns(ifindex: number, hook: Hook = 'egress') {
+export function returnProgramInsns(ifindex: number, hook: Hook, mark: number) {
   const a = new Assembler();
-  if (hook !== 'xdp') a.movImm(R2, DELAYED_MARK).stx(4, R1, SKB.mark, R2);
+  if (hook !== 'xdp') a.movImm(R2, mark).stx(4, R1, SKB.mark, R2);
   a.movImm(R1, ifindex).movImm(R2, hook === 'egress' ? 0 : BPF_F_INGRESS).call(HELPER.redirect).exit();
   return a.assemble().insns;
 }
@@ -69,12 +71,14 @@ export function startDelayLine(opts: DelayLineOptions): RunningDelayLine {
   const taps: Tap[] = [];
   let prog: Program | undefined;
   let attachment: Attachment | undefined;
+  let mark = 0;
   const closeTaps = () => {
     for (const t of taps) t.close();
   };
   try {
     for (let i = 0; i < opts.specs.length + (followers ? 1 : 0); i++) taps.push(createTap(opts.netns));
-    prog = loadProgram({ type: 'sched_cls', insns: returnProgramInsns(devIndex, opts.hook), name: 'nm_delay_back' });
+    mark = delayedMark(taps[0]!.ifindex);
+    prog = loadProgram({ type: 'sched_cls', insns: returnProgramInsns(devIndex, opts.hook, mark), name: 'nm_delay_back' });
     attachment = attachProgram(prog, { dev: taps[0]!.name, hook: 'ingress', netns: opts.netns, path: opts.path ?? 'auto' });
   } catch (err) {
     prog?.close();
@@ -99,7 +103,8 @@ export function startDelayLine(opts: DelayLineOptions): RunningDelayLine {
     taps,
     ifindexOf: (spec) => taps[spec]!.ifindex,
     followerIfindex: followers ? taps[opts.specs.length]!.ifindex : undefined,
-    useHeldMap: (map) => line.useHeldMap(map),
+    mark,
+    start: (heldMap) => line.start(heldMap),
     stats: () => line.stats,
     close,
     [Symbol.dispose]: close,

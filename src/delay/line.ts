@@ -1,23 +1,21 @@
 /**
  * The live delay line: frames the rule's program sent to the line's TAP devices are read,
- * held in a HoldQueue (queue.ts) on the monotonic clock, and written back when they are due.
+ * held in a HoldQueue (queue.ts) and written back when they are due, on a thread of the line's
+ * own (worker.ts) that sleeps in ppoll until a frame arrives or the next one is due.
  *
  * Each hold spec (a distinct `delay` or `reorder`) has its own TAP, so the line knows how to
  * hold what it reads; a last TAP takes the followers of `reorder` (packets of connections with
  * held packets, which go back at once and count towards releasing them). Everything is written
- * back through one TAP, whose program sends it on. Reads and writes are non-blocking syscalls on
- * the main thread, drained every millisecond: nothing waits in the kernel.
+ * back through one TAP, whose program sends it on.
  */
-import { readSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, writeSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { Worker } from 'node:worker_threads';
+import { NetmangleError } from '../errors.js';
+import { errno, errnoName, libc } from '../kernel/ffi.js';
 import type { BpfMap } from '../kernel/map.js';
-import { connKeyOf } from './flow.js';
-import { uncountHeld } from './held.js';
-import { DEFAULT_HOLD_LIMITS, HoldQueue, type HoldLimits, type HoldSpec, type HoldStats, type Release } from './queue.js';
-
-/** How often the TAPs are drained, in milliseconds (the added error of a delay is about this). */
-const POLL_MS = 1;
-/** Largest frame read from a TAP (64 KiB covers GSO super-packets of any MTU). */
-const MAX_FRAME = 65536;
+import { DEFAULT_HOLD_LIMITS, type HoldLimits, type HoldSpec, type HoldStats } from './queue.js';
+import { CONTROL, STAT_NAMES, STATS_OFFSET, type LineInit } from './worker.js';
 
 export interface DelayLineStats extends HoldStats {
   /** Frames read from the TAPs. */
@@ -36,112 +34,82 @@ export interface LineChannel {
 
 export interface DelayLineOptions {
   limits?: HoldLimits;
-  random?: () => number;
 }
 
-const nowNs = (): number => performance.now() * 1e6;
+const EFD_NONBLOCK = 0o4000;
+const EFD_CLOEXEC = 0o2000000;
+/** How long start() waits for the thread to be ready, and stop() for it to finish. */
+const START_MS = 10_000;
+const STOP_MS = 2_000;
+
+/** worker.js next to this module; or, when this code runs from a bundle, the one tsc built. */
+function workerFile(): string {
+  const here = fileURLToPath(new URL('./worker.js', import.meta.url));
+  if (existsSync(here)) return here;
+  const built = fileURLToPath(new URL('../dist/src/delay/worker.js', import.meta.url));
+  if (existsSync(built)) return built;
+  throw new NetmangleError(`the delay line's worker script is missing (${here})`, { hint: 'rebuild netmangle: npm run build' });
+}
 
 export class DelayLine {
-  private readonly queue: HoldQueue<Buffer>;
-  private readonly buf = Buffer.allocUnsafe(MAX_FRAME);
-  private pollTimer: NodeJS.Timeout | undefined;
-  private releaseTimer: NodeJS.Timeout | undefined;
+  private readonly shared = new SharedArrayBuffer(STATS_OFFSET + 8 * STAT_NAMES.length);
+  private readonly control = new Int32Array(this.shared, 0, 4);
+  private readonly counters = new Float64Array(this.shared, STATS_OFFSET, STAT_NAMES.length);
+  private worker: Worker | undefined;
+  private wakeFd = -1;
   private stopped = false;
-  private heldMap: BpfMap | undefined;
-  private readonly io = { received: 0, sent: 0, failed: 0 };
 
   /** `channels`: the TAPs to read, hold channels first; `writeFd`: where frames go back. */
-  constructor(private readonly channels: readonly LineChannel[], private readonly writeFd: number, opts: DelayLineOptions = {}) {
-    this.queue = new HoldQueue<Buffer>(opts.limits ?? DEFAULT_HOLD_LIMITS, opts.random);
-    this.pollTimer = setInterval(() => this.drain(), POLL_MS);
-    // The session's own lifetime keeps the process alive; the line alone should not.
-    this.pollTimer.unref();
-  }
+  constructor(private readonly channels: readonly LineChannel[], private readonly writeFd: number, private readonly opts: DelayLineOptions = {}) {}
 
-  /** The program's HELD_MAP, where the line takes a packet off its connection's count when it leaves. */
-  useHeldMap(map: BpfMap): void {
-    this.heldMap = map;
+  /** Starts the line's thread; `heldMap`: the program's HELD_MAP (rules with reorder). Returns once it is ready. */
+  start(heldMap?: BpfMap): void {
+    if (this.worker || this.stopped) return;
+    this.wakeFd = libc.eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (this.wakeFd < 0) throw new NetmangleError(`cannot start the delay line: eventfd: ${errnoName(errno())}`);
+    const init: LineInit = {
+      channels: this.channels.map((c) => ({ fd: c.fd, spec: c.spec })),
+      writeFd: this.writeFd,
+      wakeFd: this.wakeFd,
+      limits: this.opts.limits ?? DEFAULT_HOLD_LIMITS,
+      heldMap: heldMap && { fd: heldMap.fd, typeId: heldMap.typeId, keySize: heldMap.keySize, valueSize: heldMap.valueSize, maxEntries: heldMap.maxEntries, name: heldMap.name, id: heldMap.id },
+      shared: this.shared,
+    };
+    const worker = new Worker(workerFile(), { workerData: init });
+    this.worker = worker;
+    worker.on('error', (err) => {
+      if (!this.stopped) process.stderr.write(`netmangle: the delay line stopped: ${err.message}; held packets are lost and chosen packets are dropped\n`);
+    });
+    // The session's own lifetime keeps the process alive; the line alone should not.
+    worker.unref();
+    if (Atomics.wait(this.control, CONTROL.ready, 0, START_MS) === 'timed-out') {
+      this.stop();
+      throw new NetmangleError(`the delay line's thread did not start within ${START_MS / 1000} s`);
+    }
   }
 
   get stats(): DelayLineStats {
-    return { ...this.queue.stats, ...this.io };
+    return Object.fromEntries(STAT_NAMES.map((name, i) => [name, this.counters[i]!])) as unknown as DelayLineStats;
   }
 
-  /** Reads every frame waiting on the TAPs: held ones first, then followers. */
-  private drain(): void {
-    if (this.stopped) return;
-    for (const ch of this.channels) {
-      for (let frame = this.read(ch.fd); frame; frame = this.read(ch.fd)) {
-        const now = nowNs();
-        if (ch.spec) {
-          const flow = ch.spec.kind === 'reorder' ? connKeyOf(frame).toString('hex') : undefined;
-          if (!this.queue.hold(frame, frame.length, ch.spec, now, flow)) this.send({ item: frame, spec: ch.spec, flow, arrivedNs: now, releaseNs: now });
-        } else {
-          this.write(frame);
-          for (const r of this.queue.follow(connKeyOf(frame).toString('hex'), now)) this.send(r);
-        }
-      }
-    }
-    this.release();
-  }
-
-  private read(fd: number): Buffer | undefined {
-    let n: number;
-    try {
-      n = readSync(fd, this.buf, 0, MAX_FRAME, null);
-    } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code;
-      if (code === 'EAGAIN' || code === 'EWOULDBLOCK') return undefined;
-      throw err;
-    }
-    if (n <= 0) return undefined;
-    this.io.received++;
-    return Buffer.from(this.buf.subarray(0, n));
-  }
-
-  private write(frame: Buffer): void {
-    try {
-      writeSync(this.writeFd, frame);
-      this.io.sent++;
-    } catch {
-      this.io.failed++;
-    }
-  }
-
-  /** Sends a packet on; a reorder packet leaves its connection's count in HELD_MAP. */
-  private send(r: Release<Buffer>): void {
-    this.write(r.item);
-    if (r.spec.kind === 'reorder' && r.flow !== undefined) this.uncount(Buffer.from(r.flow, 'hex'));
-  }
-
-  private uncount(key: Buffer): void {
-    const map = this.heldMap;
-    if (!map) return;
-    try {
-      uncountHeld(map, key);
-    } catch {
-      // The map went with the program (detach in progress): nothing left to count.
-    }
-  }
-
-  /** Sends every packet whose time has come, then sets one timer for the next. */
-  private release(): void {
-    if (this.stopped) return;
-    for (const r of this.queue.due(nowNs())) this.send(r);
-    if (this.releaseTimer) clearTimeout(this.releaseTimer);
-    this.releaseTimer = undefined;
-    const next = this.queue.nextNs();
-    if (next !== undefined) {
-      this.releaseTimer = setTimeout(() => this.release(), Math.max(0, (next - nowNs()) / 1e6));
-      this.releaseTimer.unref();
-    }
-  }
-
-  /** Stops reading and releasing; held frames are dropped (the TAPs go away with them). */
+  /** Stops the thread and waits for it; held frames are dropped (the TAPs go away with them). */
   stop(): void {
+    if (this.stopped) return;
     this.stopped = true;
-    if (this.pollTimer) clearInterval(this.pollTimer);
-    if (this.releaseTimer) clearTimeout(this.releaseTimer);
-    this.queue.clear();
+    if (this.worker) {
+      Atomics.store(this.control, CONTROL.stop, 1);
+      const one = Buffer.alloc(8);
+      one.writeBigUInt64LE(1n);
+      try {
+        writeSync(this.wakeFd, one);
+      } catch {
+        // Nothing to wake: the thread is gone already.
+      }
+      // Wait until the thread is out of its loop: only then may the TAP descriptors be closed
+      // (a number closed under it could be reused by the next open).
+      if (Atomics.load(this.control, CONTROL.ready) === 1) Atomics.wait(this.control, CONTROL.stopped, 0, STOP_MS);
+      void this.worker.terminate();
+    }
+    if (this.wakeFd >= 0) closeSync(this.wakeFd);
   }
 }

@@ -26,6 +26,9 @@ export const libc = {
     source: string, target: string, fstype: string, flags: number, data: null) => number,
   /** ioctl(2) with a pointer argument (TUNSETIFF and its kind). */
   ioctl: lib.func('int ioctl(int fd, unsigned long request, void *arg)') as unknown as (fd: number, request: number, arg: Buffer) => number,
+  eventfd: lib.func('int eventfd(unsigned int initval, int flags)') as unknown as (initval: number, flags: number) => number,
+  /** ppoll(fds, nfds, timeout timespec or null for none, sigmask null). */
+  ppoll: lib.func('int ppoll(_Inout_ uint8_t *fds, unsigned long nfds, const uint8_t *ts, const void *sigmask)') as unknown as (fds: Buffer, nfds: number, ts: Buffer | null, sigmask: null) => number,
   ifNameToIndex: lib.func('unsigned int if_nametoindex(const char *name)') as unknown as (name: string) => number,
   ifIndexToName: lib.func('char *if_indextoname(unsigned int index, _Out_ char *buf)') as unknown as (index: number, buf: Buffer) => unknown,
 };

@@ -168,17 +168,17 @@ export function attachGroups(groups: RuleGroup[], opts: LiveOptions): LiveSessio
         const hold = delayLine && {
           rule: new Map([...plan.ruleSpec].map(([rule, spec]) => [rule, delayLine.ifindexOf(spec)] as const)),
           follower: delayLine.followerIfindex,
+          mark: delayLine.mark,
         };
         const compiled = compileGroup(group, { seed: opts.seed, lookupField, hold });
         loaded = loadCompiled(compiled);
-        const held = loaded.maps[HELD_MAP];
-        if (held) delayLine!.useHeldMap(held);
       } catch (err) {
         delayLine?.close();
         throw err;
       }
       let restore: number | undefined;
       try {
+        delayLine?.start(loaded.maps[HELD_MAP]);
         if (opts.perSegment && group.hook === 'egress') {
           const current = gsoMaxSegs(group.dev, group.netns);
           if (current !== 1) {

@@ -6,6 +6,7 @@
  * a HoldQueue driven by the capture's timestamps. The queue's random draws (jitter) come from a
  * seed derived from --seed, so a seed repeats a replay byte for byte.
  */
+import { delayedMark } from '../compiler/layout.js';
 import type { HoldTargets } from '../compiler/codegen.js';
 import { connKeyOf } from '../delay/flow.js';
 import { uncountHeld, type HeldCounts } from '../delay/held.js';
@@ -86,6 +87,8 @@ export class StageHold {
     return {
       rule: new Map([...this.ruleSpec].map(([rule, spec]) => [rule, HOLD_IFINDEX_BASE + spec] as const)),
       follower: this.specs.some((s) => s.kind === 'reorder') ? FOLLOWER_IFINDEX : undefined,
+      // Nothing comes back offline; any line's mark will do.
+      mark: delayedMark(0),
     };
   }
 

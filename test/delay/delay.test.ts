@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { compileGroup, DELAYED_MARK, SKB } from '../../src/compiler/index.js';
+import { compileGroup, delayedMark, SKB } from '../../src/compiler/index.js';
 import { Lab, ping } from '../../src/lab/index.js';
 import { holdPlan } from '../../src/live/index.js';
 import { lookupField } from '../../src/rules/catalog.js';
@@ -78,15 +78,15 @@ test('delay mistakes are refused with one line; rules with the same hold share o
 test('a delay rule compiles to a redirect to its TAP, and delayed packets pass; without a delay line it is refused', () => {
   const g = group('icmp.type == 8 => delay 50ms');
   assert.throws(() => compileGroup(g, { seed: 1, lookupField }), /delay and reorder run only where a delay line holds the packets/);
-  const p = compileGroup(g, { seed: 1, lookupField, hold: { rule: new Map([[0, 4242]]) } });
+  const p = compileGroup(g, { seed: 1, lookupField, hold: { rule: new Map([[0, 4242]]), mark: delayedMark(4242) } });
   const markLoads = p.insns.filter((i) => i.code === 0x61 && i.off === SKB.mark);
   assert.ok(markLoads.length >= 1, 'the program reads skb->mark');
-  assert.ok(p.insns.some((i) => i.imm === DELAYED_MARK), 'and compares it with the delay line mark');
+  assert.ok(p.insns.some((i) => i.imm === delayedMark(4242)), 'and compares it with the delay line mark');
   const call = p.insns.findIndex((i) => i.code === 0x85 && i.imm === 23);
   assert.ok(call > 0, 'bpf_redirect is called');
   assert.ok(p.insns.slice(0, call).some((i) => i.code === 0xb7 && i.dst === 1 && i.imm === 4242), 'to the TAP ifindex');
-  const x = compileGroup(group('icmp.type == 8 => delay 50ms', 'xdp'), { seed: 1, lookupField, hold: { rule: new Map([[0, 4242]]) } });
-  assert.ok(!x.insns.some((i) => i.imm === DELAYED_MARK), 'at xdp nothing comes back through the program: no mark test');
+  const x = compileGroup(group('icmp.type == 8 => delay 50ms', 'xdp'), { seed: 1, lookupField, hold: { rule: new Map([[0, 4242]]), mark: delayedMark(4242) } });
+  assert.ok(!x.insns.some((i) => i.imm === delayedMark(4242)), 'at xdp nothing comes back through the program: no mark test');
 });
 
 const TOPOLOGY: Parameters<typeof Lab.up>[0] = { hosts: { h1: {}, h2: {} }, links: [{ a: 'h1', b: 'h2' }] };

@@ -169,3 +169,30 @@ kernelTest('lab: --max-held 1 holds one packet; the others pass undelayed and ar
     assert.deepEqual({ delayed: line.delayed, overLimit: line['over-limit'], peak: line.peak }, { delayed: 1, overLimit: 9, peak: 1 });
   });
 }, { timeout: 120_000 });
+
+kernelTest('lab: two netmangle runs delaying on one hook hold each packet once each (their lines\' marks keep them apart)', async () => {
+  await withLab('d2', async (lab) => {
+    const base = Math.min(...(await ping(lab, 'h1', 'h2', { count: 3, intervalS: 0.1 })).replies.map((r) => r.rttMs));
+    const first = await startRun(['--netns', lab.netns('h1'), '--dev', 'eth0', '--hook', 'egress', 'icmp.type == 8 => delay 20ms']);
+    try {
+      const second = await startRun(['--netns', lab.netns('h1'), '--dev', 'eth0', '--hook', 'egress', 'icmp.type == 8 => delay 30ms']);
+      let rtts: number[];
+      try {
+        rtts = (await ping(lab, 'h1', 'h2', { count: 5, intervalS: 0.2 })).replies.map((r) => r.rttMs);
+      } finally {
+        const s = await second.stop();
+        assert.equal(s.code, 0, s.output);
+        assert.equal(delayLine(s.output).delayed, 5, s.output);
+      }
+      assert.equal(rtts.length, 5);
+      // Held once by each line: 50 ms. (Passed back and forth, a packet would come back after
+      // hundreds of ms or never; two processes starting on 2 CPUs may add a few ms to the first.)
+      assert.ok(Math.abs(Math.min(...rtts) - base - 50) <= 5, `RTTs ${rtts.join(' ')} ms: 20 + 30 ms, once each`);
+      for (const rtt of rtts) assert.ok(rtt >= base + 45 && rtt < base + 90, `RTTs ${rtts.join(' ')} ms: 20 + 30 ms, once each`);
+    } finally {
+      const s = await first.stop();
+      assert.equal(s.code, 0, s.output);
+      assert.equal(delayLine(s.output).delayed, 5, s.output);
+    }
+  });
+}, { timeout: 120_000 });

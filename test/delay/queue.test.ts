@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { test } from 'node:test';
 import { parseMaxHeld } from '../../src/cli/commands/run.js';
-import { compileGroup, HELD_MAP } from '../../src/compiler/index.js';
+import { compileGroup, delayedMark, HELD_MAP } from '../../src/compiler/index.js';
 import { connKeyOf, drawDelayNs, HoldQueue, seededRandom, type HoldSpec } from '../../src/delay/index.js';
 import { testRun } from '../../src/kernel/index.js';
 import { inNetns } from '../../src/kernel/netns.js';
@@ -126,7 +126,7 @@ const FRAMES: Array<[string, PacketSpec]> = [
 
 kernelTest('the connection key the delay line computes is the one the program stores in HELD_MAP, for every shape', () => {
   const group = parseRuleLine('frame => reorder', { dev: 'x', hook: 'egress' }).groups[0]!;
-  const compiled = compileGroup(group, { seed: 1, lookupField, hold: { rule: new Map([[0, 0x7e000000]]), follower: 0x7e0000ff } });
+  const compiled = compileGroup(group, { seed: 1, lookupField, hold: { rule: new Map([[0, 0x7e000000]]), follower: 0x7e0000ff, mark: delayedMark(1) } });
   const ns = uniqueName('dlkey');
   spawnSync('ip', ['netns', 'add', ns]);
   const loaded = loadCompiled(compiled);

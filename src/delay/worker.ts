@@ -1,0 +1,131 @@
+/**
+ * The delay line's own thread (started by line.ts): it sleeps in ppoll on the line's TAP
+ * devices and a wake-up eventfd, with the time to the next release as the timeout, so a frame
+ * is taken in as soon as it arrives and sent on when it is due, to the microsecond rather than
+ * to Node's millisecond timers, and none of it waits on the main thread's event loop.
+ *
+ * Each round: frames waiting on the hold TAPs are taken in (HoldQueue), then the followers'
+ * frames are written back at once with the held packets they free right behind them, then every
+ * packet due is written back. Counters go to shared memory for the main thread to read.
+ */
+import { readSync, writeSync } from 'node:fs';
+import { workerData } from 'node:worker_threads';
+import { libc } from '../kernel/ffi.js';
+import { BpfMap } from '../kernel/map.js';
+import { connKeyOf } from './flow.js';
+import { uncountHeld } from './held.js';
+import { HoldQueue, type HoldLimits, type HoldSpec, type Release } from './queue.js';
+
+/** Largest frame read from a TAP (64 KiB covers GSO-free frames of any MTU). */
+const MAX_FRAME = 65536;
+const POLLIN = 0x1;
+const POLLFD_SIZE = 8;
+
+/** The counters in shared memory, in this order (Float64Array after the control words). */
+export const STAT_NAMES = ['held', 'heldBytes', 'delayed', 'reordered', 'overLimit', 'followers', 'overtaken', 'timedOut', 'peakHeld', 'received', 'sent', 'failed'] as const;
+/** Int32 control words at the start of the shared buffer: stop requested, stopped, ready. */
+export const CONTROL = { stop: 0, stopped: 1, ready: 2 } as const;
+export const STATS_OFFSET = 16;
+
+export interface LineInit {
+  channels: Array<{ fd: number; spec?: HoldSpec }>;
+  writeFd: number;
+  wakeFd: number;
+  limits: HoldLimits;
+  heldMap?: { fd: number; typeId: number; keySize: number; valueSize: number; maxEntries: number; name: string; id: number };
+  shared: SharedArrayBuffer;
+}
+
+const nowNs = (): number => performance.now() * 1e6;
+
+function run(init: LineInit): void {
+  const control = new Int32Array(init.shared, 0, 4);
+  const shared = new Float64Array(init.shared, STATS_OFFSET, STAT_NAMES.length);
+  const queue = new HoldQueue<Buffer>(init.limits);
+  // The main thread owns the map's descriptor: this wrapper only borrows it (never closed here).
+  const held = init.heldMap ? new BpfMap(init.heldMap.fd, init.heldMap) : undefined;
+  const io = { received: 0, sent: 0, failed: 0 };
+  const buf = Buffer.allocUnsafe(MAX_FRAME);
+  const fds = [...init.channels.map((c) => c.fd), init.wakeFd];
+  const pollfds = Buffer.alloc(POLLFD_SIZE * fds.length);
+  fds.forEach((fd, i) => {
+    pollfds.writeInt32LE(fd, POLLFD_SIZE * i);
+    pollfds.writeInt16LE(POLLIN, POLLFD_SIZE * i + 4);
+  });
+  const timeout = Buffer.alloc(16);
+
+  const read = (fd: number): Buffer | undefined => {
+    let n: number;
+    try {
+      n = readSync(fd, buf, 0, MAX_FRAME, null);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'EAGAIN' || code === 'EWOULDBLOCK') return undefined;
+      throw err;
+    }
+    if (n <= 0) return undefined;
+    io.received++;
+    return Buffer.from(buf.subarray(0, n));
+  };
+  const write = (frame: Buffer): void => {
+    try {
+      writeSync(init.writeFd, frame);
+      io.sent++;
+    } catch {
+      io.failed++;
+    }
+  };
+  /** Sends a packet on; a reorder packet leaves its connection's count in HELD_MAP. */
+  const send = (r: Release<Buffer>): void => {
+    write(r.item);
+    if (r.spec.kind === 'reorder' && r.flow !== undefined && held) {
+      try {
+        uncountHeld(held, Buffer.from(r.flow, 'hex'));
+      } catch {
+        // The map went with the program (detach in progress): nothing left to count.
+      }
+    }
+  };
+  const publish = (): void => {
+    const s = { ...queue.stats, ...io };
+    STAT_NAMES.forEach((name, i) => (shared[i] = s[name]));
+  };
+
+  Atomics.store(control, CONTROL.ready, 1);
+  Atomics.notify(control, CONTROL.ready);
+  while (Atomics.load(control, CONTROL.stop) === 0) {
+    const next = queue.nextNs();
+    let ts: Buffer | null = null;
+    if (next !== undefined) {
+      const wait = Math.max(0, Math.ceil(next - nowNs()));
+      timeout.writeBigInt64LE(BigInt(Math.floor(wait / 1e9)), 0);
+      timeout.writeBigInt64LE(BigInt(wait % 1e9), 8);
+      ts = timeout;
+    }
+    for (let i = 0; i < fds.length; i++) pollfds.writeInt16LE(0, POLLFD_SIZE * i + 6);
+    const ready = libc.ppoll(pollfds, fds.length, ts, null);
+    if (Atomics.load(control, CONTROL.stop) !== 0) break;
+    if (ready > 0) {
+      init.channels.forEach((ch, i) => {
+        if ((pollfds.readInt16LE(POLLFD_SIZE * i + 6) & POLLIN) === 0) return;
+        for (let frame = read(ch.fd); frame; frame = read(ch.fd)) {
+          const now = nowNs();
+          if (ch.spec) {
+            const flow = ch.spec.kind === 'reorder' ? connKeyOf(frame).toString('hex') : undefined;
+            if (!queue.hold(frame, frame.length, ch.spec, now, flow)) send({ item: frame, spec: ch.spec, flow, arrivedNs: now, releaseNs: now });
+          } else {
+            write(frame);
+            for (const r of queue.follow(connKeyOf(frame).toString('hex'), now)) send(r);
+          }
+        }
+      });
+    }
+    for (const r of queue.due(nowNs())) send(r);
+    publish();
+  }
+  publish();
+  Atomics.store(control, CONTROL.stopped, 1);
+  Atomics.notify(control, CONTROL.stopped);
+}
+
+if (workerData) run(workerData as LineInit);
