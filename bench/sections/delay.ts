@@ -223,8 +223,8 @@ export async function measureDelay(ctx: BenchContext): Promise<SectionResult> {
     const md = [
       '## 6. Delay line',
       '',
-      'The user-space delay line\'s own overhead (docs/delay.md: the rule\'s program redirects the chosen packets to a TAP device, ' +
-        'netmangle reads them every millisecond on its main thread, holds them in a heap and writes them back). ' +
+      'The user-space delay line\'s own overhead (docs/delay.md, "How it works": the rule\'s program redirects the chosen packets to a TAP device, ' +
+        'netmangle reads them from the TAP, holds them in a heap by release time and writes them back into it, from where they go on). ' +
         `Each variant runs \`bin/netmangle run RULE --dev ${DEV} --hook egress --netns NS --seed ${BENCH_SEED}\` at egress of the sender's veth in a two-namespace lab, ` +
         'started fresh for each run (timed traffic begins after its "attached" line) and stopped with SIGINT; the anchor is the same traffic with no program. ' +
         'The line\'s counters come from the exit summary of each run: "to line" is the rule\'s `acted` count (packets redirected to the TAP), ' +
