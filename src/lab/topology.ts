@@ -22,7 +22,7 @@
 import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { basename } from 'node:path';
-import { Ajv, type ErrorObject } from 'ajv';
+import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
 import { LineCounter, parseDocument, isNode, type Document } from 'yaml';
 import { UsageError } from '../errors.js';
 
@@ -179,8 +179,12 @@ const topologySchema = {
 };
 
 // verbose: errors carry their schema, so an unknown key can be answered with the allowed ones.
-const ajv = new Ajv({ allErrors: true, strict: false, verbose: true });
-const validateSchema = ajv.compile(topologySchema);
+// Compiled on the first topology, not at import: `netmangle --help` loads this module too.
+let topologyValidator: ValidateFunction | undefined;
+function validateSchema(value: unknown): boolean {
+  topologyValidator ??= new Ajv({ allErrors: true, strict: false, verbose: true }).compile(topologySchema);
+  return topologyValidator(value) as boolean;
+}
 
 /** The built-in default: h1 ── sw ── h2. */
 export const DEFAULT_TOPOLOGY: TopologySpec = {
@@ -414,7 +418,7 @@ function asBool(v: OnOff | undefined): boolean | undefined {
 
 function resolveTopology(value: unknown, loc: Locator): TopologyPlan {
   if (value === null || value === undefined) throw new TopologyError([`${loc.where([])}: the topology is empty (it needs at least hosts:)`]);
-  if (!validateSchema(value)) throw new TopologyError(schemaProblems(validateSchema.errors ?? [], loc, value));
+  if (!validateSchema(value)) throw new TopologyError(schemaProblems(topologyValidator!.errors ?? [], loc, value));
   const spec = value as unknown as TopologySpec;
   const problems: string[] = [];
   const at = (path: PathKey[], msg: string, key = false) => problems.push(`${loc.where(path, key)}: ${formatPath(path)}: ${msg}`);

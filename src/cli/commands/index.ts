@@ -7,17 +7,26 @@ import type { Command } from 'commander';
 
 export type RegisterCommand = (program: Command) => void;
 
-export const commandModules: Record<string, () => Promise<{ register: RegisterCommand }>> = {
-  probe: () => import('./probe.js'),
-  demo: () => import('./demo.js'),
-  run: () => import('./run.js'),
-  status: () => import('./status.js'),
-  clear: () => import('./status.js'),
-  replay: () => import('./replay.js'),
-  build: () => import('./build.js'),
-  load: () => import('./load.js'),
-  lab: () => import('./lab.js'),
+/**
+ * Command name to the module (next to this file) that registers it. scripts/bundle.mjs reads
+ * this table to build one bundle per module, and bin/netmangle picks the bundle by the same rule
+ * as commandsFor.
+ */
+export const commandFiles: Record<string, string> = {
+  probe: 'probe.js',
+  demo: 'demo.js',
+  run: 'run.js',
+  status: 'status.js',
+  clear: 'status.js',
+  replay: 'replay.js',
+  build: 'build.js',
+  load: 'load.js',
+  lab: 'lab.js',
 };
+
+export const commandModules: Record<string, () => Promise<{ register: RegisterCommand }>> = Object.fromEntries(
+  Object.entries(commandFiles).map(([name, file]) => [name, () => import(`./${file}`) as Promise<{ register: RegisterCommand }>]),
+);
 
 /** The register functions needed for `argv`: just the named command's, or all of them. */
 export async function commandsFor(argv: readonly string[]): Promise<RegisterCommand[]> {

@@ -1,0 +1,103 @@
+#!/usr/bin/env node
+// Bundles the CLI that tsc built (dist/src) into one CommonJS file per command module, so a
+// start reads and compiles one file instead of resolving ~80 ES modules, and only the invoked
+// command's code is in it. bin/netmangle runs these through vm.Script with a V8 code cache.
+//
+//   dist/bundle/<module>.cjs   one per module of src/cli/commands/index.ts commandFiles
+//   dist/bundle/all.cjs        every command (plain --help, --version, unknown commands)
+//   dist/bundle/manifest.json  command -> bundle, each bundle's sha256, and every dist file
+//                              it was built from (size, mtime, sha256), so bin/netmangle can
+//                              tell a bundle older than dist/ and fall back to dist/src.
+//
+// koffi (a native addon) stays external and is required at run time. Each module's
+// import.meta.url becomes the URL of its own file under dist/src, so code that finds files
+// next to itself (the delay line's worker, bin/netmangle, createRequire) keeps working.
+import { createHash } from 'node:crypto';
+import { mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { dirname, join, relative, resolve } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import * as esbuild from 'esbuild';
+
+const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+const dist = join(root, 'dist');
+const commandsDir = join(dist, 'src', 'cli', 'commands');
+const outDir = join(dist, 'bundle');
+
+const { commandFiles } = await import(pathToFileURL(join(commandsDir, 'index.js')).href);
+const modules = [...new Set(Object.values(commandFiles))];
+
+const sha256 = (bytes) => createHash('sha256').update(bytes).digest('hex');
+
+/** Rewrites import.meta.url in dist JavaScript to the file's own URL, computed from the bundle's place. */
+const importMetaPlugin = {
+  name: 'import-meta-url',
+  setup(build) {
+    build.onLoad({ filter: /\.js$/ }, (args) => {
+      const source = readFileSync(args.path, 'utf8');
+      if (!source.includes('import.meta.url') || !args.path.startsWith(dist + '/')) return undefined;
+      const rel = JSON.stringify(relative(dist, args.path));
+      return { contents: source.replaceAll('import.meta.url', `__netmangleDistUrl(${rel})`), loader: 'js' };
+    });
+  },
+};
+
+// The bundle lives in dist/bundle/, so dist/ is its parent directory.
+const banner = [
+  '"use strict";',
+  'const __netmangleDist = require("node:url").pathToFileURL(require("node:path").join(__dirname, "..") + "/").href;',
+  'const __netmangleDistUrl = (rel) => new URL(rel, __netmangleDist).href;',
+].join('\n');
+
+function entrySource(files) {
+  const program = JSON.stringify(join(dist, 'src', 'cli', 'program.js'));
+  const lines = [`import { runCli } from ${program};`];
+  files.forEach((f, i) => lines.push(`import { register as r${i} } from ${JSON.stringify(join(commandsDir, f))};`));
+  lines.push(`runCli([...new Set([${files.map((_, i) => `r${i}`).join(', ')}])]);`);
+  return lines.join('\n');
+}
+
+rmSync(outDir, { recursive: true, force: true });
+mkdirSync(outDir, { recursive: true });
+
+const bundles = {};
+const inputs = new Set();
+const targets = [...modules.map((f) => ({ name: f.replace(/\.js$/, ''), files: [f] })), { name: 'all', files: modules }];
+for (const t of targets) {
+  const outfile = join(outDir, `${t.name}.cjs`);
+  const result = await esbuild.build({
+    stdin: { contents: entrySource(t.files), resolveDir: commandsDir, sourcefile: `${t.name}-entry.js`, loader: 'js' },
+    bundle: true,
+    platform: 'node',
+    format: 'cjs',
+    target: 'node20',
+    outfile,
+    external: ['koffi'],
+    banner: { js: banner },
+    plugins: [importMetaPlugin],
+    metafile: true,
+    logLevel: 'warning',
+    legalComments: 'none',
+    // Fewer bytes to read and scan; identifiers keep their names for stack traces.
+    minifyWhitespace: true,
+    minifySyntax: true,
+  });
+  for (const input of Object.keys(result.metafile.inputs)) {
+    const abs = resolve(root, input);
+    if (abs.startsWith(dist + "/") && !input.endsWith("-entry.js")) inputs.add(abs);
+  }
+  const st = statSync(outfile);
+  bundles[t.name] = { file: `${t.name}.cjs`, size: st.size, mtimeMs: st.mtimeMs, sha256: sha256(readFileSync(outfile)) };
+}
+
+const commands = Object.fromEntries(Object.entries(commandFiles).map(([name, f]) => [name, f.replace(/\.js$/, '')]));
+const manifest = {
+  commands,
+  all: 'all',
+  bundles,
+  inputs: [...inputs].sort().map((abs) => {
+    const st = statSync(abs);
+    return { path: relative(dist, abs), size: st.size, mtimeMs: st.mtimeMs, sha256: sha256(readFileSync(abs)) };
+  }),
+};
+writeFileSync(join(outDir, 'manifest.json'), JSON.stringify(manifest, null, 1) + '\n');
+process.stdout.write(`bundle: ${targets.length} bundles of ${manifest.inputs.length} dist files in ${relative(root, outDir)}/\n`);
