@@ -14,6 +14,8 @@ const TUNSETIFF = 0x400454ca;
 const IFF_TAP = 0x0002;
 const IFF_NO_PI = 0x1000;
 const IFNAMSIZ = 16;
+/** Frames the TAP queues for the delay line to read (the kernel's default is 1000). */
+const TAP_QUEUE_LEN = 10_000;
 
 export interface Tap {
   /** Non-blocking descriptor: reads give frames the TAP transmitted, writes inject frames it receives. */
@@ -56,8 +58,9 @@ export function createTap(netns: string | undefined): Tap {
     // No IPv6 on the TAP: its own neighbour discovery would come out of the delay line.
     const ns = netns ? ['ip', 'netns', 'exec', netns] : [];
     spawnSync(ns[0] ?? 'sysctl', [...ns.slice(1), ...(netns ? ['sysctl'] : []), '-qw', `net.ipv6.conf.${name}.disable_ipv6=1`], { encoding: 'utf8' });
-    ip(netns, ['link', 'set', 'dev', name, 'addrgenmode', 'none']);
-    ip(netns, ['link', 'set', 'dev', name, 'up']);
+    // A long transmit queue: frames wait there (instead of being dropped) while the line's
+    // thread is kept off the CPU for a few milliseconds.
+    ip(netns, ['link', 'set', 'dev', name, 'addrgenmode', 'none', 'txqueuelen', String(TAP_QUEUE_LEN), 'up']);
     const ifindex = ifindexByName(name, netns);
     return { fd, name, ifindex, netns, close };
   } catch (err) {
