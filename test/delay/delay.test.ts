@@ -122,7 +122,9 @@ kernelTest('lab: icmp.type == 8 => delay 50ms at h1 egress raises ping min RTT b
       assert.equal(stopped.code, 0, stopped.output);
     }
     assert.ok(rtts.length >= 18, `replies: ${rtts.length}`);
-    for (const rtt of rtts) assert.ok(rtt >= 10 - 1 && rtt <= 50 + base + 5, `RTT ${rtt} ms within 30 ± 20 ms`);
+    // Never before its time; late by at most a scheduling delay of the line's thread (the
+    // machine may be busy with other work).
+    for (const rtt of rtts) assert.ok(rtt >= 10 - 1 && rtt <= 50 + base + 15, `RTT ${rtt} ms within 30 ± 20 ms`);
     assert.ok(Math.max(...rtts) - Math.min(...rtts) > 10, `jitter spreads RTTs: ${rtts.join(' ')}`);
   } finally {
     await lab.down();
