@@ -64,26 +64,35 @@ const inputs = new Set();
 const targets = [...modules.map((f) => ({ name: f.replace(/\.js$/, ''), files: [f] })), { name: 'all', files: modules }];
 for (const t of targets) {
   const outfile = join(outDir, `${t.name}.cjs`);
-  const result = await esbuild.build({
-    stdin: { contents: entrySource(t.files), resolveDir: commandsDir, sourcefile: `${t.name}-entry.js`, loader: 'js' },
-    bundle: true,
-    platform: 'node',
-    format: 'cjs',
-    target: 'node20',
-    outfile,
-    external: ['koffi'],
-    banner: { js: banner },
-    plugins: [importMetaPlugin],
-    metafile: true,
-    logLevel: 'warning',
-    legalComments: 'none',
-    // Fewer bytes to read and scan; identifiers keep their names for stack traces.
-    minifyWhitespace: true,
-    minifySyntax: true,
-  });
+  let result;
+  try {
+    result = await esbuild.build({
+      stdin: { contents: entrySource(t.files), resolveDir: commandsDir, sourcefile: `${t.name}-entry.js`, loader: 'js' },
+      bundle: true,
+      platform: 'node',
+      format: 'cjs',
+      target: 'node20',
+      outfile,
+      external: ['koffi'],
+      banner: { js: banner },
+      plugins: [importMetaPlugin],
+      metafile: true,
+      logLevel: 'warning',
+      legalComments: 'none',
+      // Fewer bytes to read and scan; identifiers keep their names for stack traces.
+      minifyWhitespace: true,
+      minifySyntax: true,
+    });
+  } catch (err) {
+    // E.g. a module with top-level await, which CommonJS cannot hold: that command then starts
+    // from dist/src (slower, same behaviour) instead of failing the build.
+    process.stderr.write(`bundle: ${t.name} not bundled, it will start unbundled: ${String(err.message).split('\n')[0]}\n`);
+    rmSync(outfile, { force: true });
+    continue;
+  }
   for (const input of Object.keys(result.metafile.inputs)) {
     const abs = resolve(root, input);
-    if (abs.startsWith(dist + "/") && !input.endsWith("-entry.js")) inputs.add(abs);
+    if (abs.startsWith(`${dist}/`) && !input.endsWith("-entry.js")) inputs.add(abs);
   }
   const st = statSync(outfile);
   bundles[t.name] = { file: `${t.name}.cjs`, size: st.size, mtimeMs: st.mtimeMs, sha256: sha256(readFileSync(outfile)) };
@@ -100,4 +109,4 @@ const manifest = {
   }),
 };
 writeFileSync(join(outDir, 'manifest.json'), JSON.stringify(manifest, null, 1) + '\n');
-process.stdout.write(`bundle: ${targets.length} bundles of ${manifest.inputs.length} dist files in ${relative(root, outDir)}/\n`);
+process.stdout.write(`bundle: ${Object.keys(bundles).length} of ${targets.length} bundles from ${manifest.inputs.length} dist files in ${relative(root, outDir)}/\n`);
