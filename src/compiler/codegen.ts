@@ -374,23 +374,11 @@ class Gen {
 
   /** Adds 1 to the count of this packet's connection in HELD_MAP (see layout.ts). Clobbers r0-r5. */
   private countHeld(): void {
-    const a = this.a;
-    const have = this.fresh('have_held'), done = this.fresh('held_counted');
+    const done = this.fresh('held_counted');
     this.connKey();
-    const lookup = (): void => {
-      a.ldMap(R1, HELD_MAP).mov64(R2, FP).alu64('add', R2, imm(SLOT_CONN_KEY)).call(HELPER.map_lookup_elem);
-    };
-    lookup();
-    a.jmp('jne', R0, imm(0), have);
-    // The connection's first held packet: insert 1, unless another CPU just inserted its own.
-    a.st(8, FP, SLOT_CONN_VALUE, 1).ldMap(R1, HELD_MAP).mov64(R2, FP).alu64('add', R2, imm(SLOT_CONN_KEY));
-    a.mov64(R3, FP).alu64('add', R3, imm(SLOT_CONN_VALUE)).movImm(R4, BPF_NOEXIST).call(HELPER.map_update_elem);
-    a.jmp('jeq', R0, imm(0), done);
-    lookup();
     // The map full: the packet is still held, and released by its timeout.
-    a.jmp('jeq', R0, imm(0), done);
-    a.label(have).movImm(R1, 1).atomicAdd(8, R0, 0, R1);
-    a.label(done);
+    this.connEntry(HELD_MAP, done);
+    this.a.movImm(R1, 1).atomicAdd(8, R0, 0, R1).label(done);
   }
 
   /** dst = packet data pointer, end = data_end (both reloaded from the context). */
@@ -914,10 +902,18 @@ class Gen {
    * entries being inserted at once on other CPUs: the packet is not counted).
    */
   private connCounter(index: number, skip: string): void {
-    const a = this.a;
-    const map = connMapName(index);
     if (!this.connRules.includes(index)) this.connRules.push(index);
     this.connKey();
+    this.connEntry(connMapName(index), skip);
+  }
+
+  /**
+   * r0 = pointer to the u64 of the connection key at fp-480 in hash map `map`, the entry
+   * created (at 0) when new. Jumps to `skip` if it cannot be had (the map full, or full of
+   * entries being inserted at once on other CPUs).
+   */
+  private connEntry(map: string, skip: string): void {
+    const a = this.a;
     const have = this.fresh('have_conn');
     const lookup = (): void => {
       a.ldMap(R1, map).mov64(R2, FP).alu64('add', R2, imm(SLOT_CONN_KEY)).call(HELPER.map_lookup_elem);
