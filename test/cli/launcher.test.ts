@@ -51,6 +51,26 @@ test('the bundle answers like the unbundled CLI, and its first run leaves a code
   }
 });
 
+test('the first runs of a bundle refresh its cache (generation byte 1..4), later runs leave it as it is', { skip: !built && 'run npm run build first' }, () => {
+  const dir = copyTree(true);
+  try {
+    const generations: number[] = [];
+    for (let i = 0; i < 5; i++) {
+      assert.equal(netmangle(dir, 'status', '--help').status, 0);
+      const [cache] = cacheFiles(dir, 'status');
+      assert.ok(cache);
+      generations.push(readFileSync(join(dir, 'dist', 'bundle', cache))[0]!);
+    }
+    assert.deepEqual(generations, [1, 2, 3, 4, 4]);
+    const [cache] = cacheFiles(dir, 'status');
+    const before = readFileSync(join(dir, 'dist', 'bundle', cache!));
+    assert.equal(netmangle(dir, 'status', '--help').status, 0);
+    assert.deepEqual(readFileSync(join(dir, 'dist', 'bundle', cache!)), before);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test('a cache V8 rejects is replaced, and a cache path that cannot be read or written costs only the cache', { skip: !built && 'run npm run build first' }, () => {
   const dir = copyTree(true);
   try {
