@@ -10,12 +10,27 @@
  */
 import { closeSync, existsSync, writeSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { Worker } from 'node:worker_threads';
 import { NetmangleError } from '../errors.js';
 import { errno, errnoName, libc } from '../kernel/ffi.js';
 import type { BpfMap } from '../kernel/map.js';
 import { DEFAULT_HOLD_LIMITS, type HoldLimits, type HoldSpec, type HoldStats } from './queue.js';
-import { CONTROL, STAT_NAMES, STATS_OFFSET, type LineInit } from './worker.js';
+
+/** The counters in shared memory, in this order (Float64Array after the control words). */
+export const STAT_NAMES = ['held', 'heldBytes', 'delayed', 'reordered', 'overLimit', 'followers', 'overtaken', 'timedOut', 'peakHeld', 'received', 'sent', 'failed'] as const;
+/** Int32 control words at the start of the shared buffer: stop requested, stopped, ready. */
+export const CONTROL = { stop: 0, stopped: 1, ready: 2 } as const;
+export const STATS_OFFSET = 16;
+
+export interface LineInit {
+  channels: Array<{ fd: number; spec?: HoldSpec }>;
+  writeFd: number;
+  wakeFd: number;
+  limits: HoldLimits;
+  heldMap?: { fd: number; typeId: number; keySize: number; valueSize: number; maxEntries: number; name: string; id: number };
+  shared: SharedArrayBuffer;
+}
+
+import { workerThreads } from '../builtins.js';
 
 export interface DelayLineStats extends HoldStats {
   /** Frames read from the TAPs. */
@@ -55,7 +70,7 @@ export class DelayLine {
   private readonly shared = new SharedArrayBuffer(STATS_OFFSET + 8 * STAT_NAMES.length);
   private readonly control = new Int32Array(this.shared, 0, 4);
   private readonly counters = new Float64Array(this.shared, STATS_OFFSET, STAT_NAMES.length);
-  private worker: Worker | undefined;
+  private worker: import('node:worker_threads').Worker | undefined;
   private wakeFd = -1;
   private stopped = false;
 
@@ -75,7 +90,7 @@ export class DelayLine {
       heldMap: heldMap && { fd: heldMap.fd, typeId: heldMap.typeId, keySize: heldMap.keySize, valueSize: heldMap.valueSize, maxEntries: heldMap.maxEntries, name: heldMap.name, id: heldMap.id },
       shared: this.shared,
     };
-    const worker = new Worker(workerFile(), { workerData: init });
+    const worker = new (workerThreads().Worker)(workerFile(), { workerData: init });
     this.worker = worker;
     worker.on('error', (err) => {
       if (!this.stopped) process.stderr.write(`netmangle: the delay line stopped: ${err.message}; held packets are lost and chosen packets are dropped\n`);

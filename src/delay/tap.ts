@@ -3,7 +3,7 @@
  * not persistent, so it disappears with the last descriptor (netmangle's exit or death).
  */
 import { closeSync, constants, openSync } from 'node:fs';
-import { spawnSync } from 'node:child_process';
+import { childProcess } from '../builtins.js';
 import { NetmangleError } from '../errors.js';
 import { errno, errnoName, libc } from '../kernel/ffi.js';
 import { ifindexByName } from '../kernel/iface.js';
@@ -57,7 +57,7 @@ export function createTap(netns: string | undefined): Tap {
   try {
     // No IPv6 on the TAP: its own neighbour discovery would come out of the delay line.
     const ns = netns ? ['ip', 'netns', 'exec', netns] : [];
-    spawnSync(ns[0] ?? 'sysctl', [...ns.slice(1), ...(netns ? ['sysctl'] : []), '-qw', `net.ipv6.conf.${name}.disable_ipv6=1`], { encoding: 'utf8' });
+    childProcess().spawnSync(ns[0] ?? 'sysctl', [...ns.slice(1), ...(netns ? ['sysctl'] : []), '-qw', `net.ipv6.conf.${name}.disable_ipv6=1`], { encoding: 'utf8' });
     // A long transmit queue: frames wait there (instead of being dropped) while the line's
     // thread is kept off the CPU for a few milliseconds.
     ip(netns, ['link', 'set', 'dev', name, 'addrgenmode', 'none', 'txqueuelen', String(TAP_QUEUE_LEN), 'up']);
@@ -70,7 +70,7 @@ export function createTap(netns: string | undefined): Tap {
 }
 
 function ip(netns: string | undefined, args: string[]): void {
-  const r = spawnSync('ip', [...(netns ? ['-n', netns] : []), ...args], { encoding: 'utf8' });
+  const r = childProcess().spawnSync('ip', [...(netns ? ['-n', netns] : []), ...args], { encoding: 'utf8' });
   if (r.status !== 0) throw new NetmangleError(`ip ${args.join(' ')}: ${(r.stderr ?? '').trim()}`);
 }
 

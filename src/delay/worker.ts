@@ -14,27 +14,13 @@ import { libc } from '../kernel/ffi.js';
 import { BpfMap } from '../kernel/map.js';
 import { connKeyOf } from './flow.js';
 import { uncountHeld } from './held.js';
-import { HoldQueue, type HoldLimits, type HoldSpec, type Release } from './queue.js';
+import { CONTROL, STAT_NAMES, STATS_OFFSET, type LineInit } from './line.js';
+import { HoldQueue, type Release } from './queue.js';
 
 /** Largest frame read from a TAP (64 KiB covers GSO-free frames of any MTU). */
 const MAX_FRAME = 65536;
 const POLLIN = 0x1;
 const POLLFD_SIZE = 8;
-
-/** The counters in shared memory, in this order (Float64Array after the control words). */
-export const STAT_NAMES = ['held', 'heldBytes', 'delayed', 'reordered', 'overLimit', 'followers', 'overtaken', 'timedOut', 'peakHeld', 'received', 'sent', 'failed'] as const;
-/** Int32 control words at the start of the shared buffer: stop requested, stopped, ready. */
-export const CONTROL = { stop: 0, stopped: 1, ready: 2 } as const;
-export const STATS_OFFSET = 16;
-
-export interface LineInit {
-  channels: Array<{ fd: number; spec?: HoldSpec }>;
-  writeFd: number;
-  wakeFd: number;
-  limits: HoldLimits;
-  heldMap?: { fd: number; typeId: number; keySize: number; valueSize: number; maxEntries: number; name: string; id: number };
-  shared: SharedArrayBuffer;
-}
 
 const nowNs = (): number => performance.now() * 1e6;
 

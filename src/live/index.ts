@@ -13,7 +13,7 @@ import { createMap, loadProgram, VerifierError, type BpfMap, type Program } from
 import { linkByName } from '../kernel/iface.js';
 import { lookupField } from '../rules/catalog.js';
 import type { RuleGroup } from '../rules/ast.js';
-import { spawnSync } from 'node:child_process';
+import { childProcess } from '../builtins.js';
 import { startDelayLine, type DelayLineStats, type HoldLimits, type HoldSpec, type RunningDelayLine } from '../delay/index.js';
 import { HELD_MAP } from '../compiler/layout.js';
 
@@ -231,13 +231,13 @@ export function holdPlan(group: RuleGroup): { specs: HoldSpec[]; ruleSpec: Map<n
 /** The device's gso_max_segs (IFLA_GSO_MAX_SEGS), read through `ip -d link` in its namespace. */
 export function gsoMaxSegs(dev: string, netns?: string): number {
   linkByName(dev, netns); // a clear error for a missing namespace or interface
-  const r = spawnSync('ip', [...(netns ? ['-n', netns] : []), '-d', 'link', 'show', 'dev', dev], { encoding: 'utf8' });
+  const r = childProcess().spawnSync('ip', [...(netns ? ['-n', netns] : []), '-d', 'link', 'show', 'dev', dev], { encoding: 'utf8' });
   const m = /gso_max_segs (\d+)/.exec(r.stdout ?? '');
   if (r.status !== 0 || !m) throw new NetmangleError(`cannot read gso_max_segs of ${dev}: ${(r.stderr ?? '').trim()}`);
   return Number(m[1]);
 }
 
 export function setGsoMaxSegs(dev: string, netns: string | undefined, value: number): void {
-  const r = spawnSync('ip', [...(netns ? ['-n', netns] : []), 'link', 'set', 'dev', dev, 'gso_max_segs', String(value)], { encoding: 'utf8' });
+  const r = childProcess().spawnSync('ip', [...(netns ? ['-n', netns] : []), 'link', 'set', 'dev', dev, 'gso_max_segs', String(value)], { encoding: 'utf8' });
   if (r.status !== 0) throw new NetmangleError(`cannot set gso_max_segs of ${dev} to ${value}: ${(r.stderr ?? '').trim()}`);
 }
