@@ -8,7 +8,20 @@ import { Command, CommanderError } from 'commander';
 import { describeError, NetmangleError } from '../errors.js';
 import type { RegisterCommand } from './commands/index.js';
 
+/**
+ * A reader that went away (`netmangle run … | head -1`) must not crash netmangle with a stack
+ * trace, least of all while programs are attached: what is written after that is dropped, and
+ * the command goes on to detach and exit as usual.
+ */
+function ignoreClosedOutput(stream: NodeJS.WriteStream): void {
+  stream.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code !== 'EPIPE') throw err;
+  });
+}
+
 export async function runCli(registers: readonly RegisterCommand[], argv: readonly string[] = process.argv): Promise<void> {
+  ignoreClosedOutput(process.stdout);
+  ignoreClosedOutput(process.stderr);
   const program = new Command('netmangle')
     .description('Reproduce network misbehaviour on demand with eBPF')
     .version(process.env.npm_package_version ?? '0.1.0')

@@ -131,6 +131,23 @@ kernelTest('run: kill -9 leaves no program on the interface (XDP link and tcx)',
   assert.fail('a program stayed attached after kill -9');
 });
 
+kernelTest('run: a reader that goes away (| head -1) neither crashes it nor leaves the program attached', async () => {
+  await using lab = await Lab.up(undefined, { name: uniqueName('pipe') });
+  const ns = lab.netns('h1');
+  const child = await startRun(['--netns', ns, '--dev', 'eth0', '--hook', 'egress', PSH_RULE]);
+  let err = '';
+  child.stderr!.on('data', (d) => (err += d));
+  // The reader of stdout closes, as `head -1` does after the first line; the exit summary then
+  // goes nowhere.
+  child.stdout!.destroy();
+  await new Promise((r) => setTimeout(r, 200));
+  child.kill('SIGINT');
+  const code = await new Promise<number | null>((resolve) => (child.exitCode !== null ? resolve(child.exitCode) : child.on('close', (c) => resolve(c))));
+  assert.equal(code, 0, err);
+  assert.doesNotMatch(err, /EPIPE|Error|at /, 'no stack trace');
+  assert.equal(inNetns(ns, () => queryProgs(ifindexByName('eth0', ns), 'tcx_egress')).progIds.length, 0, 'detached');
+});
+
 kernelTest('run: errors a user can act on, one line each, non-zero exit, nothing attached', async () => {
   await using lab = await Lab.up(undefined, { name: uniqueName('err') });
   const ns = lab.netns('h1');
