@@ -99,7 +99,11 @@ for (const t of targets) {
 }
 
 const commands = Object.fromEntries(Object.entries(commandFiles).map(([name, f]) => [name, f.replace(/\.js$/, '')]));
+// The flags the JIT sets at run time, which the launcher sets before it compiles a bundle (see
+// JIT_V8_FLAGS in src/vm/jit.ts).
+const { JIT_V8_FLAGS } = await import(pathToFileURL(join(dist, 'src', 'vm', 'jit.js')).href);
 const manifest = {
+  v8Flags: JIT_V8_FLAGS,
   commands,
   all: 'all',
   bundles,

@@ -35,11 +35,17 @@ const cache = new Map<string, RunFn>();
  * for 600k packets). Raised once, process-wide, before the first function is built.
  */
 const MAX_OPTIMIZED_BYTECODE = 1 << 20;
+/**
+ * The V8 flag the JIT sets. bin/netmangle sets it too (from the bundle manifest), before it
+ * compiles a bundle: V8 checks a code cache against the flags of the moment, so a cache made at
+ * exit after the JIT changed a flag would otherwise be refused at every next start.
+ */
+export const JIT_V8_FLAGS = `--max-optimized-bytecode-size=${MAX_OPTIMIZED_BYTECODE}`;
 let optimizerLimitRaised = false;
 function raiseOptimizerLimit(): void {
   if (optimizerLimitRaised) return;
   optimizerLimitRaised = true;
-  setFlagsFromString(`--max-optimized-bytecode-size=${MAX_OPTIMIZED_BYTECODE}`);
+  setFlagsFromString(JIT_V8_FLAGS);
 }
 
 export function compileProgram(prog: PreparedProgram): CompiledProgram {
