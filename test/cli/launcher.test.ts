@@ -71,6 +71,39 @@ test('the first runs of a bundle refresh its cache (generation byte 1..4), later
   }
 });
 
+test('replay\'s cache is taken by the next start although its JIT changes a V8 flag (the launcher sets it first)', { skip: !built && 'run npm run build first' }, () => {
+  const dir = copyTree(true);
+  try {
+    // A pcap of one 42-byte Ethernet/IPv4 frame.
+    const header = Buffer.alloc(24);
+    header.writeUInt32LE(0xa1b2c3d4, 0);
+    header.writeUInt16LE(2, 4);
+    header.writeUInt16LE(4, 6);
+    header.writeUInt32LE(65535, 16);
+    header.writeUInt32LE(1, 20);
+    const frame = Buffer.alloc(42);
+    frame.writeUInt16BE(0x0800, 12);
+    frame[14] = 0x45;
+    frame.writeUInt16BE(28, 16);
+    frame[22] = 64;
+    frame[23] = 17;
+    const record = Buffer.alloc(16);
+    record.writeUInt32LE(42, 8);
+    record.writeUInt32LE(42, 12);
+    writeFileSync(join(dir, 'one.pcap'), Buffer.concat([header, record, frame]));
+    const generations: number[] = [];
+    for (let i = 0; i < 3; i++) {
+      const r = netmangle(dir, 'replay', '--hook', 'xdp', 'ip => set ip.ttl = 7', join(dir, 'one.pcap'), '-o', join(dir, 'out.pcap'), '--no-progress', '--engine', 'jit');
+      assert.equal(r.status, 0, r.stderr);
+      const [cache] = cacheFiles(dir, 'replay');
+      generations.push(readFileSync(join(dir, 'dist', 'bundle', cache!))[0]!);
+    }
+    assert.deepEqual(generations, [1, 2, 3], 'a refused cache would start again from 1 at every run');
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test('a cache V8 rejects is replaced, and a cache path that cannot be read or written costs only the cache', { skip: !built && 'run npm run build first' }, () => {
   const dir = copyTree(true);
   try {
