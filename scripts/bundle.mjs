@@ -59,6 +59,7 @@ function entrySource(files) {
 rmSync(outDir, { recursive: true, force: true });
 mkdirSync(outDir, { recursive: true });
 
+const { JIT_V8_FLAGS } = await import(pathToFileURL(join(dist, 'src', 'vm', 'jit.js')).href);
 const bundles = {};
 const inputs = new Set();
 const targets = [...modules.map((f) => ({ name: f.replace(/\.js$/, ''), files: [f] })), { name: 'all', files: modules }];
@@ -90,20 +91,21 @@ for (const t of targets) {
     rmSync(outfile, { force: true });
     continue;
   }
+  let hasJit = false;
   for (const input of Object.keys(result.metafile.inputs)) {
     const abs = resolve(root, input);
     if (abs.startsWith(`${dist}/`) && !input.endsWith("-entry.js")) inputs.add(abs);
+    if (abs === join(dist, 'src', 'vm', 'jit.js')) hasJit = true;
   }
   const st = statSync(outfile);
   bundles[t.name] = { file: `${t.name}.cjs`, size: st.size, mtimeMs: st.mtimeMs, sha256: sha256(readFileSync(outfile)) };
+  // The flags the JIT sets at run time, which the launcher sets before it compiles a bundle
+  // that holds it (see JIT_V8_FLAGS in src/vm/jit.ts).
+  if (hasJit) bundles[t.name].v8Flags = JIT_V8_FLAGS;
 }
 
 const commands = Object.fromEntries(Object.entries(commandFiles).map(([name, f]) => [name, f.replace(/\.js$/, '')]));
-// The flags the JIT sets at run time, which the launcher sets before it compiles a bundle (see
-// JIT_V8_FLAGS in src/vm/jit.ts).
-const { JIT_V8_FLAGS } = await import(pathToFileURL(join(dist, 'src', 'vm', 'jit.js')).href);
 const manifest = {
-  v8Flags: JIT_V8_FLAGS,
   commands,
   all: 'all',
   bundles,
