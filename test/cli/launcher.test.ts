@@ -10,6 +10,7 @@ import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, 
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { pcapGlobalHeader, pcapRecord } from '../helpers/pcap.js';
 
 const repo = fileURLToPath(new URL('../../../', import.meta.url));
 const built = existsSync(join(repo, 'dist', 'bundle', 'manifest.json'));
@@ -75,22 +76,13 @@ test('replay\'s cache is taken by the next start although its JIT changes a V8 f
   const dir = copyTree(true);
   try {
     // A pcap of one 42-byte Ethernet/IPv4 frame.
-    const header = Buffer.alloc(24);
-    header.writeUInt32LE(0xa1b2c3d4, 0);
-    header.writeUInt16LE(2, 4);
-    header.writeUInt16LE(4, 6);
-    header.writeUInt32LE(65535, 16);
-    header.writeUInt32LE(1, 20);
     const frame = Buffer.alloc(42);
     frame.writeUInt16BE(0x0800, 12);
     frame[14] = 0x45;
     frame.writeUInt16BE(28, 16);
     frame[22] = 64;
     frame[23] = 17;
-    const record = Buffer.alloc(16);
-    record.writeUInt32LE(42, 8);
-    record.writeUInt32LE(42, 12);
-    writeFileSync(join(dir, 'one.pcap'), Buffer.concat([header, record, frame]));
+    writeFileSync(join(dir, 'one.pcap'), Buffer.concat([pcapGlobalHeader(), pcapRecord(frame)]));
     const generations: number[] = [];
     for (let i = 0; i < 3; i++) {
       const r = netmangle(dir, 'replay', '--hook', 'xdp', 'ip => set ip.ttl = 7', join(dir, 'one.pcap'), '-o', join(dir, 'out.pcap'), '--no-progress', '--engine', 'jit');

@@ -21,6 +21,7 @@ import { VmRunner } from '../../src/replay/runner.js';
 import { compileRules, rule, run, verdictsAt, withRules } from './harness.js';
 import { evalCond } from './reference-eval.js';
 import { shapes, tcTestRunAccepts } from './shapes.js';
+import { pcapGlobalHeader, pcapRecord } from '../helpers/pcap.js';
 
 const bytes = (n: number, seed = 0): Uint8Array => Uint8Array.from({ length: n }, (_, i) => (i * 31 + seed) & 0xff);
 /** TCP options: MSS, SACK permitted, window scale, padded to 12 bytes (a 32-byte header). */
@@ -163,21 +164,7 @@ test('replay\'s change comments name the length field that changed, not tcp.len 
 
 /** A classic pcap (Ethernet, microseconds) with each frame's uncut length as its original length. */
 function pcapOf(packets: BuiltPacket[]): Uint8Array {
-  const head = Buffer.alloc(24);
-  head.writeUInt32LE(0xa1b2c3d4, 0);
-  head.writeUInt16LE(2, 4);
-  head.writeUInt16LE(4, 6);
-  head.writeUInt32LE(262144, 16);
-  head.writeUInt32LE(1, 20);
-  const parts: Buffer[] = [head];
-  packets.forEach((p, i) => {
-    const rec = Buffer.alloc(16);
-    rec.writeUInt32LE(1_700_000_000 + i, 0);
-    rec.writeUInt32LE(p.frame.length, 8);
-    rec.writeUInt32LE(p.whole.length, 12);
-    parts.push(rec, Buffer.from(p.frame));
-  });
-  return Buffer.concat(parts);
+  return Buffer.concat([pcapGlobalHeader(262144), ...packets.map((p, i) => pcapRecord(p.frame, 1_700_000_000 + i, 0, p.whole.length))]);
 }
 
 /** Outside CI a missing tshark skips the comparison; in CI (which installs it) it fails. */

@@ -3,6 +3,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { countPshInPcap, nstatDelta, parseNstat, parsePing } from '../../src/lab/measure.js';
+import { pcapGlobalHeader, pcapRecord } from '../helpers/pcap.js';
 
 test('parsePing reads every reply with its TTL and RTT, and the totals', () => {
   const out = [
@@ -43,14 +44,7 @@ test('parseNstat and nstatDelta', () => {
 
 /** A little-endian pcap with Ethernet frames holding IPv4/TCP or IPv6/TCP segments. */
 function pcapOf(segments: Array<{ v6?: boolean; sport: number; dport: number; payload: number; psh: boolean; vlan?: boolean }>): Uint8Array {
-  const parts: Buffer[] = [];
-  const hdr = Buffer.alloc(24);
-  hdr.writeUInt32LE(0xa1b2c3d4, 0);
-  hdr.writeUInt16LE(2, 4);
-  hdr.writeUInt16LE(4, 6);
-  hdr.writeUInt32LE(128, 16);
-  hdr.writeUInt32LE(1, 20);
-  parts.push(hdr);
+  const parts: Buffer[] = [pcapGlobalHeader(128)];
   for (const s of segments) {
     const eth = Buffer.alloc(s.vlan ? 18 : 14);
     if (s.vlan) {
@@ -84,10 +78,7 @@ function pcapOf(segments: Array<{ v6?: boolean; sport: number; dport: number; pa
     tcp[13] = 0x10 | (s.psh ? 0x08 : 0);
     // Snap length: the payload itself is not in the capture, only counted from the IP length.
     const frame = Buffer.concat([eth, ip, tcp]);
-    const rec = Buffer.alloc(16);
-    rec.writeUInt32LE(frame.length, 8);
-    rec.writeUInt32LE(frame.length + s.payload, 12);
-    parts.push(rec, frame);
+    parts.push(pcapRecord(frame, 0, 0, frame.length + s.payload));
   }
   return new Uint8Array(Buffer.concat(parts));
 }

@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { createPcapWriter, forEachPacket, openCapture } from '../../src/pcap/index.js';
+import { pcapGlobalHeader } from '../helpers/pcap.js';
 
 const PACKETS = 1_000_000;
 const FRAME = 60;
@@ -23,13 +24,7 @@ function memory(): number {
 /** A pcap stream of PACKETS records generated on the fly, 64 KiB at a time (it is never on disk). */
 function syntheticPcapStream(): Readable {
   function* chunks(): Generator<Buffer> {
-    const header = Buffer.alloc(24);
-    header.writeUInt32LE(0xa1b2c3d4, 0);
-    header.writeUInt16LE(2, 4);
-    header.writeUInt16LE(4, 6);
-    header.writeUInt32LE(65535, 16);
-    header.writeUInt32LE(1, 20);
-    yield header;
+    yield pcapGlobalHeader(65535);
     const perChunk = 800;
     for (let i = 0; i < PACKETS; i += perChunk) {
       const n = Math.min(perChunk, PACKETS - i);
