@@ -16,11 +16,13 @@ import { ifindexByName } from '../kernel/iface.js';
 import { loadProgram, type Program } from '../kernel/index.js';
 import type { BpfMap } from '../kernel/map.js';
 import type { Hook } from '../rules/ast.js';
-import { DelayLine, type DelayLineStats } from './line.js';
+import { DelayLine } from './line.js';
+import type { DelayLineStats } from './stats.js';
 import type { HoldLimits, HoldSpec } from './queue.js';
 import { createTap, type Tap } from './tap.js';
 
-export { DelayLine, type DelayLineStats } from './line.js';
+export { DelayLine } from './line.js';
+export { formatDelayStats, type DelayLineStats } from './stats.js';
 export { createTap, type Tap } from './tap.js';
 export { connKeyOf } from './flow.js';
 export { uncountHeld, type HeldCounts } from './held.js';

@@ -13,7 +13,8 @@ import { fileURLToPath } from 'node:url';
 import { NetmangleError } from '../errors.js';
 import { errno, errnoName, libc } from '../kernel/ffi.js';
 import type { BpfMap } from '../kernel/map.js';
-import { DEFAULT_HOLD_LIMITS, type HoldLimits, type HoldSpec, type HoldStats } from './queue.js';
+import { DEFAULT_HOLD_LIMITS, type HoldLimits, type HoldSpec } from './queue.js';
+import type { DelayLineStats } from './stats.js';
 
 /** The counters in shared memory, in this order (Float64Array after the control words). */
 export const STAT_NAMES = ['held', 'heldBytes', 'delayed', 'reordered', 'overLimit', 'followers', 'overtaken', 'timedOut', 'peakHeld', 'received', 'sent', 'failed'] as const;
@@ -32,14 +33,7 @@ export interface LineInit {
 
 import { workerThreads } from '../builtins.js';
 
-export interface DelayLineStats extends HoldStats {
-  /** Frames read from the TAPs. */
-  received: number;
-  /** Frames written back. */
-  sent: number;
-  /** Frames the write back failed for (dropped). */
-  failed: number;
-}
+export type { DelayLineStats } from './stats.js';
 
 export interface LineChannel {
   fd: number;

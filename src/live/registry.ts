@@ -7,7 +7,8 @@
  * - A foreground `run` records itself in /run/netmangle/runs/<pid>.<n>.json (program and state
  *   map ids) and removes the record on exit; records of dead processes are ignored and swept.
  */
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmdirSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
+import type { DelayLineStats } from '../delay/stats.js';
 import { dirname, join } from 'node:path';
 import { NetmangleError } from '../errors.js';
 import { NETMANGLE_PIN_ROOT, openPinnedMap, BpfMap, mapFdById, pinObject } from '../kernel/index.js';
@@ -35,6 +36,9 @@ export interface AttachmentRecord {
   /** bpffs directory of a pinned set. */
   pinDir?: string;
   tcFilter?: { prio: number; handle: number };
+  /** A foreground run's delay line: its counters as of `delayAt` (refreshed about every second). */
+  delay?: DelayLineStats;
+  delayAt?: string;
 }
 
 const nsPart = (netns: string | undefined) => netns ?? '-';
@@ -58,15 +62,33 @@ function recordOf(g: AttachedGroup, seed: number): AttachmentRecord {
 }
 
 /** Records a foreground run's attachments; returns a function that removes the records. */
-export function recordRun(groups: AttachedGroup[], seed: number): () => void {
+export interface RunRecord {
+  /** Writes the delay lines' counters into the records (status shows them). */
+  refresh(): void;
+  /** Removes the records. */
+  remove(): void;
+}
+
+export function recordRun(groups: AttachedGroup[], seed: number): RunRecord {
   mkdirSync(RUNS_DIR, { recursive: true });
-  const files = groups.map((g, i) => {
-    const file = join(RUNS_DIR, `${process.pid}.${i}.json`);
-    writeFileSync(file, JSON.stringify({ ...recordOf(g, seed), pid: process.pid }));
-    return file;
-  });
-  return () => {
-    for (const f of files) rmSync(f, { force: true });
+  const records = groups.map((g, i) => ({ g, file: join(RUNS_DIR, `${process.pid}.${i}.json`), rec: { ...recordOf(g, seed), pid: process.pid } }));
+  const write = (file: string, rec: AttachmentRecord): void => {
+    // Whole or not at all for a status reading it at the same moment.
+    const tmp = `${file}.tmp`;
+    writeFileSync(tmp, JSON.stringify(rec));
+    renameSync(tmp, file);
+  };
+  for (const r of records) write(r.file, r.rec);
+  return {
+    refresh() {
+      for (const r of records) {
+        if (!r.g.delayLine) continue;
+        write(r.file, { ...r.rec, delay: r.g.delayLine.stats(), delayAt: new Date().toISOString() });
+      }
+    },
+    remove() {
+      for (const r of records) rmSync(r.file, { force: true });
+    },
   };
 }
 

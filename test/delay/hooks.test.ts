@@ -5,15 +5,18 @@
  * order is read by the receiver's own sockets.
  */
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { Lab, ping } from '../../src/lab/index.js';
 import { startRun } from '../faults/lab-support.js';
 import { kernelTest, uniqueName } from '../helpers/kernel.js';
 
 const TOPOLOGY: Parameters<typeof Lab.up>[0] = { hosts: { h1: {}, h2: {} }, links: [{ a: 'h1', b: 'h2' }] };
 const A = 7000, B = 7001;
+const BIN = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'bin', 'netmangle');
 
 /** Receives on ports A and B until `count` datagrams came or 2 s pass idle; prints "port seq ns" lines. */
 const RECEIVER = `
@@ -153,13 +156,20 @@ kernelTest('lab: reorder at tc ingress with too few followers is released by its
   });
 }, { timeout: 120_000 });
 
-kernelTest('lab: --max-held 1 holds one packet; the others pass undelayed and are counted', async () => {
+kernelTest('lab: --max-held 1 holds one packet; the others pass undelayed and are counted, in the exit summary and in netmangle status', async () => {
   await withLab('mh', async (lab, dir) => {
     const run = await startRun(['--netns', lab.netns('h1'), '--dev', 'eth0', '--hook', 'egress', `udp.dstport == ${A} => delay 300ms`, '--max-held', '1']);
     let arrivals: Arrival[];
     let stopped: Awaited<ReturnType<typeof run.stop>>;
     try {
       arrivals = await exchange(lab, dir, 10, 'a', 2);
+      // The run writes its line's counters for `netmangle status` about every second.
+      await new Promise((r) => setTimeout(r, 1500));
+      const status = spawnSync(process.execPath, [BIN, 'status', '--json'], { encoding: 'utf8' });
+      assert.equal(status.status, 0, status.stderr);
+      const mine = (JSON.parse(status.stdout) as Array<{ netns?: string; delay?: Record<string, number> }>).find((e) => e.netns === lab.netns('h1'));
+      assert.deepEqual({ delayed: mine?.delay?.delayed, overLimit: mine?.delay?.overLimit }, { delayed: 1, overLimit: 9 }, status.stdout);
+      assert.match(spawnSync(process.execPath, [BIN, 'status'], { encoding: 'utf8' }).stdout, /delay line: held=0 peak=1 delayed=1 .*over-limit=9/);
     } finally {
       stopped = await run.stop();
     }

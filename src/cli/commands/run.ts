@@ -10,7 +10,7 @@ import { existsSync } from 'node:fs';
 import type { Command } from 'commander';
 import { randomSeed } from '../../compiler/prng.js';
 import { NetmangleError, UsageError, describeError } from '../../errors.js';
-import type { DelayLineStats } from '../../delay/line.js';
+import { formatDelayStats } from '../../delay/stats.js';
 import type { LiveSession } from '../../live/index.js';
 import type { Hook, RuleGroup } from '../../rules/ast.js';
 import { parseDuration } from '../duration.js';
@@ -202,11 +202,11 @@ export function register(program: Command): void {
         process.stdout.write('they stay attached after this command; see them with netmangle status, remove them with netmangle clear\n');
         return;
       }
-      const unrecord = registry.recordRun(session.groups, seed);
+      const record = registry.recordRun(session.groups, seed);
       try {
-        await runForeground(session, { seed, seedChosen, forMs, perSegment: !!opts.perSegment });
+        await runForeground(session, { seed, seedChosen, forMs, perSegment: !!opts.perSegment, refresh: () => record.refresh() });
       } finally {
-        unrecord();
+        record.remove();
       }
     });
 }
@@ -216,6 +216,8 @@ interface ForegroundOptions {
   seedChosen: boolean;
   forMs?: number;
   perSegment: boolean;
+  /** Called about every second: the run record takes the delay lines' counters. */
+  refresh?: () => void;
 }
 
 async function runForeground(session: LiveSession, o: ForegroundOptions): Promise<void> {
@@ -237,6 +239,7 @@ async function runForeground(session: LiveSession, o: ForegroundOptions): Promis
       gsoWarned = true;
       process.stderr.write('note: matched packets include GSO super-packets that the kernel cuts into segments after the hook (flags like PSH end up on the last one only); --per-segment makes each segment meet the rules on its own\n');
     }
+    if (snap.some((s) => s.delay)) o.refresh?.();
     if (!tty) return;
     const lines = formatTable(session);
     if (drawn > 0) out.write(`\x1b[${drawn}A\x1b[J`);
@@ -276,11 +279,6 @@ async function runForeground(session: LiveSession, o: ForegroundOptions): Promis
     });
     if (s.delay) out.write(`delay line ${s.group.attachment.dev}/${s.group.attachment.hook}: ${formatDelayStats(s.delay)}\n`);
   }
-}
-
-/** The delay line's counters as name=value pairs (what it holds now, and totals). */
-function formatDelayStats(d: DelayLineStats): string {
-  return `held=${d.held} peak=${d.peakHeld} delayed=${d.delayed} reordered=${d.reordered} overtaken=${d.overtaken} timed-out=${d.timedOut} followers=${d.followers} over-limit=${d.overLimit} failed=${d.failed}`;
 }
 
 function formatTable(session: LiveSession): string[] {

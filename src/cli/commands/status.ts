@@ -8,6 +8,7 @@ export function register(program: Command): void {
     .option('--json', 'print as JSON')
     .action(async (opts: { json?: boolean }) => {
       const { listAttached } = await import('../../live/registry.js');
+      const { formatDelayStats } = await import('../../delay/stats.js');
       const entries = listAttached();
       if (opts.json) {
         process.stdout.write(JSON.stringify(entries, null, 2) + '\n');
@@ -25,6 +26,7 @@ export function register(program: Command): void {
           const counts = c ? `matched=${c.matched} acted=${c.acted} dropped=${c.dropped}` : 'counters unavailable';
           process.stdout.write(`  ${r.name}: ${r.text}\n    ${counts}\n`);
         });
+        if (e.delay) process.stdout.write(`  delay line: ${formatDelayStats(e.delay)} (at ${e.delayAt ?? '?'})\n`);
       }
     });
   program
