@@ -333,7 +333,6 @@ class Gen {
       if (this.usesHeld && hold.follower === undefined) throw new CompileError('internal: reorder without a follower device');
       if (this.kind !== 'xdp') {
         // Packets back from the delay line come through this hook again: let them pass untouched.
-        // (At xdp they come back after it, at tc ingress.)
         // (At xdp they come back after it, at tc ingress.) Another line's packets pass as they are.
         const ctx = this.ctxInR1 ? R1 : CTXR;
         const fresh = this.fresh('not_delayed'), others = this.fresh('other_line');

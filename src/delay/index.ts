@@ -37,6 +37,8 @@ export interface DelayLineOptions {
   specs: readonly HoldSpec[];
   path?: 'auto' | 'link' | 'tcx' | 'netlink';
   limits?: HoldLimits;
+  /** Called once if the line's thread stops by itself (see DelayLine). */
+  onFailure?: (message: string) => void;
 }
 
 export interface RunningDelayLine extends Disposable {
@@ -88,7 +90,7 @@ export function startDelayLine(opts: DelayLineOptions): RunningDelayLine {
     throw err;
   }
   const channels = taps.map((t, i) => ({ fd: t.fd, spec: opts.specs[i] }));
-  const line = new DelayLine(channels, taps[0]!.fd, { limits: opts.limits });
+  const line = new DelayLine(channels, taps[0]!.fd, { limits: opts.limits, onFailure: opts.onFailure });
   let closed = false;
   const close = () => {
     if (closed) return;

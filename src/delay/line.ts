@@ -20,6 +20,8 @@ import type { DelayLineStats } from './stats.js';
 export const STAT_NAMES = ['held', 'heldBytes', 'delayed', 'reordered', 'overLimit', 'followers', 'overtaken', 'timedOut', 'peakHeld', 'received', 'sent', 'failed'] as const;
 /** Int32 control words at the start of the shared buffer: stop requested, stopped, ready. */
 export const CONTROL = { stop: 0, stopped: 1, ready: 2 } as const;
+/** CONTROL.ready once the thread runs, or READY_FAILED when it could not start. */
+export const READY_FAILED = 2;
 export const STATS_OFFSET = 16;
 
 export interface LineInit {
@@ -43,6 +45,8 @@ export interface LineChannel {
 
 export interface DelayLineOptions {
   limits?: HoldLimits;
+  /** Called once if the line's thread stops by itself (an error): held packets are lost. */
+  onFailure?: (message: string) => void;
 }
 
 const EFD_NONBLOCK = 0o4000;
@@ -51,12 +55,10 @@ const EFD_CLOEXEC = 0o2000000;
 const START_MS = 10_000;
 const STOP_MS = 2_000;
 
-/** worker.js next to this module; or, when this code runs from a bundle, the one tsc built. */
+/** worker.js next to this module (from a bundle, import.meta.url names this module's place in dist/src). */
 function workerFile(): string {
   const here = fileURLToPath(new URL('./worker.js', import.meta.url));
   if (existsSync(here)) return here;
-  const built = fileURLToPath(new URL('../dist/src/delay/worker.js', import.meta.url));
-  if (existsSync(built)) return built;
   throw new NetmangleError(`the delay line's worker script is missing (${here})`, { hint: 'rebuild netmangle: npm run build' });
 }
 
@@ -67,6 +69,7 @@ export class DelayLine {
   private worker: import('node:worker_threads').Worker | undefined;
   private wakeFd = -1;
   private stopped = false;
+  private failed = false;
 
   /** `channels`: the TAPs to read, hold channels first; `writeFd`: where frames go back. */
   constructor(private readonly channels: readonly LineChannel[], private readonly writeFd: number, private readonly opts: DelayLineOptions = {}) {}
@@ -87,13 +90,20 @@ export class DelayLine {
     const worker = new (workerThreads().Worker)(workerFile(), { workerData: init });
     this.worker = worker;
     worker.on('error', (err) => {
-      if (!this.stopped) process.stderr.write(`netmangle: the delay line stopped: ${err.message}; held packets are lost and chosen packets are dropped\n`);
+      if (this.stopped || this.failed) return;
+      this.failed = true;
+      const message = `the delay line stopped: ${err.message}`;
+      if (this.opts.onFailure) this.opts.onFailure(message);
+      else process.stderr.write(`netmangle: ${message}; held packets are lost and chosen packets are dropped\n`);
     });
     // The session's own lifetime keeps the process alive; the line alone should not.
     worker.unref();
-    if (Atomics.wait(this.control, CONTROL.ready, 0, START_MS) === 'timed-out') {
+    const waited = Atomics.wait(this.control, CONTROL.ready, 0, START_MS);
+    if (waited === 'timed-out' || Atomics.load(this.control, CONTROL.ready) === READY_FAILED) {
       this.stop();
-      throw new NetmangleError(`the delay line's thread did not start within ${START_MS / 1000} s`);
+      throw new NetmangleError(waited === 'timed-out' ? `the delay line's thread did not start within ${START_MS / 1000} s` : "the delay line's thread could not start", {
+        hint: 'rebuild netmangle (npm run build); if it persists, run with NETMANGLE_DEBUG=1 and report the error',
+      });
     }
   }
 

@@ -14,7 +14,7 @@ import { libc } from '../kernel/ffi.js';
 import { BpfMap } from '../kernel/map.js';
 import { connKeyOf } from './flow.js';
 import { uncountHeld } from './held.js';
-import { CONTROL, STAT_NAMES, STATS_OFFSET, type LineInit } from './line.js';
+import { CONTROL, READY_FAILED, STAT_NAMES, STATS_OFFSET, type LineInit } from './line.js';
 import { HoldQueue, type Release } from './queue.js';
 
 /** Largest frame read from a TAP (64 KiB covers GSO-free frames of any MTU). */
@@ -114,4 +114,19 @@ function run(init: LineInit): void {
   Atomics.notify(control, CONTROL.stopped);
 }
 
-if (workerData) run(workerData as LineInit);
+if (workerData) {
+  const init = workerData as LineInit;
+  const control = new Int32Array(init.shared, 0, 4);
+  try {
+    run(init);
+  } catch (err) {
+    // Wake a start() still waiting for the thread, then let the error reach the main thread.
+    if (Atomics.load(control, CONTROL.ready) === 0) Atomics.store(control, CONTROL.ready, READY_FAILED);
+    throw err;
+  } finally {
+    // stop() waits for this before it closes the TAPs; a thread that died must not keep it waiting.
+    Atomics.store(control, CONTROL.stopped, 1);
+    Atomics.notify(control, CONTROL.stopped);
+    Atomics.notify(control, CONTROL.ready);
+  }
+}

@@ -103,6 +103,11 @@ export interface LiveOptions {
   perSegment?: boolean;
   /** Most packets and bytes a delay line holds at once (beyond: sent on undelayed, counted). */
   maxHeld?: HoldLimits;
+  /**
+   * Called if a delay line's thread stops by itself: its programs keep sending packets to TAPs
+   * nobody reads, so the caller should detach. Without it the line prints one line to stderr.
+   */
+  onDelayLineFailure?: (message: string, group: RuleGroup) => void;
 }
 
 export class LiveSession implements Disposable {
@@ -119,18 +124,19 @@ export class LiveSession implements Disposable {
     this.detached = true;
     let first: unknown;
     for (const g of this.groups.slice().reverse()) {
-      try {
-        g.attachment.detach();
-      } catch (err) {
-        first ??= err;
-      }
-      if (g.restoreGsoMaxSegs !== undefined) setGsoMaxSegs(g.attachment.dev, g.attachment.netns, g.restoreGsoMaxSegs);
-      g.loaded.close();
-      try {
-        g.delayLine?.close();
-      } catch (err) {
-        first ??= err;
-      }
+      // Each step on its own: one failing must not leave the others undone.
+      const step = (fn: () => void): void => {
+        try {
+          fn();
+        } catch (err) {
+          first ??= err;
+        }
+      };
+      step(() => g.attachment.detach());
+      if (g.restoreGsoMaxSegs !== undefined) step(() => setGsoMaxSegs(g.attachment.dev, g.attachment.netns, g.restoreGsoMaxSegs!));
+      // The line's thread stops before the maps it uses are closed.
+      step(() => g.delayLine?.close());
+      step(() => g.loaded.close());
     }
     if (first) throw first;
   }
@@ -162,7 +168,10 @@ export function attachGroups(groups: RuleGroup[], opts: LiveOptions): LiveSessio
   try {
     for (const group of groups) {
       const plan = holdPlan(group);
-      const delayLine = plan.specs.length > 0 ? startDelayLine({ dev: group.dev, hook: group.hook, netns: group.netns, specs: plan.specs, path: opts.path, limits: opts.maxHeld }) : undefined;
+      const delayLine = plan.specs.length > 0 ? startDelayLine({
+        dev: group.dev, hook: group.hook, netns: group.netns, specs: plan.specs, path: opts.path, limits: opts.maxHeld,
+        onFailure: opts.onDelayLineFailure && ((message) => opts.onDelayLineFailure!(message, group)),
+      }) : undefined;
       let loaded: LoadedProgram;
       try {
         const hold = delayLine && {
@@ -186,7 +195,7 @@ export function attachGroups(groups: RuleGroup[], opts: LiveOptions): LiveSessio
             restore = current;
           }
         }
-        const attachment = attachProgram(loaded.prog, { dev: group.dev, hook: group.hook, netns: group.netns, path: opts.path ?? 'auto' });
+        const attachment = attachHolding(loaded, group, delayLine !== undefined, opts.path ?? 'auto');
         done.push({ loaded, attachment, restoreGsoMaxSegs: restore, delayLine });
       } catch (err) {
         if (restore !== undefined) setGsoMaxSegs(group.dev, group.netns, restore);
@@ -200,6 +209,24 @@ export function attachGroups(groups: RuleGroup[], opts: LiveOptions): LiveSessio
     throw err;
   }
   return new LiveSession(done);
+}
+
+/**
+ * Attaches the group's program. At xdp a delay line needs native XDP: in generic (skb) mode a
+ * packet sent back into the interface's receive path meets the XDP program again and would be
+ * held again and again.
+ */
+function attachHolding(loaded: LoadedProgram, group: RuleGroup, holds: boolean, path: 'auto' | 'link' | 'tcx' | 'netlink'): Attachment {
+  const opts = { dev: group.dev, hook: group.hook, netns: group.netns, path };
+  if (!holds || group.hook !== 'xdp') return attachProgram(loaded.prog, opts);
+  try {
+    return attachProgram(loaded.prog, { ...opts, xdpMode: 'drv' });
+  } catch (err) {
+    throw new NetmangleError(`delay and reorder at xdp need native XDP, and ${group.dev} has none: ${(err as Error).message.replace(/^cannot attach XDP program '[^']*' to /, '')}`, {
+      hint: 'use --hook ingress (tc), which holds packets on any device',
+      cause: err,
+    });
+  }
 }
 
 /**

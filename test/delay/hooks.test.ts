@@ -206,3 +206,23 @@ kernelTest('lab: two netmangle runs delaying on one hook hold each packet once e
     }
   });
 }, { timeout: 120_000 });
+
+kernelTest('delay at xdp on a device without native XDP is refused with one line, and nothing is left behind', () => {
+  // In generic XDP a packet sent back into the receive path would meet the program again and be
+  // held again and again; a bridge has no native XDP.
+  const ns = uniqueName('dlgx');
+  spawnSync('ip', ['netns', 'add', ns]);
+  try {
+    assert.equal(spawnSync('ip', ['-n', ns, 'link', 'add', 'b0', 'type', 'bridge']).status, 0);
+    spawnSync('ip', ['-n', ns, 'link', 'set', 'b0', 'up']);
+    const r = spawnSync(process.execPath, [BIN, 'run', '--netns', ns, '--dev', 'b0', '--hook', 'xdp', 'icmp => delay 5ms'], { encoding: 'utf8', timeout: 20_000 });
+    assert.equal(r.status, 1, r.stderr);
+    assert.match(r.stderr, /^netmangle: delay and reorder at xdp need native XDP, and b0 has none/);
+    assert.match(r.stderr, /--hook ingress/);
+    assert.doesNotMatch(r.stderr, /\n\s+at /, 'no stack trace');
+    const links = spawnSync('ip', ['-n', ns, '-d', 'link', 'show'], { encoding: 'utf8' }).stdout;
+    assert.doesNotMatch(links, /nmdl|prog\/xdp|xdpgeneric/, links);
+  } finally {
+    spawnSync('ip', ['netns', 'del', ns]);
+  }
+});

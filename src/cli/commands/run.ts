@@ -188,7 +188,17 @@ export function register(program: Command): void {
       }
       const { attachGroups } = await import('../../live/index.js');
       const registry = await import('../../live/registry.js');
-      const session = attachGroups(groups, { seed, path: opts.attach as 'auto' | 'link' | 'netlink', perSegment: opts.perSegment, maxHeld });
+      // A delay line that stops by itself leaves its programs sending packets nowhere: detach.
+      let lineFailed: ((reason: string) => void) | undefined;
+      const lineFailure = new Promise<string>((resolve) => (lineFailed = resolve));
+      const session = attachGroups(groups, {
+        seed, path: opts.attach as 'auto' | 'link' | 'netlink', perSegment: opts.perSegment, maxHeld,
+        onDelayLineFailure: (message, g) => {
+          process.stderr.write(`netmangle: on ${g.dev} ${g.hook}: ${message}; detaching\n`);
+          process.exitCode = 1;
+          lineFailed!('delay line failed');
+        },
+      });
       if (opts.pin) {
         try {
           for (const r of registry.pinGroups(session.groups, seed)) {
@@ -204,7 +214,7 @@ export function register(program: Command): void {
       }
       const record = registry.recordRun(session.groups, seed);
       try {
-        await runForeground(session, { seed, seedChosen, forMs, perSegment: !!opts.perSegment, refresh: () => record.refresh() });
+        await runForeground(session, { seed, seedChosen, forMs, perSegment: !!opts.perSegment, refresh: () => record.refresh(), failure: lineFailure });
       } finally {
         record.remove();
       }
@@ -218,6 +228,8 @@ interface ForegroundOptions {
   perSegment: boolean;
   /** Called about every second: the run record takes the delay lines' counters. */
   refresh?: () => void;
+  /** Settles (with the reason) when the run must stop on its own, e.g. a delay line failed. */
+  failure?: Promise<string>;
 }
 
 async function runForeground(session: LiveSession, o: ForegroundOptions): Promise<void> {
@@ -258,6 +270,7 @@ async function runForeground(session: LiveSession, o: ForegroundOptions): Promis
       process.once('SIGTERM', on);
       process.once('SIGHUP', on);
       if (o.forMs !== undefined) setTimeout(() => resolve(`--for ${o.forMs} ms`), o.forMs).unref();
+      void o.failure?.then(resolve);
     });
     clearInterval(timer);
     draw();
