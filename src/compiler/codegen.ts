@@ -154,6 +154,13 @@ export interface HoldTargets {
   follower?: number;
   /** The mark packets sent on by this line carry (layout.ts delayedMark). */
   mark: number;
+  /**
+   * How `reorder` marks a connection in HELD_MAP: 'count' (default) of held packets, which
+   * whoever holds them takes back as they leave (replay: exact and the same on every engine), or
+   * 'time': a deadline the program alone writes (live: the delay line never touches the map,
+   * so no count can be lost or left behind; followers go through the line until the deadline).
+   */
+  heldBy?: 'count' | 'time';
 }
 
 const holdsPacket = (r: Rule): boolean => r.actions.some((x) => x.kind === 'delay' || x.kind === 'reorder');
@@ -359,25 +366,44 @@ class Gen {
   /**
    * A packet the rules let pass: if its connection has packets held by `reorder`, it goes
    * through the delay line too (which counts it and sends it on at once), so the held ones
-   * follow it. Clobbers r0-r5.
+   * follow it. By count: while the connection's count in HELD_MAP is above 0; by time: until
+   * the deadline stored there. Clobbers r0-r5.
    */
   private followHeld(): void {
     const a = this.a;
     const on = this.fresh('not_following');
     this.connKey();
     a.ldMap(R1, HELD_MAP).mov64(R2, FP).alu64('add', R2, imm(SLOT_CONN_KEY)).call(HELPER.map_lookup_elem);
-    a.jmp('jeq', R0, imm(0), on).ldx(8, R1, R0, 0).jmp('jeq', R1, imm(0), on);
+    a.jmp('jeq', R0, imm(0), on).ldx(8, R1, R0, 0);
+    if (this.opts.hold!.heldBy === 'time') {
+      a.stx(8, FP, SLOT_CONN_VALUE, R1).call(HELPER.ktime_get_ns).ldx(8, R1, FP, SLOT_CONN_VALUE);
+      a.jmp('jle', R1, R0, on);
+    } else {
+      a.jmp('jeq', R1, imm(0), on);
+    }
     a.movImm(R1, this.opts.hold!.follower!).movImm(R2, 0).call(HELPER.redirect).exit();
     a.label(on);
   }
 
-  /** Adds 1 to the count of this packet's connection in HELD_MAP (see layout.ts). Clobbers r0-r5. */
-  private countHeld(): void {
-    const done = this.fresh('held_counted');
+  /**
+   * Marks this packet's connection in HELD_MAP (see layout.ts) as having a packet held: adds 1
+   * to its count, or (by time) stores now + the rule's timeout as the deadline until which its
+   * packets follow through the line. Clobbers r0-r5.
+   */
+  private countHeld(timeoutNs: number): void {
+    const a = this.a;
     this.connKey();
+    if (this.opts.hold!.heldBy === 'time') {
+      // One store, no read-modify-write: nothing for the delay line to take back, nothing to race.
+      a.call(HELPER.ktime_get_ns).ldImm64(R1, timeoutNs).alu64('add', R0, R1).stx(8, FP, SLOT_CONN_VALUE, R0);
+      a.ldMap(R1, HELD_MAP).mov64(R2, FP).alu64('add', R2, imm(SLOT_CONN_KEY));
+      a.mov64(R3, FP).alu64('add', R3, imm(SLOT_CONN_VALUE)).movImm(R4, 0).call(HELPER.map_update_elem);
+      return;
+    }
+    const done = this.fresh('held_counted');
     // The map full: the packet is still held, and released by its timeout.
     this.connEntry(HELD_MAP, done);
-    this.a.movImm(R1, 1).atomicAdd(8, R0, 0, R1).label(done);
+    a.movImm(R1, 1).atomicAdd(8, R0, 0, R1).label(done);
   }
 
   /** dst = packet data pointer, end = data_end (both reloaded from the context). */
@@ -707,7 +733,8 @@ class Gen {
     }
     if (holdsPacket(rule)) {
       // To the delay line's TAP (its transmit side, which netmangle reads); it comes back marked.
-      if (rule.actions.some((x) => x.kind === 'reorder')) this.countHeld();
+      const reorder = rule.actions.find((x): x is Extract<Action, { kind: 'reorder' }> => x.kind === 'reorder');
+      if (reorder) this.countHeld(reorder.timeoutNs);
       this.bumpCounter(index, 'acted');
       a.movImm(R1, this.opts.hold!.rule.get(index)!).movImm(R2, 0).call(HELPER.redirect).exit();
       a.label(next);

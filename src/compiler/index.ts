@@ -56,7 +56,8 @@ export function compileGroup(group: RuleGroup, opts: CompileOptions): CompiledPr
   const maps: MapSpec[] = [{ name: STATE_MAP, type: 'percpu_array', keySize: 4, valueSize, maxEntries: 1 }];
   if (usesEvery) maps.push({ name: EVERY_MAP, type: 'array', keySize: 4, valueSize: 8 * group.rules.length, maxEntries: 1 });
   if (usesTime) maps.push({ name: TIME_MAP, type: 'array', keySize: 4, valueSize: TIME_RULE_SIZE * group.rules.length, maxEntries: 1 });
-  if (usesHeld) maps.push({ name: HELD_MAP, type: 'hash', keySize: CONN_KEY_SIZE, valueSize: 8, maxEntries: HELD_CONNECTIONS });
+  // By time, entries are never taken out: an LRU map lets the oldest deadlines go.
+  if (usesHeld) maps.push({ name: HELD_MAP, type: opts.hold?.heldBy === 'time' ? 'lru_hash' : 'hash', keySize: CONN_KEY_SIZE, valueSize: 8, maxEntries: HELD_CONNECTIONS });
   for (const i of connRules) {
     const entries = group.rules[i]!.connections ?? DEFAULT_CONNECTIONS;
     maps.push({ name: connMapName(i), type: 'lru_hash', keySize: CONN_KEY_SIZE, valueSize: 8, maxEntries: entries });

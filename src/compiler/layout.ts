@@ -123,11 +123,13 @@ export const CONN_KEY = { addrA: 0, addrB: 16, portA: 32, portB: 34, proto: 36, 
 export const connMapName = (rule: number): string => `nm_conn${rule}`;
 
 /**
- * Connections with packets held by `reorder` (a hash map, shared by the group's reorder rules):
- * key CONN_KEY, value a u64 count of that connection's packets in the delay line. The program
- * adds 1 when it sends a packet to be held; the delay line (src/delay/) takes 1 away when it
- * sends one on. While the count is above 0, every other packet of the connection that the
- * rules let pass goes through the delay line too (sent on at once), which counts them.
+ * Connections with packets held by `reorder` (shared by the group's reorder rules), key
+ * CONN_KEY, value a u64, by HoldTargets.heldBy: 'count': the connection's packets in the delay
+ * line (the program adds 1 when it sends one to be held, whoever holds it takes 1 away when it
+ * leaves; a hash map); 'time': the bpf_ktime_get_ns deadline (held + the rule's timeout) the
+ * program writes alone (an LRU map). While the count is above 0 or the deadline not passed,
+ * every other packet of the connection that the rules let pass goes through the delay line too
+ * (sent on at once), which counts them.
  */
 export const HELD_MAP = 'nm_held';
 export const HELD_CONNECTIONS = 65536;

@@ -1,8 +1,9 @@
 /**
- * The other half of HELD_MAP's bookkeeping (src/compiler/layout.ts): the program adds 1 to a
- * connection's count when it sends a `reorder` packet to be held; whoever holds it takes the 1
- * away when the packet leaves, by any way. The live delay line does it on the kernel's map,
- * replay on the VM's or the kernel's: both through uncountHeld.
+ * The other half of HELD_MAP's bookkeeping by count (src/compiler/layout.ts), which replay uses:
+ * the program adds 1 to a connection's count when it sends a `reorder` packet to be held; replay
+ * takes the 1 away when the packet leaves, by any way, in the VM's map or the kernel's. (Replay is
+ * one thread, so nothing can come between its read and its write; the live line keeps its
+ * connections by time instead, which the program alone writes.)
  */
 
 /** What uncountHeld needs of a map: a kernel BpfMap and a VM map both fit. */
@@ -14,10 +15,7 @@ export interface HeldCounts {
 
 /**
  * Takes 1 off the u64 count of connection `key`, deleting the entry at 0 (so the program stops
- * sending the connection's packets through the line as followers). A missing entry stays missing.
- * The read and the write are two steps: an add by the program in between is lost, and the
- * connection's count then reaches 0 while one of its packets is still held; that packet leaves
- * by its timeout instead of after its followers (rare: two held packets of one connection at once).
+ * sending the connection's packets on as followers). A missing entry stays missing.
  */
 export function uncountHeld(map: HeldCounts, key: Uint8Array): void {
   const v = map.lookup(key);

@@ -14,7 +14,6 @@ import { BPF_F_INGRESS, delayedMark, HELPER, SKB } from '../compiler/layout.js';
 import { attachProgram, type Attachment } from '../kernel/attach.js';
 import { ifindexByName } from '../kernel/iface.js';
 import { loadProgram, type Program } from '../kernel/index.js';
-import type { BpfMap } from '../kernel/map.js';
 import type { Hook } from '../rules/ast.js';
 import { DelayLine } from './line.js';
 import type { DelayLineStats } from './stats.js';
@@ -49,8 +48,8 @@ export interface RunningDelayLine extends Disposable {
   readonly followerIfindex?: number;
   /** The mark packets this line sends on carry (the rule's program clears it and lets them pass). */
   readonly mark: number;
-  /** Starts the line's thread once the program is loaded, with its HELD_MAP (rules with reorder). */
-  start(heldMap?: BpfMap): void;
+  /** Starts the line's thread (once the program is loaded, before it is attached). */
+  start(): void;
   stats(): DelayLineStats;
   /** Detaches the TAP's program, stops the line and removes the TAPs. Idempotent. */
   close(): void;
@@ -108,7 +107,7 @@ export function startDelayLine(opts: DelayLineOptions): RunningDelayLine {
     ifindexOf: (spec) => taps[spec]!.ifindex,
     followerIfindex: followers ? taps[opts.specs.length]!.ifindex : undefined,
     mark,
-    start: (heldMap) => line.start(heldMap),
+    start: () => line.start(),
     stats: () => line.stats,
     close,
     [Symbol.dispose]: close,

@@ -12,7 +12,6 @@ import { closeSync, existsSync, writeSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { NetmangleError } from '../errors.js';
 import { errno, errnoName, libc } from '../kernel/ffi.js';
-import type { BpfMap } from '../kernel/map.js';
 import { DEFAULT_HOLD_LIMITS, type HoldLimits, type HoldSpec } from './queue.js';
 import type { DelayLineStats } from './stats.js';
 
@@ -29,7 +28,6 @@ export interface LineInit {
   writeFd: number;
   wakeFd: number;
   limits: HoldLimits;
-  heldMap?: { fd: number; typeId: number; keySize: number; valueSize: number; maxEntries: number; name: string; id: number };
   shared: SharedArrayBuffer;
 }
 
@@ -74,8 +72,8 @@ export class DelayLine {
   /** `channels`: the TAPs to read, hold channels first; `writeFd`: where frames go back. */
   constructor(private readonly channels: readonly LineChannel[], private readonly writeFd: number, private readonly opts: DelayLineOptions = {}) {}
 
-  /** Starts the line's thread; `heldMap`: the program's HELD_MAP (rules with reorder). Returns once it is ready. */
-  start(heldMap?: BpfMap): void {
+  /** Starts the line's thread. Returns once it is ready. */
+  start(): void {
     if (this.worker || this.stopped) return;
     this.wakeFd = libc.eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (this.wakeFd < 0) throw new NetmangleError(`cannot start the delay line: eventfd: ${errnoName(errno())}`);
@@ -84,7 +82,6 @@ export class DelayLine {
       writeFd: this.writeFd,
       wakeFd: this.wakeFd,
       limits: this.opts.limits ?? DEFAULT_HOLD_LIMITS,
-      heldMap: heldMap && { fd: heldMap.fd, typeId: heldMap.typeId, keySize: heldMap.keySize, valueSize: heldMap.valueSize, maxEntries: heldMap.maxEntries, name: heldMap.name, id: heldMap.id },
       shared: this.shared,
     };
     const worker = new (workerThreads().Worker)(workerFile(), { workerData: init });

@@ -11,9 +11,7 @@
 import { readSync, writeSync } from 'node:fs';
 import { workerData } from 'node:worker_threads';
 import { libc } from '../kernel/ffi.js';
-import { BpfMap } from '../kernel/map.js';
 import { connKeyOf } from './flow.js';
-import { uncountHeld } from './held.js';
 import { CONTROL, READY_FAILED, STAT_NAMES, STATS_OFFSET, type LineInit } from './line.js';
 import { HoldQueue, type Release } from './queue.js';
 
@@ -21,6 +19,8 @@ import { HoldQueue, type Release } from './queue.js';
 const MAX_FRAME = 65536;
 const POLLIN = 0x1;
 const POLLFD_SIZE = 8;
+/** Frames taken from each TAP before the packets due are sent (ppoll then says what is left). */
+const ROUND = 256;
 
 const nowNs = (): number => performance.now() * 1e6;
 
@@ -28,8 +28,6 @@ function run(init: LineInit): void {
   const control = new Int32Array(init.shared, 0, 4);
   const shared = new Float64Array(init.shared, STATS_OFFSET, STAT_NAMES.length);
   const queue = new HoldQueue<Buffer>(init.limits);
-  // The main thread owns the map's descriptor: this wrapper only borrows it (never closed here).
-  const held = init.heldMap ? new BpfMap(init.heldMap.fd, init.heldMap) : undefined;
   const io = { received: 0, sent: 0, failed: 0 };
   const buf = Buffer.allocUnsafe(MAX_FRAME);
   const fds = [...init.channels.map((c) => c.fd), init.wakeFd];
@@ -61,17 +59,7 @@ function run(init: LineInit): void {
       io.failed++;
     }
   };
-  /** Sends a packet on; a reorder packet leaves its connection's count in HELD_MAP. */
-  const send = (r: Release<Buffer>): void => {
-    write(r.item);
-    if (r.spec.kind === 'reorder' && r.flow !== undefined && held) {
-      try {
-        uncountHeld(held, Buffer.from(r.flow, 'hex'));
-      } catch {
-        // The map went with the program (detach in progress): nothing left to count.
-      }
-    }
-  };
+  const send = (r: Release<Buffer>): void => write(r.item);
   const publish = (): void => {
     const s = { ...queue.stats, ...io };
     STAT_NAMES.forEach((name, i) => (shared[i] = s[name]));
@@ -92,9 +80,19 @@ function run(init: LineInit): void {
     const ready = libc.ppoll(pollfds, fds.length, ts, null);
     if (Atomics.load(control, CONTROL.stop) !== 0) break;
     if (ready > 0) {
-      init.channels.forEach((ch, i) => {
-        if ((pollfds.readInt16LE(POLLFD_SIZE * i + 6) & POLLIN) === 0) return;
-        for (let frame = read(ch.fd); frame; frame = read(ch.fd)) {
+      // One frame from each TAP in turn, not each TAP drained in one go: the TAPs cannot say
+      // in which order their frames came, and taking them in turn keeps the order of a held
+      // packet and its followers whenever they alternate (a held packet, then later packets).
+      // At most ROUND frames a TAP before the due packets leave.
+      const open = init.channels.map((_, i) => (pollfds.readInt16LE(POLLFD_SIZE * i + 6) & POLLIN) !== 0);
+      for (let round = 0; round < ROUND && open.some(Boolean); round++) {
+        init.channels.forEach((ch, i) => {
+          if (!open[i]) return;
+          const frame = read(ch.fd);
+          if (!frame) {
+            open[i] = false;
+            return;
+          }
           const now = nowNs();
           if (ch.spec) {
             const flow = ch.spec.kind === 'reorder' ? connKeyOf(frame).toString('hex') : undefined;
@@ -103,8 +101,8 @@ function run(init: LineInit): void {
             write(frame);
             for (const r of queue.follow(connKeyOf(frame).toString('hex'), now)) send(r);
           }
-        }
-      });
+        });
+      }
     }
     for (const r of queue.due(nowNs())) send(r);
     publish();

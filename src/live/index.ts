@@ -15,7 +15,6 @@ import { lookupField } from '../rules/catalog.js';
 import type { RuleGroup } from '../rules/ast.js';
 import { childProcess } from '../builtins.js';
 import { startDelayLine, type DelayLineStats, type HoldLimits, type HoldSpec, type RunningDelayLine } from '../delay/index.js';
-import { HELD_MAP } from '../compiler/layout.js';
 
 export interface LoadedProgram extends Disposable {
   compiled: CompiledProgram;
@@ -178,6 +177,7 @@ export function attachGroups(groups: RuleGroup[], opts: LiveOptions): LiveSessio
           rule: new Map([...plan.ruleSpec].map(([rule, spec]) => [rule, delayLine.ifindexOf(spec)] as const)),
           follower: delayLine.followerIfindex,
           mark: delayLine.mark,
+          heldBy: 'time' as const,
         };
         const compiled = compileGroup(group, { seed: opts.seed, lookupField, hold });
         loaded = loadCompiled(compiled);
@@ -187,7 +187,7 @@ export function attachGroups(groups: RuleGroup[], opts: LiveOptions): LiveSessio
       }
       let restore: number | undefined;
       try {
-        delayLine?.start(loaded.maps[HELD_MAP]);
+        delayLine?.start();
         if (opts.perSegment && group.hook === 'egress') {
           const current = gsoMaxSegs(group.dev, group.netns);
           if (current !== 1) {
