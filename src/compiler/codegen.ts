@@ -161,7 +161,16 @@ export interface HoldTargets {
    * so no count can be lost or left behind; followers go through the line until the deadline).
    */
   heldBy?: 'count' | 'time';
+  /**
+   * Live: every packet goes to one device, tagged (toDelayLine) with its hold spec's number or
+   * the followers' tag, so the delay line reads them all in the order they came.
+   */
+  tags?: { rule: ReadonlyMap<number, number>; follower: number };
 }
+
+/** Bytes of the tag toDelayLine puts in front of a packet's EtherType, and of the two MAC addresses before it. */
+const HOLD_TAG_SIZE = 4;
+const ETH_ADDRS = 12;
 
 const holdsPacket = (r: Rule): boolean => r.actions.some((x) => x.kind === 'delay' || x.kind === 'reorder');
 
@@ -381,7 +390,7 @@ class Gen {
     } else {
       a.jmp('jeq', R1, imm(0), on);
     }
-    a.movImm(R1, this.opts.hold!.follower!).movImm(R2, 0).call(HELPER.redirect).exit();
+    this.toDelayLine(this.opts.hold!.follower!, this.opts.hold!.tags?.follower, on);
     a.label(on);
   }
 
@@ -404,6 +413,27 @@ class Gen {
     // The map full: the packet is still held, and released by its timeout.
     this.connEntry(HELD_MAP, done);
     a.movImm(R1, 1).atomicAdd(8, R0, 0, R1).label(done);
+  }
+
+  /**
+   * Redirects the packet to the delay line's device, tagged with `tag` (HoldTargets.tags) as an
+   * outermost 802.1ad header the line reads and strips: one device keeps the order of every
+   * packet the line gets. The context must be in r6. If the tag cannot be added, the packet
+   * goes on to `failed` undelayed.
+   */
+  private toDelayLine(ifindex: number, tag: number | undefined, failed: string): void {
+    const a = this.a;
+    if (tag !== undefined && this.kind === 'xdp') {
+      // Four bytes in front, the MAC addresses moved into them, the tag after them.
+      a.mov64(R1, CTXR).movImm(R2, -HOLD_TAG_SIZE).call(HELPER.xdp_adjust_head).jmp('jne', R0, imm(0), failed);
+      this.loadBounds(R2, R3);
+      a.mov64(R4, R2).alu64('add', R4, imm(ETH_ADDRS + HOLD_TAG_SIZE)).jmp('jgt', R4, R3, failed);
+      a.ldx(8, R4, R2, HOLD_TAG_SIZE).stx(8, R2, 0, R4).ldx(4, R4, R2, 8 + HOLD_TAG_SIZE).stx(4, R2, 8, R4);
+      a.st(2, R2, ETH_ADDRS, RAW_ETH_P_8021AD).st(2, R2, ETH_ADDRS + 2, ((tag & 0xff) << 8) | (tag >> 8));
+    } else if (tag !== undefined) {
+      a.mov64(R1, CTXR).movImm(R2, RAW_ETH_P_8021AD).movImm(R3, tag).call(HELPER.skb_vlan_push).jmp('jne', R0, imm(0), failed);
+    }
+    a.movImm(R1, ifindex).movImm(R2, 0).call(HELPER.redirect).exit();
   }
 
   /** dst = packet data pointer, end = data_end (both reloaded from the context). */
@@ -550,7 +580,7 @@ class Gen {
     // exceed the 16-bit jump offset with many rules.
     a.label('parse_none').movImm(R0, this.v.none).exit();
     a.label('parsed');
-    if (this.ctxInR1 && this.rulesCount === 1) {
+    if (this.ctxInR1 && this.rulesCount === 1 && !this.opts.hold?.tags) {
       this.ctx = R1;
       this.free = this.free.filter((r) => r !== R1);
     } else if (this.ctxInR1) {
@@ -736,7 +766,10 @@ class Gen {
       const reorder = rule.actions.find((x): x is Extract<Action, { kind: 'reorder' }> => x.kind === 'reorder');
       if (reorder) this.countHeld(reorder.timeoutNs);
       this.bumpCounter(index, 'acted');
-      a.movImm(R1, this.opts.hold!.rule.get(index)!).movImm(R2, 0).call(HELPER.redirect).exit();
+      // Not tagged (no room): the packet goes on undelayed.
+      const untagged = this.fresh('untagged');
+      this.toDelayLine(this.opts.hold!.rule.get(index)!, this.opts.hold!.tags?.rule.get(index), untagged);
+      a.label(untagged).movImm(R0, this.v.none).exit();
       a.label(next);
       this.rule = undefined;
       return;

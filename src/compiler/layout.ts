@@ -63,6 +63,7 @@ export const HELPER = {
   csum_diff: 28,
   redirect: 23,
   skb_change_head: 43,
+  skb_vlan_push: 18,
   xdp_adjust_head: 44,
   skb_load_bytes: 26,
   xdp_load_bytes: 189,
@@ -133,6 +134,10 @@ export const connMapName = (rule: number): string => `nm_conn${rule}`;
  */
 export const HELD_MAP = 'nm_held';
 export const HELD_CONNECTIONS = 65536;
+/** The tag (HoldTargets.tags) of packets that go through the delay line as followers of `reorder`; hold specs are 0, 1, …. */
+export const HOLD_FOLLOWER_TAG = 0xfff;
+/** At most this many distinct holds (delays and reorders) per interface and hook. */
+export const MAX_HOLD_SPECS = 64;
 
 /**
  * The shared (not per-CPU) time map of rules with limit, for or start-after: one entry, per

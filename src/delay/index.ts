@@ -10,7 +10,8 @@
  */
 import { Assembler } from '../bpf/asm.js';
 import { R1, R2 } from '../bpf/opcodes.js';
-import { BPF_F_INGRESS, delayedMark, HELPER, SKB } from '../compiler/layout.js';
+import { BPF_F_INGRESS, delayedMark, HELPER, MAX_HOLD_SPECS, SKB } from '../compiler/layout.js';
+import { NetmangleError } from '../errors.js';
 import { attachProgram, type Attachment } from '../kernel/attach.js';
 import { ifindexByName } from '../kernel/iface.js';
 import { loadProgram, type Program } from '../kernel/index.js';
@@ -67,8 +68,11 @@ export function returnProgramInsns(ifindex: number, hook: Hook, mark: number) {
   return a.assemble().insns;
 }
 
-/** Creates the TAPs in `dev`'s namespace, attaches the return program and starts the line. */
+/** Creates the TAP in `dev`'s namespace, attaches the return program and starts the line. */
 export function startDelayLine(opts: DelayLineOptions): RunningDelayLine {
+  if (opts.specs.length > MAX_HOLD_SPECS) {
+    throw new NetmangleError(`${opts.specs.length} different delays and reorders on ${opts.dev} ${opts.hook}; at most ${MAX_HOLD_SPECS}`, { hint: 'give more rules the same delay' });
+  }
   const devIndex = ifindexByName(opts.dev, opts.netns);
   const followers = opts.specs.some((s) => s.kind === 'reorder');
   const taps: Tap[] = [];
@@ -79,7 +83,7 @@ export function startDelayLine(opts: DelayLineOptions): RunningDelayLine {
     for (const t of taps) t.close();
   };
   try {
-    for (let i = 0; i < opts.specs.length + (followers ? 1 : 0); i++) taps.push(createTap(opts.netns));
+    taps.push(createTap(opts.netns));
     mark = delayedMark(taps[0]!.ifindex);
     prog = loadProgram({ type: 'sched_cls', insns: returnProgramInsns(devIndex, opts.hook, mark), name: 'nm_delay_back' });
     attachment = attachProgram(prog, { dev: taps[0]!.name, hook: 'ingress', netns: opts.netns, path: opts.path ?? 'auto' });
@@ -88,8 +92,7 @@ export function startDelayLine(opts: DelayLineOptions): RunningDelayLine {
     closeTaps();
     throw err;
   }
-  const channels = taps.map((t, i) => ({ fd: t.fd, spec: opts.specs[i] }));
-  const line = new DelayLine(channels, taps[0]!.fd, { limits: opts.limits, onFailure: opts.onFailure });
+  const line = new DelayLine(taps[0]!.fd, opts.specs, { limits: opts.limits, onFailure: opts.onFailure });
   let closed = false;
   const close = () => {
     if (closed) return;
@@ -104,8 +107,8 @@ export function startDelayLine(opts: DelayLineOptions): RunningDelayLine {
   };
   return {
     taps,
-    ifindexOf: (spec) => taps[spec]!.ifindex,
-    followerIfindex: followers ? taps[opts.specs.length]!.ifindex : undefined,
+    ifindexOf: () => taps[0]!.ifindex,
+    followerIfindex: followers ? taps[0]!.ifindex : undefined,
     mark,
     start: () => line.start(),
     stats: () => line.stats,

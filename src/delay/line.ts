@@ -24,8 +24,9 @@ export const READY_FAILED = 2;
 export const STATS_OFFSET = 16;
 
 export interface LineInit {
-  channels: Array<{ fd: number; spec?: HoldSpec }>;
-  writeFd: number;
+  /** The TAP: every frame on it is tagged (codegen toDelayLine) with its index in `specs` or HOLD_FOLLOWER_TAG. */
+  fd: number;
+  specs: HoldSpec[];
   wakeFd: number;
   limits: HoldLimits;
   shared: SharedArrayBuffer;
@@ -34,12 +35,6 @@ export interface LineInit {
 import { workerThreads } from '../builtins.js';
 
 export type { DelayLineStats } from './stats.js';
-
-export interface LineChannel {
-  fd: number;
-  /** How to hold what this TAP delivers; undefined: the followers' TAP. */
-  spec?: HoldSpec;
-}
 
 export interface DelayLineOptions {
   limits?: HoldLimits;
@@ -69,8 +64,8 @@ export class DelayLine {
   private stopped = false;
   private failed = false;
 
-  /** `channels`: the TAPs to read, hold channels first; `writeFd`: where frames go back. */
-  constructor(private readonly channels: readonly LineChannel[], private readonly writeFd: number, private readonly opts: DelayLineOptions = {}) {}
+  /** `fd`: the TAP the frames come from and go back to; `specs`: the holds, by tag. */
+  constructor(private readonly fd: number, private readonly specs: readonly HoldSpec[], private readonly opts: DelayLineOptions = {}) {}
 
   /** Starts the line's thread. Returns once it is ready. */
   start(): void {
@@ -78,8 +73,8 @@ export class DelayLine {
     this.wakeFd = libc.eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (this.wakeFd < 0) throw new NetmangleError(`cannot start the delay line: eventfd: ${errnoName(errno())}`);
     const init: LineInit = {
-      channels: this.channels.map((c) => ({ fd: c.fd, spec: c.spec })),
-      writeFd: this.writeFd,
+      fd: this.fd,
+      specs: [...this.specs],
       wakeFd: this.wakeFd,
       limits: this.opts.limits ?? DEFAULT_HOLD_LIMITS,
       shared: this.shared,

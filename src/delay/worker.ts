@@ -11,6 +11,7 @@
 import { readSync, writeSync } from 'node:fs';
 import { workerData } from 'node:worker_threads';
 import { libc } from '../kernel/ffi.js';
+import { HOLD_FOLLOWER_TAG } from '../compiler/layout.js';
 import { connKeyOf } from './flow.js';
 import { CONTROL, READY_FAILED, STAT_NAMES, STATS_OFFSET, type LineInit } from './line.js';
 import { HoldQueue, type Release } from './queue.js';
@@ -19,8 +20,11 @@ import { HoldQueue, type Release } from './queue.js';
 const MAX_FRAME = 65536;
 const POLLIN = 0x1;
 const POLLFD_SIZE = 8;
-/** Frames taken from each TAP before the packets due are sent (ppoll then says what is left). */
+/** Frames taken before the packets due are sent. */
 const ROUND = 256;
+/** The program's tag: 4 bytes after the two MAC addresses (codegen toDelayLine). */
+const ETH_ADDRS = 12;
+const TAG_SIZE = 4;
 
 const nowNs = (): number => performance.now() * 1e6;
 
@@ -30,7 +34,7 @@ function run(init: LineInit): void {
   const queue = new HoldQueue<Buffer>(init.limits);
   const io = { received: 0, sent: 0, failed: 0 };
   const buf = Buffer.allocUnsafe(MAX_FRAME);
-  const fds = [...init.channels.map((c) => c.fd), init.wakeFd];
+  const fds = [init.fd, init.wakeFd];
   const pollfds = Buffer.alloc(POLLFD_SIZE * fds.length);
   fds.forEach((fd, i) => {
     pollfds.writeInt32LE(fd, POLLFD_SIZE * i);
@@ -38,7 +42,8 @@ function run(init: LineInit): void {
   });
   const timeout = Buffer.alloc(16);
 
-  const read = (fd: number): Buffer | undefined => {
+  /** Reads one frame into `buf`: its length, or undefined when none is waiting. */
+  const read = (fd: number): number | undefined => {
     let n: number;
     try {
       n = readSync(fd, buf, 0, MAX_FRAME, null);
@@ -49,11 +54,11 @@ function run(init: LineInit): void {
     }
     if (n <= 0) return undefined;
     io.received++;
-    return Buffer.from(buf.subarray(0, n));
+    return n;
   };
   const write = (frame: Buffer): void => {
     try {
-      writeSync(init.writeFd, frame);
+      writeSync(init.fd, frame);
       io.sent++;
     } catch {
       io.failed++;
@@ -79,29 +84,31 @@ function run(init: LineInit): void {
     for (let i = 0; i < fds.length; i++) pollfds.writeInt16LE(0, POLLFD_SIZE * i + 6);
     const ready = libc.ppoll(pollfds, fds.length, ts, null);
     if (Atomics.load(control, CONTROL.stop) !== 0) break;
-    if (ready > 0) {
-      // One frame from each TAP in turn, not each TAP drained in one go: the TAPs cannot say
-      // in which order their frames came, and taking them in turn keeps the order of a held
-      // packet and its followers whenever they alternate (a held packet, then later packets).
-      // At most ROUND frames a TAP before the due packets leave.
-      const open = init.channels.map((_, i) => (pollfds.readInt16LE(POLLFD_SIZE * i + 6) & POLLIN) !== 0);
-      for (let round = 0; round < ROUND && open.some(Boolean); round++) {
-        init.channels.forEach((ch, i) => {
-          if (!open[i]) return;
-          const frame = read(ch.fd);
-          if (!frame) {
-            open[i] = false;
-            return;
-          }
-          const now = nowNs();
-          if (ch.spec) {
-            const flow = ch.spec.kind === 'reorder' ? connKeyOf(frame).toString('hex') : undefined;
-            if (!queue.hold(frame, frame.length, ch.spec, now, flow)) send({ item: frame, spec: ch.spec, flow, arrivedNs: now, releaseNs: now });
-          } else {
-            write(frame);
-            for (const r of queue.follow(connKeyOf(frame).toString('hex'), now)) send(r);
-          }
-        });
+    if (ready > 0 && (pollfds.readInt16LE(6) & POLLIN) !== 0) {
+      // At most ROUND frames before the due packets leave (ppoll then says what is left).
+      for (let round = 0; round < ROUND; round++) {
+        const n = read(init.fd);
+        if (n === undefined) break;
+        const now = nowNs();
+        // The outermost 802.1ad header is the program's tag: strip it.
+        let tag = -1;
+        let frame: Buffer;
+        if (n >= ETH_ADDRS + TAG_SIZE && buf[ETH_ADDRS] === 0x88 && buf[ETH_ADDRS + 1] === 0xa8) {
+          tag = buf.readUInt16BE(ETH_ADDRS + 2);
+          frame = Buffer.allocUnsafe(n - TAG_SIZE);
+          buf.copy(frame, 0, 0, ETH_ADDRS);
+          buf.copy(frame, ETH_ADDRS, ETH_ADDRS + TAG_SIZE, n);
+        } else {
+          frame = Buffer.from(buf.subarray(0, n));
+        }
+        const spec = tag >= 0 && tag < init.specs.length ? init.specs[tag] : undefined;
+        if (spec) {
+          const flow = spec.kind === 'reorder' ? connKeyOf(frame).toString('hex') : undefined;
+          if (!queue.hold(frame, frame.length, spec, now, flow)) send({ item: frame, spec, flow, arrivedNs: now, releaseNs: now });
+        } else {
+          write(frame);
+          if (tag === HOLD_FOLLOWER_TAG) for (const r of queue.follow(connKeyOf(frame).toString('hex'), now)) send(r);
+        }
       }
     }
     for (const r of queue.due(nowNs())) send(r);

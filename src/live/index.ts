@@ -14,6 +14,7 @@ import { linkByName } from '../kernel/iface.js';
 import { lookupField } from '../rules/catalog.js';
 import type { RuleGroup } from '../rules/ast.js';
 import { childProcess } from '../builtins.js';
+import { HOLD_FOLLOWER_TAG } from '../compiler/layout.js';
 import { startDelayLine, type DelayLineStats, type HoldLimits, type HoldSpec, type RunningDelayLine } from '../delay/index.js';
 
 export interface LoadedProgram extends Disposable {
@@ -178,6 +179,8 @@ export function attachGroups(groups: RuleGroup[], opts: LiveOptions): LiveSessio
           follower: delayLine.followerIfindex,
           mark: delayLine.mark,
           heldBy: 'time' as const,
+          // One TAP for all: each packet tagged with its hold (the spec's index) or as a follower.
+          tags: { rule: plan.ruleSpec, follower: HOLD_FOLLOWER_TAG },
         };
         const compiled = compileGroup(group, { seed: opts.seed, lookupField, hold });
         loaded = loadCompiled(compiled);

@@ -25,6 +25,7 @@ count = int(sys.argv[1])
 socks = []
 for port in (${A}, ${B}):
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
     s.bind(("0.0.0.0", port))
     socks.append(s)
 print("ready", flush=True)
@@ -119,6 +120,29 @@ kernelTest('lab: reorder by 3 at tc egress: the third datagram of flow A arrives
     // Flow A's packets go through the line until A2's timeout (50 ms: here all of A3-A11); B's never.
     assert.ok(line.followers >= 3 && line.followers <= 9, `followers ${line.followers}: A3, A4, A5 at least, no B`);
     assert.equal(stopped.counters['rule-1']?.acted, 1);
+  });
+}, { timeout: 120_000 });
+
+kernelTest('lab: reorder by 1 on every 2nd of 2000 back-to-back datagrams: each held one arrives right after the next, none out of place', async () => {
+  await withLab('rb', async (lab, dir) => {
+    const run = await startRun(['--netns', lab.netns('h1'), '--dev', 'eth0', '--hook', 'egress', `udp.dstport == ${A} => reorder by 1`, '--every', '2']);
+    let arrivals: Arrival[];
+    let stopped: Awaited<ReturnType<typeof run.stop>>;
+    try {
+      arrivals = await exchange(lab, dir, 2000, 'a', 0);
+    } finally {
+      stopped = await run.stop();
+    }
+    assert.equal(stopped.code, 0, stopped.output);
+    // 1, 3, 5 … are held; each leaves right after the next datagram; the last has none and times out.
+    const expected = [0];
+    for (let i = 1; i < 2000; i += 2) expected.push(...(i + 1 < 2000 ? [i + 1, i] : [i]));
+    const got = order(arrivals, A);
+    const misplaced = got.filter((seq, k) => seq !== expected[k]).length;
+    assert.equal(got.length, 2000, 'every datagram arrived');
+    assert.equal(misplaced, 0, `${misplaced} datagrams out of place: ${got.slice(0, 20).join(' ')} …`);
+    const line = delayLine(stopped.output);
+    assert.deepEqual({ reordered: line.reordered, overtaken: line.overtaken, timedOut: line['timed-out'] }, { reordered: 1000, overtaken: 999, timedOut: 1 });
   });
 }, { timeout: 120_000 });
 
