@@ -1,12 +1,12 @@
 /**
  * The user-space delay line of `delay` and `reorder` (see docs/delay.md). The rule's program
- * redirects chosen packets to TAP devices netmangle owns, one per hold spec (and one for the
- * followers of `reorder`); the DelayLine reads them, holds each for its time and writes them
- * back into the first TAP, whose program at tc ingress sends them on: out of `dev` (egress
- * rules, marked with the line's own mark (layout.ts delayedMark), which the rule's program lets pass) or into `dev`'s receive path
- * (ingress and xdp rules; past the XDP program). The TAPs are not persistent and the programs
- * hang on BPF links this process holds, so if netmangle dies everything goes with it and
- * traffic flows undelayed again.
+ * redirects chosen packets, tagged with their hold spec (or as followers of `reorder`), to a
+ * TAP device netmangle owns; the DelayLine reads them in order, holds each for its time and
+ * writes them back into the TAP, whose program at tc ingress sends them on: out of `dev`
+ * (egress rules, marked with the line's own mark, layout.ts delayedMark, which the rule's
+ * program lets pass) or into `dev`'s receive path (ingress and xdp rules; past the XDP
+ * program). The TAP is not persistent and the programs hang on BPF links this process holds,
+ * so if netmangle dies everything goes with it and traffic flows undelayed again.
  */
 import { Assembler } from '../bpf/asm.js';
 import { R1, R2 } from '../bpf/opcodes.js';
@@ -33,7 +33,7 @@ export interface DelayLineOptions {
   dev: string;
   hook: Hook;
   netns?: string;
-  /** The distinct ways the group's rules hold packets, one TAP each. */
+  /** The distinct ways the group's rules hold packets: the tags 0, 1, … the program gives their packets. */
   specs: readonly HoldSpec[];
   path?: 'auto' | 'link' | 'tcx' | 'netlink';
   limits?: HoldLimits;

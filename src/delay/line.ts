@@ -1,12 +1,13 @@
 /**
- * The live delay line: frames the rule's program sent to the line's TAP devices are read,
+ * The live delay line: frames the rule's program sent to the line's TAP device are read,
  * held in a HoldQueue (queue.ts) and written back when they are due, on a thread of the line's
  * own (worker.ts) that sleeps in ppoll until a frame arrives or the next one is due.
  *
- * Each hold spec (a distinct `delay` or `reorder`) has its own TAP, so the line knows how to
- * hold what it reads; a last TAP takes the followers of `reorder` (packets of connections with
- * held packets, which go back at once and count towards releasing them). Everything is written
- * back through one TAP, whose program sends it on.
+ * Each frame carries the program's tag (an outermost 802.1ad header): the hold spec (a
+ * distinct `delay` or `reorder`) it is to be held by, or that it is a follower of `reorder` (a
+ * packet of a connection with held packets, which goes back at once and counts towards
+ * releasing them). One device keeps the order they came in; the line strips the tag and writes
+ * everything back into the TAP, whose program sends it on.
  */
 import { closeSync, existsSync, writeSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';

@@ -233,8 +233,8 @@ function attachHolding(loaded: LoadedProgram, group: RuleGroup, holds: boolean, 
 }
 
 /**
- * How a group's rules hold packets: the distinct `delay` and `reorder` specs (one delay-line
- * TAP each) and, per rule index that holds packets, the index of its spec.
+ * How a group's rules hold packets: the distinct `delay` and `reorder` specs (the program tags
+ * their packets 0, 1, …) and, per rule index that holds packets, the index of its spec.
  */
 export function holdPlan(group: RuleGroup): { specs: HoldSpec[]; ruleSpec: Map<number, number> } {
   const specs: HoldSpec[] = [];
