@@ -257,6 +257,15 @@ export async function replayCapture(opts: ReplayOptions): Promise<ReplaySummary>
       let buf = frame, off = frameOff, len = frameLen;
       let dropped = false;
       let followed: Array<{ stage: number; flow: string }> | undefined;
+      /** The held packets of earlier stages' connections this packet was the Nth follower of leave right after it. */
+      const freeFollowed = (): void => {
+        if (!followed) return;
+        for (const f of followed) {
+          const hold = stages[f.stage]!.hold!;
+          for (const r of hold.queue.follow(f.flow, relNs)) leave(f.stage, r, 'overtaken', relNs, tsSec, tsNsec);
+        }
+        followed = undefined;
+      };
       for (let s = from; s < stages.length; s++) {
         actedN[s] = 0;
         const stage = stages[s]!;
@@ -309,6 +318,8 @@ export async function replayCapture(opts: ReplayOptions): Promise<ReplaySummary>
         };
         if (hold.queue.hold(item, len, spec, relNs, flow)) {
           hold.counts[spec.kind === 'delay' ? 'delayed' : 'reordered'][rule]!++;
+          // It went by an earlier stage's line as a follower before this stage held it.
+          freeFollowed();
           return;
         }
         // The line is full: the packet goes on at once, counted (and off its connection's count).
@@ -355,12 +366,7 @@ export async function replayCapture(opts: ReplayOptions): Promise<ReplaySummary>
         out.writeBytes(buf, off, len, tsSec, tsNsec, origLen, 0, comment);
         summary.packetsOut++;
       }
-      if (followed) {
-        for (const f of followed) {
-          const hold = stages[f.stage]!.hold!;
-          for (const r of hold.queue.follow(f.flow, relNs)) leave(f.stage, r, 'overtaken', relNs, tsSec, tsNsec);
-        }
-      }
+      freeFollowed();
     };
 
     /** A held packet leaves stage s's hold at relNs: off its connection's count, on through the later stages. */

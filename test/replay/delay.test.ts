@@ -308,6 +308,28 @@ test('xdp then ingress: a packet held at XDP meets the ingress rules when it lea
   });
 });
 
+test('xdp reorder, then an ingress delay of its follower: the follower still frees the held packet as it goes by XDP', async () => {
+  await withDir(async (dir) => {
+    writeFileSync(join(dir, 'rules.yaml'), [
+      'dev: eth0',
+      'rules:',
+      '  - name: held',
+      '    hook: xdp',
+      '    rule: ip.id == 1 => reorder by 1',
+      '  - name: later',
+      '    hook: ingress',
+      '    rule: ip.id == 2 => delay 10ms',
+    ].join('\n'));
+    const groups = selectGroups(loadRulesFile(join(dir, 'rules.yaml')).groups);
+    await writeCapture(join(dir, 'in.pcap'), [{ frame: udp(1), tNs: 0 }, { frame: udp(2), tNs: 1 * MS }, { frame: udp(3), tNs: 30 * MS }]);
+    const output = join(dir, 'out.pcapng');
+    await replayCapture({ groups, seed: 1, engine: 'jit', input: join(dir, 'in.pcap'), output });
+    const { packets } = await readAllPackets(output);
+    // Live, id 2 passes XDP at 1 ms (freeing id 1 there) and is then held 10 ms at ingress.
+    assert.deepEqual(packets.map((p) => [ipId(p), tOf(p) / MS]), [[1, 1], [2, 11], [3, 30]]);
+  });
+});
+
 test('netmangle replay --max-held: packets beyond it go on at once; refused for rules that hold nothing or a bad limit', async () => {
   await withDir(async (dir) => {
     await writeCapture(join(dir, 'in.pcap'), steady(3));
