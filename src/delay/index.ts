@@ -14,6 +14,8 @@ import { BPF_F_INGRESS, delayedMark, HELPER, MAX_HOLD_SPECS, SKB } from '../comp
 import { NetmangleError } from '../errors.js';
 import { attachProgram, type Attachment } from '../kernel/attach.js';
 import { ifindexByName } from '../kernel/iface.js';
+import { inNetns } from '../kernel/netns.js';
+import { getLink } from '../kernel/rtnetlink.js';
 import { loadProgram, type Program } from '../kernel/index.js';
 import type { Hook } from '../rules/ast.js';
 import { DelayLine } from './line.js';
@@ -68,6 +70,15 @@ export function returnProgramInsns(ifindex: number, hook: Hook, mark: number) {
   return a.assemble().insns;
 }
 
+/** Frames the TAP dropped on transmit: the program sent them, its queue was full, the line never saw them. */
+function tapTxDropped(tap: Tap): number {
+  try {
+    return inNetns(tap.netns, () => getLink(tap.ifindex))?.txDropped ?? 0;
+  } catch {
+    return 0;
+  }
+}
+
 /** Creates the TAP in `dev`'s namespace, attaches the return program and starts the line. */
 export function startDelayLine(opts: DelayLineOptions): RunningDelayLine {
   if (opts.specs.length > MAX_HOLD_SPECS) {
@@ -111,7 +122,7 @@ export function startDelayLine(opts: DelayLineOptions): RunningDelayLine {
     followerIfindex: followers ? taps[0]!.ifindex : undefined,
     mark,
     start: () => line.start(),
-    stats: () => line.stats,
+    stats: () => ({ ...line.stats, lost: tapTxDropped(taps[0]!) }),
     close,
     [Symbol.dispose]: close,
   };

@@ -101,7 +101,7 @@ export class DelayLine {
   }
 
   get stats(): DelayLineStats {
-    return Object.fromEntries(STAT_NAMES.map((name, i) => [name, this.counters[i]!])) as unknown as DelayLineStats;
+    return { ...Object.fromEntries(STAT_NAMES.map((name, i) => [name, this.counters[i]!])), lost: 0 } as unknown as DelayLineStats;
   }
 
   /** Stops the thread and waits for it; held frames are dropped (the TAPs go away with them). */

@@ -19,7 +19,7 @@ export const RTM = {
   NEWTFILTER: 44, DELTFILTER: 45, GETTFILTER: 46,
 } as const;
 
-export const IFLA = { ADDRESS: 1, IFNAME: 3, MTU: 4, LINK: 5, OPERSTATE: 16, LINKINFO: 18, XDP: 43 } as const;
+export const IFLA = { ADDRESS: 1, IFNAME: 3, MTU: 4, LINK: 5, OPERSTATE: 16, LINKINFO: 18, STATS64: 23, XDP: 43 } as const;
 export const IFLA_INFO_KIND = 1;
 export const IFLA_XDP = {
   FD: 1, ATTACHED: 2, FLAGS: 3, PROG_ID: 4, DRV_PROG_ID: 5, SKB_PROG_ID: 6, HW_PROG_ID: 7, EXPECTED_FD: 8,
@@ -114,6 +114,8 @@ export interface LinkInfo {
   /** The peer's or lower device's ifindex (possibly in another namespace). */
   link?: number;
   address?: string;
+  /** Packets the device dropped on transmit (rtnl_link_stats64 tx_dropped), when reported. */
+  txDropped?: number;
   xdp: XdpState;
 }
 
@@ -156,6 +158,9 @@ export function parseLinkMessage(m: NetlinkMessage): LinkInfo {
   if (mtu !== undefined) info.mtu = mtu;
   const link = attrU32(attrs.get(IFLA.LINK));
   if (link !== undefined) info.link = link;
+  const stats = attrs.get(IFLA.STATS64);
+  // struct rtnl_link_stats64: rx/tx packets, bytes, errors, then rx_dropped, tx_dropped (u64 each).
+  if (stats && stats.length >= 64) info.txDropped = Number(stats.readBigUInt64LE(56));
   const addr = attrs.get(IFLA.ADDRESS);
   if (addr && addr.length) info.address = [...addr].map((x) => x.toString(16).padStart(2, '0')).join(':');
   const linkinfo = attrs.get(IFLA.LINKINFO);
