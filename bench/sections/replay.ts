@@ -11,7 +11,7 @@ import { onCleanup } from '../lib/cleanup.js';
 import { forEachPacket } from '../../src/pcap/index.js';
 import { checksum } from '../lib/packets.js';
 import type { BenchContext, SectionResult } from '../lib/context.js';
-import { benchLab, DEV, iperfClient, RECEIVER, SENDER, startIperfServer, type BenchLab } from '../lib/lab.js';
+import { benchLab, DEV, iperfClient, SENDER, startIperfServer, type BenchLab } from '../lib/lab.js';
 import { int, ms, ratio, sig, table, verdict } from '../lib/report.js';
 import { BENCH_SEED } from '../lib/rules.js';
 import { interleave, max, median, medianRatio, min } from '../lib/stats.js';

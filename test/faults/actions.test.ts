@@ -7,7 +7,6 @@ import { execFileSync } from 'node:child_process';
 import { inNetns } from '../../src/kernel/netns.js';
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { CompileError } from '../../src/compiler/index.js';
 import { parseRuleLine } from '../../src/rules/load.js';
 import { buildPacket, checksumsValid } from '../helpers/packets.js';
 import { kernelTest, uniqueName } from '../helpers/kernel.js';

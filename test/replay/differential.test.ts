@@ -18,7 +18,7 @@ import type { Hook, Rule } from '../../src/rules/ast.js';
 import { lookupField } from '../../src/rules/catalog.js';
 import { KernelRunner, VmRunner, type ProgramRunner } from '../../src/replay/runner.js';
 import { pinThread } from '../../src/kernel/affinity.js';
-import { kernelTest, kernelUnavailable } from '../helpers/kernel.js';
+import { kernelTest } from '../helpers/kernel.js';
 import { shapes, tcTestRunAccepts } from '../compiler/shapes.js';
 import { diffHex } from '../helpers/packets.js';
 import { ruleGroupArb } from './rule-gen.js';

@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { Assembler, imm, type AluOp } from '../../src/bpf/asm.js';
 import { R0, R1, R2, R3, R6, R7 } from '../../src/bpf/opcodes.js';
 import { Vm, type Engine } from '../../src/vm/vm.js';
-import { ALU_NAMES, EDGE_VALUES, M32, M64, outMap, refAlu, runAsm, s64, type AluName } from './support.js';
+import { ALU_NAMES, EDGE_VALUES, M32, M64, outMap, refAlu, runAsm, s64 } from './support.js';
 
 const ENGINES: Engine[] = ['interpreter', 'jit'];
 
