@@ -1397,18 +1397,8 @@ class Gen {
     a.label(v4w);
     this.writeRst(false, drop);
     a.label(cut);
-    // Cut the frame to the new headers (REJ_NEWLEN).
-    const send = this.fresh('reject_send');
-    if (this.kind === 'xdp') {
-      a.mov64(R1, CTXR).call(HELPER.xdp_get_buff_len);
-      a.ldx(8, R2, FP, REJ_NEWLEN).jmp('jge', R2, R0, send).alu64('sub', R2, R0);
-      a.mov64(R1, CTXR).call(HELPER.xdp_adjust_tail);
-      a.label(send).movImm(R0, XDP_TX).exit();
-    } else {
-      a.ldx(4, R1, CTXR, SKB.len).ldx(8, R2, FP, REJ_NEWLEN).jmp('jge', R2, R1, send);
-      a.mov64(R1, CTXR).movImm(R3, 0).call(HELPER.skb_change_tail);
-      a.label(send).ldx(4, R1, CTXR, SKB.ifindex).movImm(R2, this.hook === 'egress' ? BPF_F_INGRESS : 0).call(HELPER.redirect).exit();
-    }
+    // Cut the frame to the new headers (REJ_NEWLEN) and send it back.
+    this.sendBack();
     a.label(drop).movImm(R0, this.v.drop).exit();
   }
 
