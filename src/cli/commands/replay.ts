@@ -13,19 +13,11 @@ import { closeSync, existsSync, openSync, readSync, statSync } from 'node:fs';
 import type { Command } from 'commander';
 import { UsageError } from '../../errors.js';
 import type { Hook } from '../../rules/ast.js';
-import { addTriggerOptions, applyForOption, parseMaxHeld, readRules, triggerOptions, type RuleSourceOptions } from './run.js';
+import { addTriggerOptions, applyForOption, isRulesFile, parseMaxHeld, readRules, triggerOptions, type RuleSourceOptions } from './run.js';
 
 interface ReplayCliOptions extends RuleSourceOptions {
   for?: string;
   output?: string;
-  hook?: string;
-  dev?: string;
-  netns?: string;
-  probability?: string;
-  every?: string;
-  seed?: string;
-  name?: string;
-  checksum?: string;
   engine: string;
   format?: string;
   json?: boolean;
@@ -36,11 +28,6 @@ interface ReplayCliOptions extends RuleSourceOptions {
 
 /** Inputs above this size get a progress bar on a terminal. */
 const PROGRESS_MIN_BYTES = 16 * 1024 * 1024;
-
-/** The same test readRules makes: a path to an existing file, or a name ending in .yaml/.yml/.json. */
-function isRulesFile(source: string): boolean {
-  return /\.(ya?ml|json)$/i.test(source) || (existsSync(source) && !source.includes('=>'));
-}
 
 /** A BPF object: a name ending in .o, or a file that starts with the ELF magic. */
 function isObjectFile(source: string): boolean {

@@ -37,11 +37,16 @@ export interface RuleSourceOptions {
 const LINE_TRIGGERS = ['first', 'after', 'perConnection', 'connections', 'lengths', 'limit', 'startAfter'] as const;
 const optionName = (o: string): string => `--${o.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
 
+/** Whether RULES names a rules file: a name ending in .yaml/.yml/.json, or an existing file that is not a rule. */
+export function isRulesFile(source: string): boolean {
+  return /\.(ya?ml|json)$/i.test(source) || (existsSync(source) && !source.includes('=>'));
+}
+
 /** Rules from a one-line rule or a rules file, with the command-line options applied. */
 export async function readRules(source: string, opts: RuleSourceOptions): Promise<{ groups: RuleGroup[]; seed: number; seedChosen: boolean }> {
   // Loaded on demand, so `netmangle --help` and other commands start without the rule language.
   const { loadRulesFile, parseRuleLine } = await import('../../rules/load.js');
-  const isFile = /\.(ya?ml|json)$/i.test(source) || (existsSync(source) && !source.includes('=>'));
+  const isFile = isRulesFile(source);
   let groups: RuleGroup[];
   let fileSeed: number | undefined;
   if (isFile) {
