@@ -9,17 +9,10 @@ import assert from 'node:assert/strict';
 import { Lab } from '../../src/lab/index.js';
 import { nstatSnapshot } from '../../src/lab/measure.js';
 import { kernelTest, uniqueName } from '../helpers/kernel.js';
-import { startRun } from './lab-support.js';
+import { CHECKSUM_LAB, startRun } from './lab-support.js';
 
 const COUNT = 200;
-const TOPOLOGY: Parameters<typeof Lab.up>[0] = {
-  switch: 'sw',
-  hosts: { h1: {}, h2: {} },
-  links: [
-    { a: { host: 'h1', tx_checksum: 'off' }, b: 'sw' },
-    { a: { host: 'h2', rx_checksum: 'off' }, b: 'sw' },
-  ],
-};
+const TOPOLOGY = CHECKSUM_LAB;
 
 async function sendUdp(lab: Lab, to: string): Promise<void> {
   const script = `import socket,time\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\nfor i in range(${COUNT}):\n  s.sendto(bytes(range(100)),('${to}',9999))\n  time.sleep(0.001)\n`;

@@ -6,8 +6,23 @@
 import { spawn } from 'node:child_process';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { Lab } from '../../src/lab/index.js';
 
 const BIN = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'bin', 'netmangle');
+
+/**
+ * h1 ── sw ── h2 with h1 sending finished checksums (tx offload off) and h2 verifying every one
+ * it receives (rx offload off): the receiver's checksum error counters then count what the
+ * rules broke or fixed.
+ */
+export const CHECKSUM_LAB: Parameters<typeof Lab.up>[0] = {
+  switch: 'sw',
+  hosts: { h1: {}, h2: {} },
+  links: [
+    { a: { host: 'h1', tx_checksum: 'off' }, b: 'sw' },
+    { a: { host: 'h2', rx_checksum: 'off' }, b: 'sw' },
+  ],
+};
 
 export interface RunningRule {
   /** SIGINT, wait for exit; returns the counters of each rule and everything printed. */

@@ -9,17 +9,10 @@ import assert from 'node:assert/strict';
 import { Lab } from '../../src/lab/index.js';
 import { nstatSnapshot } from '../../src/lab/measure.js';
 import { kernelTest, uniqueName } from '../helpers/kernel.js';
-import { startRun } from './lab-support.js';
+import { CHECKSUM_LAB, startRun } from './lab-support.js';
 
 const COUNT = 100;
-const TOPOLOGY: Parameters<typeof Lab.up>[0] = {
-  switch: 'sw',
-  hosts: { h1: {}, h2: {} },
-  links: [
-    { a: { host: 'h1', tx_checksum: 'off' }, b: 'sw' },
-    { a: { host: 'h2', rx_checksum: 'off' }, b: 'sw' },
-  ],
-};
+const TOPOLOGY = CHECKSUM_LAB;
 
 /** Sends COUNT 100-byte datagrams h1 → h2:9999 under the rule; returns the sizes h2's socket received and the counters. */
 async function underRule(lab: Lab, extra: string[]): Promise<{ sizes: number[]; counters: Record<string, number> }> {
