@@ -44,11 +44,9 @@ export interface DelayLineOptions {
 }
 
 export interface RunningDelayLine extends Disposable {
-  readonly taps: readonly Tap[];
-  /** Where the program redirects packets to hold as specs[i]. */
-  ifindexOf(spec: number): number;
-  /** Where the program redirects the followers of `reorder` (when some spec is a reorder). */
-  readonly followerIfindex?: number;
+  readonly tap: Tap;
+  /** Where the program redirects every packet to hold and every follower of `reorder` (tagged). */
+  readonly ifindex: number;
   /** The mark packets this line sends on carry (the rule's program clears it and lets them pass). */
   readonly mark: number;
   /** Starts the line's thread (once the program is loaded, before it is attached). */
@@ -85,44 +83,37 @@ export function startDelayLine(opts: DelayLineOptions): RunningDelayLine {
     throw new NetmangleError(`${opts.specs.length} different delays and reorders on ${opts.dev} ${opts.hook}; at most ${MAX_HOLD_SPECS}`, { hint: 'give more rules the same delay' });
   }
   const devIndex = ifindexByName(opts.dev, opts.netns);
-  const followers = opts.specs.some((s) => s.kind === 'reorder');
-  const taps: Tap[] = [];
+  const tap = createTap(opts.netns);
+  const mark = delayedMark(tap.ifindex);
   let prog: Program | undefined;
-  let attachment: Attachment | undefined;
-  let mark = 0;
-  const closeTaps = () => {
-    for (const t of taps) t.close();
-  };
+  let attachment: Attachment;
   try {
-    taps.push(createTap(opts.netns));
-    mark = delayedMark(taps[0]!.ifindex);
     prog = loadProgram({ type: 'sched_cls', insns: returnProgramInsns(devIndex, opts.hook, mark), name: 'nm_delay_back' });
-    attachment = attachProgram(prog, { dev: taps[0]!.name, hook: 'ingress', netns: opts.netns, path: opts.path ?? 'auto' });
+    attachment = attachProgram(prog, { dev: tap.name, hook: 'ingress', netns: opts.netns, path: opts.path ?? 'auto' });
   } catch (err) {
     prog?.close();
-    closeTaps();
+    tap.close();
     throw err;
   }
-  const line = new DelayLine(taps[0]!.fd, opts.specs, { limits: opts.limits, onFailure: opts.onFailure });
+  const line = new DelayLine(tap.fd, opts.specs, { limits: opts.limits, onFailure: opts.onFailure });
   let closed = false;
   const close = () => {
     if (closed) return;
     closed = true;
     line.stop();
     try {
-      attachment!.detach();
+      attachment.detach();
     } finally {
       prog!.close();
-      closeTaps();
+      tap.close();
     }
   };
   return {
-    taps,
-    ifindexOf: () => taps[0]!.ifindex,
-    followerIfindex: followers ? taps[0]!.ifindex : undefined,
+    tap,
+    ifindex: tap.ifindex,
     mark,
     start: () => line.start(),
-    stats: () => ({ ...line.stats, lost: tapTxDropped(taps[0]!) }),
+    stats: () => ({ ...line.stats, lost: tapTxDropped(tap) }),
     close,
     [Symbol.dispose]: close,
   };

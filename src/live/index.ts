@@ -175,8 +175,8 @@ export function attachGroups(groups: RuleGroup[], opts: LiveOptions): LiveSessio
       let loaded: LoadedProgram;
       try {
         const hold = delayLine && {
-          rule: new Map([...plan.ruleSpec].map(([rule, spec]) => [rule, delayLine.ifindexOf(spec)] as const)),
-          follower: delayLine.followerIfindex,
+          rule: new Map([...plan.ruleSpec.keys()].map((rule) => [rule, delayLine.ifindex] as const)),
+          follower: plan.specs.some((spec) => spec.kind === 'reorder') ? delayLine.ifindex : undefined,
           mark: delayLine.mark,
           heldBy: 'time' as const,
           // One TAP for all: each packet tagged with its hold (the spec's index) or as a follower.
