@@ -138,6 +138,13 @@ function resolvePath(hook: Hook, requested: AttachOptions['path']): AttachPath {
   if (path === 'netlink') return 'netlink';
   if (path === 'link' || path === 'tcx') {
     if (hook === 'xdp' && path === 'tcx') throw new UsageError('path tcx is for the ingress and egress hooks, not xdp', { hint: 'use path link (or auto) for XDP' });
+    // Asked for a link the kernel does not have, BPF_LINK_CREATE would answer a bare EINVAL.
+    if (features().attach[hook] === 'netlink') {
+      const what = hook === 'xdp' ? 'XDP links (Linux 5.9 and later)' : 'tcx links (Linux 6.6 and later)';
+      throw new NetmangleError(`this kernel (${features().kernel}) has no ${what}, so nothing can attach at ${hook} through a BPF link`, {
+        hint: 'attach through netlink (--attach netlink), or leave --attach at auto, which does so on this kernel',
+      });
+    }
     return hook === 'xdp' ? 'link' : 'tcx';
   }
   throw new UsageError(`unknown attach path '${String(path)}'`, { hint: 'use auto, link, tcx or netlink' });

@@ -1,27 +1,18 @@
 // attachProgram against the real kernel: every path attaches, counts traffic and detaches
 // leaving nothing behind; foreign programs and bad targets are refused in one clear line.
 import assert from 'node:assert/strict';
-import { kernelTest } from '../helpers/kernel.js';
+import { kernelProbe, kernelTest } from '../helpers/kernel.js';
+import { programsOnHook as programsAt } from '../helpers/hooks.js';
 import { attachProgram, type Attachment, type Hook } from '../../src/kernel/attach.js';
-import { queryProgs } from '../../src/kernel/info.js';
 import { inNetns } from '../../src/kernel/netns.js';
-import { attachXdpNetlink, detachXdpNetlink, hasClsact, listClsBpfFilters, xdpQueryNetlink } from '../../src/kernel/rtnetlink.js';
+import { attachXdpNetlink, detachXdpNetlink, hasClsact, xdpQueryNetlink } from '../../src/kernel/rtnetlink.js';
 import { ifindexByName } from '../../src/kernel/iface.js';
 import { NetmangleError, UsageError } from '../../src/errors.js';
 import { ip, loadCounter, makeVethLab, ping, type Counter, type VethLab } from './netlink-lab.js';
 
 /** Program ids on a hook of devA, by whichever mechanism could hold them. */
 function programsOnHook(lab: VethLab, hook: Hook): number[] {
-  return inNetns(lab.nsA, () => {
-    const ifindex = ifindexByName(lab.devA);
-    if (hook === 'xdp') {
-      const s = xdpQueryNetlink(ifindex);
-      return [s.progId, s.drvProgId, s.skbProgId].filter((x): x is number => x !== undefined);
-    }
-    const tcx = queryProgs(ifindex, hook === 'ingress' ? 'tcx_ingress' : 'tcx_egress').progIds;
-    const cls = listClsBpfFilters(ifindex, hook).map((f) => f.progId ?? 0);
-    return [...tcx, ...cls];
-  });
+  return programsAt(lab.nsA, lab.devA, hook);
 }
 
 function clsactPresent(lab: VethLab): boolean {
@@ -43,9 +34,10 @@ function attachCountDetach(path: 'auto' | 'netlink'): void {
       assert.equal(att.hook, hook);
       assert.equal(att.progId, c.prog.id);
       assert.equal(att.ifindex, inNetns(lab.nsA, () => ifindexByName(lab.devA)));
-      if (path === 'auto') {
-        // This kernel (6.18) has XDP links and tcx.
-        assert.equal(att.path, hook === 'xdp' ? 'link' : 'tcx');
+      // auto takes what the probe found: links where the kernel has them (XDP links 5.9, tcx 6.6).
+      const expected = path === 'auto' ? kernelProbe().attach[hook] : 'netlink';
+      assert.equal(att.path, expected);
+      if (expected !== 'netlink') {
         assert.ok(att.link, 'a link object');
         assert.equal(att.warning, undefined);
       } else {
@@ -81,7 +73,7 @@ function attachCountDetach(path: 'auto' | 'netlink'): void {
   }
 }
 
-kernelTest('attachProgram path auto uses an XDP link and tcx links, and detaches cleanly', () => attachCountDetach('auto'));
+kernelTest('attachProgram path auto uses the links the probe found (XDP link, tcx), else netlink, and detaches cleanly', () => attachCountDetach('auto'));
 
 kernelTest('attachProgram path netlink uses IFLA_XDP and clsact/cls_bpf, and detaches cleanly', () => attachCountDetach('netlink'));
 
@@ -108,7 +100,7 @@ kernelTest('attachProgram refuses an interface holding a foreign XDP program, na
   }
 });
 
-kernelTest('a second tcx attach of the same program is refused naming what holds the hook', () => {
+kernelTest('a second tcx attach of the same program is refused naming what holds the hook', { needs: 'tcx' }, () => {
   const lab = makeVethLab();
   const c = loadCounter('sched_cls', 'tcx_twice');
   let first: Attachment | undefined;
@@ -145,6 +137,34 @@ kernelTest('attachProgram errors: missing interface, missing namespace, wrong pr
   } finally {
     lab.cleanup();
     xdp.close();
+  }
+});
+
+kernelTest('path link attaches where the probe found tcx and is refused in one line where it did not', () => {
+  const lab = makeVethLab();
+  const c = loadCounter('sched_cls', 'link_or_not');
+  try {
+    if (kernelProbe().features.tcx) {
+      const att = attachProgram(c.prog, { dev: lab.devA, hook: 'ingress', netns: lab.nsA, path: 'link' });
+      try {
+        assert.equal(att.path, 'tcx');
+        assert.deepEqual(programsOnHook(lab, 'ingress'), [c.prog.id]);
+      } finally {
+        att.detach();
+      }
+    } else {
+      assert.throws(() => attachProgram(c.prog, { dev: lab.devA, hook: 'ingress', netns: lab.nsA, path: 'link' }), (e: unknown) => {
+        assert.ok(e instanceof NetmangleError);
+        assert.match(e.message, /^this kernel \(.+\) has no tcx links \(Linux 6\.6 and later\), so nothing can attach at ingress through a BPF link$/);
+        assert.match(e.hint ?? '', /--attach netlink/);
+        return true;
+      });
+    }
+    assert.deepEqual(programsOnHook(lab, 'ingress'), []);
+    assert.equal(clsactPresent(lab), false);
+  } finally {
+    lab.cleanup();
+    c.close();
   }
 });
 

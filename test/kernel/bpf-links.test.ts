@@ -18,7 +18,7 @@ function counterMap(name: string) {
 
 const count = (m: ReturnType<typeof counterMap>): bigint => m.lookup(u32Key(0))!.readBigUInt64LE(0);
 
-kernelTest('an XDP link and a tcx link count real traffic on a veth pair; closing them detaches', () => {
+kernelTest('an XDP link and a tcx link count real traffic on a veth pair; closing them detaches', { needs: ['xdp_link', 'tcx'] }, () => {
   const lab = createVethLab();
   try {
     using xdpCounts = counterMap('nm_xdp_cnt');
@@ -70,7 +70,7 @@ kernelTest('an XDP link and a tcx link count real traffic on a veth pair; closin
   }
 });
 
-kernelTest('a second XDP link on the same interface is refused with a hint; detachLink detaches while the fd is open', () => {
+kernelTest('a second XDP link on the same interface is refused with a hint; detachLink detaches while the fd is open', { needs: 'xdp_link' }, () => {
   const lab = createVethLab();
   try {
     const code = countingProgram(XDP_PASS);
@@ -83,15 +83,24 @@ kernelTest('a second XDP link on the same interface is refused with a hint; deta
       assert.match(err.hint ?? '', /another program already holds this hook/);
       return true;
     });
+    assert.ok(hasXdp(lab.nsB, lab.devB));
+    detachLink(link);
+    assert.equal(hasXdp(lab.nsB, lab.devB), false);
+    assert.equal(link.closed, false);
+  } finally {
+    lab.destroy();
+  }
+});
 
+kernelTest('detachLink detaches a tcx link while its fd is open', { needs: 'tcx' }, () => {
+  const lab = createVethLab();
+  try {
     using tcProg = loadTc();
     using tcx = inNetns(lab.nsB, () => createTcxLink(tcProg, lab.ifindexB, 'ingress'));
     assert.equal(inNetns(lab.nsB, () => queryProgs(lab.ifindexB, 'tcx_ingress')).linkIds[0], tcx.id);
     detachLink(tcx);
     assert.deepEqual(inNetns(lab.nsB, () => queryProgs(lab.ifindexB, 'tcx_ingress')).progIds, []);
     assert.equal(tcx.closed, false);
-    detachLink(link);
-    assert.equal(hasXdp(lab.nsB, lab.devB), false);
   } finally {
     lab.destroy();
   }
@@ -107,7 +116,7 @@ function loadTc() {
   }
 }
 
-kernelTest('a pinned tcx link outlives its fd until the pin is removed', () => {
+kernelTest('a pinned tcx link outlives its fd until the pin is removed', { needs: 'tcx' }, () => {
   const lab = createVethLab();
   const dir = pinDir(`test-${process.pid}`);
   const path = join(dir, 'link');
@@ -130,7 +139,7 @@ kernelTest('a pinned tcx link outlives its fd until the pin is removed', () => {
   }
 });
 
-kernelTest('kill -9 of a process holding XDP and tcx links leaves no program on the interfaces', async () => {
+kernelTest('kill -9 of a process holding XDP and tcx links leaves no program on the interfaces', { needs: ['xdp_link', 'tcx'] }, async () => {
   const lab = createVethLab();
   const dist = (p: string) => pathToFileURL(resolve('dist', p)).href;
   const childCode = `

@@ -45,6 +45,12 @@ export function makeVethLab(): VethLab {
   try {
     ip('netns', 'add', nsA);
     ip('netns', 'add', nsB);
+    // No IPv6 on the pair: its housekeeping (MLD reports, router solicitations, DAD) goes out at
+    // random moments up to a second or more after link up, and a slow machine then counts it
+    // in a test that expects only its own pings.
+    for (const ns of [nsA, nsB]) {
+      ip('netns', 'exec', ns, 'sysctl', '-qw', 'net.ipv6.conf.all.disable_ipv6=1', 'net.ipv6.conf.default.disable_ipv6=1');
+    }
     ip('-n', nsA, 'link', 'add', devA, 'type', 'veth', 'peer', 'name', devB, 'netns', nsB);
     ip('-n', nsA, 'addr', 'add', `${addrA}/24`, 'dev', devA);
     ip('-n', nsB, 'addr', 'add', `${addrB}/24`, 'dev', devB);
