@@ -18,7 +18,7 @@ import assert from 'node:assert/strict';
 import type { ChildProcess } from 'node:child_process';
 import { Lab, nstatDelta, nstatSnapshot } from '../../src/lab/index.js';
 import { startRun } from '../faults/lab-support.js';
-import { kernelTest, uniqueName } from '../helpers/kernel.js';
+import { kernelTest, scaled, uniqueName } from '../helpers/kernel.js';
 
 const TOPOLOGY: Parameters<typeof Lab.up>[0] = { hosts: { h1: {}, h2: {} }, links: [{ a: 'h1', b: 'h2' }] };
 const RULE = 'tcp.flags.push and ip.len > 200 => delay 2ms';
@@ -45,21 +45,35 @@ async function transfer(lab: Lab, reverse = false): Promise<Transfer> {
   const server = lab.spawn('h2', ['taskset', '-c', '0', 'iperf3', '-s', '-1', '-p', PORT]);
   const serverDone = waitExit(server);
   try {
-    await new Promise((r) => setTimeout(r, 500));
+    // Until the server listens (a fixed wait is too short on a slow machine).
+    for (let i = 0; ; i++) {
+      const listening = await lab.exec('h2', ['ss', '-tlnH', 'sport', '=', `:${PORT}`]);
+      if (listening.stdout.trim() !== '') break;
+      if (i >= 200) assert.fail('iperf3 -s did not listen within 20 s');
+      await new Promise((r) => setTimeout(r, 100));
+    }
     const before = await nstatSnapshot(lab, receiver);
-    const client = lab.exec('h1', ['taskset', '-c', '0', 'iperf3', '-c', lab.address('h2'), '-p', PORT, '-P', String(CONNECTIONS), '-t', '3', '-J', ...(reverse ? ['-R'] : [])], { timeoutMs: 30_000 });
-    await new Promise((r) => setTimeout(r, 2_500));
-    const ss = await lab.exec(receiver, ['ss', '-tinH', 'state', 'established', reverse ? 'dport' : 'sport', '=', `:${PORT}`], { check: true });
+    const client = lab.exec('h1', ['taskset', '-c', '0', 'iperf3', '-c', lab.address('h2'), '-p', PORT, '-P', String(CONNECTIONS), '-t', '3', '-J', ...(reverse ? ['-R'] : [])], { timeoutMs: scaled(30_000) });
+    let clientDone = false;
+    void client.finally(() => { clientDone = true; });
+    // ss prints each socket on a line of its own followed by an indented line of tcp_info; the data
+    // connections are those that received bulk data (the control connection receives a few bytes).
+    // A connection that saw no out-of-order packet prints no rcv_ooopack: that is 0. Sampled
+    // while the transfer runs; the last sample that saw every data connection counts (the
+    // counters only grow), so no guess of when the transfer is under way is needed.
+    let perConnection: number[] = [];
+    while (!clientDone) {
+      const ss = await lab.exec(receiver, ['ss', '-tinH', 'state', 'established', reverse ? 'dport' : 'sport', '=', `:${PORT}`], { check: true });
+      const sample = ss.stdout
+        .split(/\n(?=\S)/)
+        .filter((sock) => Number(/bytes_received:(\d+)/.exec(sock)?.[1] ?? 0) > 1_000_000)
+        .map((sock) => Number(/rcv_ooopack:(\d+)/.exec(sock)?.[1] ?? 0));
+      if (sample.length >= perConnection.length) perConnection = sample;
+      await new Promise((r) => setTimeout(r, 200));
+    }
     const result = await client;
     assert.equal(result.code, 0, result.stderr || result.stdout);
     const after = await nstatSnapshot(lab, receiver);
-    // ss prints each socket on a line of its own followed by an indented line of tcp_info; the data
-    // connections are those that received bulk data (the control connection receives a few bytes).
-    // A connection that saw no out-of-order packet prints no rcv_ooopack: that is 0.
-    const perConnection = ss.stdout
-      .split(/\n(?=\S)/)
-      .filter((sock) => Number(/bytes_received:(\d+)/.exec(sock)?.[1] ?? 0) > 1_000_000)
-      .map((sock) => Number(/rcv_ooopack:(\d+)/.exec(sock)?.[1] ?? 0));
     const gbps = (JSON.parse(result.stdout) as { end: { sum_received: { bits_per_second: number } } }).end.sum_received.bits_per_second / 1e9;
     return { ofo: nstatDelta(before, after, ['TcpExtTCPOFOQueue'])['TcpExtTCPOFOQueue']!, perConnection, gbps };
   } finally {

@@ -12,10 +12,16 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Lab, ping } from '../../src/lab/index.js';
 import { startRun } from '../faults/lab-support.js';
-import { kernelTest, uniqueName } from '../helpers/kernel.js';
+import { kernelTest, scaled, uniqueName } from '../helpers/kernel.js';
 
 const TOPOLOGY: Parameters<typeof Lab.up>[0] = { hosts: { h1: {}, h2: {} }, links: [{ a: 'h1', b: 'h2' }] };
 const A = 7000, B = 7001;
+/**
+ * The reorder timeout (the default, 50 ms, scaled on a slow machine): until it, later packets of
+ * the held one's connection follow it through the delay line, so the line must pass them on
+ * within it to keep their order; an emulated machine's line can take longer than 50 ms.
+ */
+const FOLLOW_MS = scaled(50);
 const BIN = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'bin', 'netmangle');
 
 /** Receives on ports A and B until `count` datagrams came or 2 s pass idle; prints "port seq ns" lines. */
@@ -104,7 +110,7 @@ function delayLine(output: string): Record<string, number> {
 
 kernelTest('lab: reorder by 3 at tc egress: the third datagram of flow A arrives after A3, A4, A5; flow B does not count', async () => {
   await withLab('ro', async (lab, dir) => {
-    const run = await startRun(['--netns', lab.netns('h1'), '--dev', 'eth0', '--hook', 'egress', `udp.dstport == ${A} => reorder by 3`, '--after', '2', '--first', '1']);
+    const run = await startRun(['--netns', lab.netns('h1'), '--dev', 'eth0', '--hook', 'egress', `udp.dstport == ${A} => reorder by 3 timeout ${FOLLOW_MS}ms`, '--after', '2', '--first', '1']);
     let arrivals: Arrival[];
     let stopped: Awaited<ReturnType<typeof run.stop>>;
     try {
@@ -117,7 +123,7 @@ kernelTest('lab: reorder by 3 at tc egress: the third datagram of flow A arrives
     assert.deepEqual(order(arrivals, B), range(0, 12), 'flow B untouched');
     const line = delayLine(stopped.output);
     assert.deepEqual({ reordered: line.reordered, overtaken: line.overtaken, timedOut: line['timed-out'], held: line.held }, { reordered: 1, overtaken: 1, timedOut: 0, held: 0 });
-    // Flow A's packets go through the line until A2's timeout (50 ms: here all of A3-A11); B's never.
+    // Flow A's packets go through the line until A2's timeout (FOLLOW_MS: here all of A3-A11); B's never.
     assert.ok(line.followers >= 3 && line.followers <= 9, `followers ${line.followers}: A3, A4, A5 at least, no B`);
     assert.equal(stopped.counters['rule-1']?.acted, 1);
   });
@@ -125,7 +131,7 @@ kernelTest('lab: reorder by 3 at tc egress: the third datagram of flow A arrives
 
 kernelTest('lab: reorder by 1 on every 2nd of 2000 back-to-back datagrams: each held one arrives right after the next, none out of place', async () => {
   await withLab('rb', async (lab, dir) => {
-    const run = await startRun(['--netns', lab.netns('h1'), '--dev', 'eth0', '--hook', 'egress', `udp.dstport == ${A} => reorder by 1`, '--every', '2']);
+    const run = await startRun(['--netns', lab.netns('h1'), '--dev', 'eth0', '--hook', 'egress', `udp.dstport == ${A} => reorder by 1 timeout ${FOLLOW_MS}ms`, '--every', '2']);
     let arrivals: Arrival[];
     let stopped: Awaited<ReturnType<typeof run.stop>>;
     try {
