@@ -62,6 +62,14 @@ export function register(program: Command): void {
         loaded.close();
         throw err;
       }
+      // Listening before "attached" is printed (see run): a signal right after it detaches.
+      const stop = new Promise<string>((resolve) => {
+        const on = (sig: NodeJS.Signals) => resolve(sig);
+        process.once('SIGINT', on);
+        process.once('SIGTERM', on);
+        process.once('SIGHUP', on);
+        if (forMs !== undefined) setTimeout(() => resolve(`--for ${forMs} ms`), forMs).unref();
+      });
       const where = `${attachment.dev} ${attachment.hook}${attachment.netns ? ` (netns ${attachment.netns})` : ''}`;
       process.stdout.write(`attached ${name} (section ${chosen.section}) from ${file} to ${where} via ${attachment.path}, program id ${loaded.prog.id}\n`);
       if (attachment.warning) process.stderr.write(`warning: ${attachment.warning}\n`);
@@ -69,13 +77,7 @@ export function register(program: Command): void {
       // Signal listeners do not keep Node running; this timer does, until a signal or --for.
       const keepAlive = setInterval(() => {}, 1 << 30);
       try {
-        reason = await new Promise<string>((resolve) => {
-          const on = (sig: NodeJS.Signals) => resolve(sig);
-          process.once('SIGINT', on);
-          process.once('SIGTERM', on);
-          process.once('SIGHUP', on);
-          if (forMs !== undefined) setTimeout(() => resolve(`--for ${forMs} ms`), forMs).unref();
-        });
+        reason = await stop;
       } finally {
         clearInterval(keepAlive);
         try {

@@ -201,12 +201,14 @@ export function register(program: Command): void {
       const registry = await import('../../live/registry.js');
       // Started first, so it comes up while the rules compile: it removes what this process
       // attached through netlink, and its run records, if this process dies without detaching.
-      if (!opts.pin) (await import('../../live/guardian.js')).startGuardian();
+      // (NETMANGLE_UNGUARDED=1 leaves it out: bench/guardian.ts measures what it costs.)
+      const guard = !process.env.NETMANGLE_UNGUARDED;
+      if (!opts.pin && guard) (await import('../../live/guardian.js')).startGuardian();
       // A delay line that stops by itself leaves its programs sending packets nowhere: detach.
       let lineFailed: ((reason: string) => void) | undefined;
       const lineFailure = new Promise<string>((resolve) => (lineFailed = resolve));
       const session = attachGroups(groups, {
-        seed, path: opts.attach as 'auto' | 'link' | 'netlink', perSegment: opts.perSegment, maxHeld, priority,
+        seed, path: opts.attach as 'auto' | 'link' | 'netlink', perSegment: opts.perSegment, maxHeld, priority, guard,
         onDelayLineFailure: (message, g) => {
           process.stderr.write(`netmangle: on ${g.dev} ${g.hook}: ${message}; detaching\n`);
           process.exitCode = 1;
@@ -249,6 +251,16 @@ interface ForegroundOptions {
 async function runForeground(session: LiveSession, o: ForegroundOptions): Promise<void> {
   const out = process.stdout;
   const tty = out.isTTY === true;
+  // Listening before "attached" is printed: a signal sent as soon as a script reads that line
+  // must detach, not meet Node's default action (exit at once, leaving everything attached).
+  const stop = new Promise<string>((resolve) => {
+    const on = (sig: NodeJS.Signals) => resolve(sig);
+    process.once('SIGINT', on);
+    process.once('SIGTERM', on);
+    process.once('SIGHUP', on);
+    if (o.forMs !== undefined) setTimeout(() => resolve(`--for ${o.forMs} ms`), o.forMs).unref();
+    void o.failure?.then(resolve);
+  });
   for (const g of session.groups) {
     const a = g.attachment;
     const where = `${a.dev} ${a.hook}${a.netns ? ` (netns ${a.netns})` : ''}`;
@@ -278,14 +290,7 @@ async function runForeground(session: LiveSession, o: ForegroundOptions): Promis
   try {
     timer = setInterval(draw, 1000);
     draw();
-    reason = await new Promise<string>((resolve) => {
-      const on = (sig: NodeJS.Signals) => resolve(sig);
-      process.once('SIGINT', on);
-      process.once('SIGTERM', on);
-      process.once('SIGHUP', on);
-      if (o.forMs !== undefined) setTimeout(() => resolve(`--for ${o.forMs} ms`), o.forMs).unref();
-      void o.failure?.then(resolve);
-    });
+    reason = await stop;
     clearInterval(timer);
     draw();
     totals = session.counters();
