@@ -89,8 +89,12 @@ function ownFilter(hold: NetlinkHold): { prio: number; handle: number } | undefi
 /** Whether the hold's program is still on its hook. */
 export function holdState(hold: NetlinkHold): HoldState {
   const r = inHoldNetns(hold, () => onHook(hold));
-  if (!r.reached) return hold.netns !== undefined && netnsInode(hold.netns) === undefined ? 'gone' : 'unreachable';
-  return r.value ? 'attached' : 'gone';
+  if (r.reached) return r.value ? 'attached' : 'gone';
+  // Out of reach: attached somewhere only while the program still exists (a hook holds it).
+  const fd = openProgram(hold.progId);
+  if (fd === undefined) return 'gone';
+  closeFd(fd);
+  return 'unreachable';
 }
 
 export interface HoldRemoval {

@@ -24,7 +24,7 @@ export function register(program: Command): void {
         const who = e.kind === 'pinned' ? `pinned at ${e.pinDir}`
           : e.kind === 'orphan' ? `ORPHAN: owner ${e.pid} is gone and so is its guardian, the program ${e.state === 'unreachable' ? 'may still act (its namespace has no name this process can reach)' : 'still acts'}`
             : `run by pid ${e.pid}`;
-        process.stdout.write(`${e.dev} ${e.hook}${e.netns ? ` (netns ${e.netns})` : ''} via ${e.path}, program id ${e.progId}, seed ${e.seed}, ${who}, since ${e.since}\n`);
+        process.stdout.write(`${e.dev} ${e.hook}${e.netns ? ` (netns ${e.netns})` : ''} via ${e.path}, program id ${e.progId}${e.kind === 'orphan' ? '' : `, seed ${e.seed}`}, ${who}, since ${e.since}\n`);
         if (e.kind === 'orphan') {
           process.stdout.write(`  remove it with: ${clearCommandFor(e)}\n`);
         }
