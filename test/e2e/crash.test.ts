@@ -8,7 +8,8 @@
  */
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { kernelTest } from '../helpers/kernel.js';
@@ -249,6 +250,66 @@ kernelTest('run on any path: the record of a run killed with -9 goes within 1 s 
     assert.notEqual(await within(1000, () => runRecords(pid).length === 0), undefined, `record of ${pid} still in /run/netmangle/runs`);
     assert.notEqual(await within(1000, () => onHook(lab, 'egress').length === 0), undefined);
   } finally {
+    lab.cleanup();
+  }
+});
+
+kernelTest('a rules file on all three hooks through netlink, killed -9 the moment it attached: the guardian removes all three', async () => {
+  const lab = makeVethLab();
+  const dir = mkdtempSync(join(tmpdir(), 'nm-crash-'));
+  try {
+    const file = join(dir, 'rules.yaml');
+    writeFileSync(file, [
+      `dev: ${lab.devA}`, 'rules:',
+      ...(['xdp', 'ingress', 'egress'] as const).flatMap((hook) => [`  - name: ttl-${hook}`, `    hook: ${hook}`, '    match: icmp.type == 0', '    set:', '      ip.ttl: 7']),
+    ].join('\n') + '\n');
+    const child = spawn(process.execPath, [bin, 'run', file, '--netns', lab.nsA, '--attach', 'netlink'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    // Killed as soon as the last group's line is out: the guardian may still be starting.
+    await new Promise<void>((resolve, reject) => {
+      child.stdout.on('data', (d) => {
+        out += d;
+        if ((out.match(/^attached/gm) ?? []).length === 3) {
+          child.kill('SIGKILL');
+          resolve();
+        }
+      });
+      child.on('close', () => reject(new Error(`run ended before attaching: ${out}`)));
+    });
+    const took = await within(1000, () => (['xdp', 'ingress', 'egress'] as const).every((h) => onHook(lab, h).length === 0));
+    assert.notEqual(took, undefined, `still attached: xdp ${onHook(lab, 'xdp')} ingress ${onHook(lab, 'ingress')} egress ${onHook(lab, 'egress')}`);
+    assert.deepEqual(pingTtls(lab.nsA, lab.addrB), [64, 64]);
+    await waitExit(child);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+    lab.cleanup();
+  }
+});
+
+kernelTest('load --attach netlink of an object file: kill -9 leaves nothing on the hook', async () => {
+  const lab = makeVethLab();
+  const dir = mkdtempSync(join(tmpdir(), 'nm-crash-'));
+  try {
+    const obj = join(dir, 'ttl.o');
+    const built = cli(['build', TTL7, '--hook', 'egress', '-o', obj]);
+    assert.equal(built.code, 0, built.err);
+    const child = spawn(process.execPath, [bin, 'load', obj, '--netns', lab.nsA, '--dev', lab.devA, '--hook', 'egress', '--attach', 'netlink'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    await new Promise<void>((resolve, reject) => {
+      let out = '';
+      child.stdout.on('data', (d) => {
+        out += d;
+        if (/^attached/m.test(out)) resolve();
+      });
+      child.on('close', (code) => reject(new Error(`load exited ${code}: ${out}`)));
+    });
+    assert.equal(onHook(lab, 'egress').length, 1);
+    assert.deepEqual(pingTtls(lab.nsB, lab.addrA), [7, 7]);
+    child.kill('SIGKILL');
+    assert.notEqual(await within(1000, () => onHook(lab, 'egress').length === 0), undefined, 'the loaded program stayed after kill -9');
+    assert.deepEqual(pingTtls(lab.nsB, lab.addrA), [64, 64]);
+    await waitExit(child);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
     lab.cleanup();
   }
 });
