@@ -63,6 +63,11 @@ function ownedFiles(): string[] {
 let guardian: ProcessRef | undefined;
 let guardianFailed = false;
 let recordCount = 0;
+/** When guardians of this process stopped unexpectedly (to give up restarting in a loop). */
+const stops: number[] = [];
+const RESTARTS_PER_MINUTE = 3;
+/** This process's records on disk, rewritten when a new guardian takes over. */
+const liveRecords = new Map<string, OwnedRecord>();
 
 /** bin/netmangle, from dist/src/live/ (unbundled) or the bundle (whose import.meta.url is rewritten to the same). */
 const BIN = fileURLToPath(new URL('../../../bin/netmangle', import.meta.url));
@@ -71,7 +76,8 @@ const BIN = fileURLToPath(new URL('../../../bin/netmangle', import.meta.url));
  * Starts this process's guardian unless it runs already; returns it (undefined if it could not
  * be started). Call it outside `inNetns`: a process started there would live in that namespace.
  * It does not wait for the guardian to be up: a guardian that starts after its owner died finds
- * it gone at once and cleans up all the same.
+ * it gone at once and cleans up all the same. A guardian that stops while this process lives
+ * (killed by someone) is replaced, up to 3 times a minute.
  */
 export function startGuardian(): ProcessRef | undefined {
   if (guardian || guardianFailed) return guardian;
@@ -81,31 +87,50 @@ export function startGuardian(): ProcessRef | undefined {
     child = spawn(process.execPath, [BIN, 'guardian', '--owner', `${me.pid}:${me.startTime}`], {
       detached: true, stdio: ['ignore', 'pipe', 'ignore'], cwd: '/',
     });
-  } catch {
-    guardianFailed = true;
-    return undefined;
+  } catch (err) {
+    return giveUp(`cannot start it: ${(err as Error).message}`);
   }
+  child.on('error', () => {});
   const pid = child.pid;
-  if (pid === undefined) {
-    guardianFailed = true;
-    child.on('error', () => {});
-    return undefined;
-  }
-  guardian = { pid, startTime: processStartTime(pid) ?? 0 };
-  let ready = false;
-  child.stdout!.once('data', () => {
-    ready = true;
-    child.stdout!.destroy();
-  });
+  if (pid === undefined) return giveUp('cannot start it');
+  const started: ProcessRef = { pid, startTime: processStartTime(pid) ?? 0 };
+  guardian = started;
+  child.stdout!.once('data', () => child.stdout!.destroy());
+  // It exits only after this process does, so any exit seen here is a guardian lost.
   child.once('exit', (code, signal) => {
-    if (ready && code === 0) return;
+    if (guardian !== started) return;
     guardian = undefined;
-    guardianFailed = true;
-    process.stderr.write(`netmangle: warning: the guardian process stopped (${signal ?? `exit ${code}`}): if netmangle dies now, its netlink attachments stay (see netmangle status)\n`);
+    const now = Date.now();
+    stops.push(now);
+    while (stops.length && stops[0]! < now - 60_000) stops.shift();
+    const why = signal ?? `exit ${code}`;
+    if (stops.length > RESTARTS_PER_MINUTE) {
+      giveUp(`it stopped (${why}) ${stops.length} times within a minute`);
+      return;
+    }
+    const next = startGuardian();
+    if (!next) return;
+    for (const [file, rec] of liveRecords) writeRecordOf(file, { ...rec, guardian: next });
+    process.stderr.write(`netmangle: note: the guardian process stopped (${why}); started another (pid ${next.pid})\n`);
   });
   child.unref();
   (child.stdout as unknown as { unref?: () => void }).unref?.();
   return guardian;
+}
+
+function giveUp(why: string): undefined {
+  guardianFailed = true;
+  guardian = undefined;
+  process.stderr.write(`netmangle: warning: no guardian (${why}): if netmangle dies now, its netlink attachments stay (netmangle status lists them)\n`);
+  return undefined;
+}
+
+function writeRecordOf(file: string, rec: OwnedRecord): void {
+  try {
+    writeRecord(file, rec);
+  } catch {
+    // Gone meanwhile (detached): nothing to update.
+  }
 }
 
 /**
@@ -116,16 +141,18 @@ export function guardedOwner(rules?: Array<{ name: string; text: string }>): Net
   const owner = selfRef();
   const file = join(OWNED_DIR, `${owner.pid}.${recordCount++}.json`);
   const since = new Date().toISOString();
-  let g: ProcessRef | undefined;
   return {
     prepare(): void {
       mkdirSync(OWNED_DIR, { recursive: true });
-      g = startGuardian();
+      startGuardian();
     },
     record(hold: NetlinkHold): void {
-      writeRecord(file, { ...hold, owner, guardian: g, rules, since });
+      const rec: OwnedRecord = { ...hold, owner, guardian, rules, since };
+      writeRecord(file, rec);
+      liveRecords.set(file, rec);
     },
     forget(): void {
+      liveRecords.delete(file);
       rmSync(file, { force: true });
     },
   };

@@ -172,8 +172,9 @@ kernelTest('guardian killed too: status lists the orphan, run refuses the hook w
     const pid = run.child.pid!;
     const [rec] = ownedRecordsOf(pid);
     assert.ok(rec?.guardian?.pid, 'the record names the guardian');
+    // Stopped first, so that it cannot start another guardian before it dies.
+    run.child.kill('SIGSTOP');
     process.kill(rec.guardian.pid, 'SIGKILL');
-    await new Promise((r) => setTimeout(r, 100));
     run.child.kill('SIGKILL');
     await waitExit(run.child);
     await new Promise((r) => setTimeout(r, 300));
@@ -201,6 +202,28 @@ kernelTest('guardian killed too: status lists the orphan, run refuses the hook w
     assert.deepEqual(pingTtls(lab.nsB, lab.addrA), [64, 64]);
     assert.equal(ownedRecordsOf(pid).length, 0);
     assert.doesNotMatch(cli(['status']).out, new RegExp(`netns ${lab.nsA}`));
+  } finally {
+    lab.cleanup();
+  }
+});
+
+kernelTest('a guardian killed while its run lives is replaced, and the new one cleans up after kill -9', async () => {
+  const lab = makeVethLab();
+  try {
+    const run = await startRun(['--netns', lab.nsA, '--dev', lab.devA, '--hook', 'ingress', '--attach', 'netlink', TTL7]);
+    const pid = run.child.pid!;
+    const first = ownedRecordsOf(pid)[0]?.guardian?.pid;
+    assert.ok(first);
+    process.kill(first, 'SIGKILL');
+    let second: number | undefined;
+    assert.notEqual(await within(2000, () => {
+      second = ownedRecordsOf(pid)[0]?.guardian?.pid;
+      return second !== undefined && second !== first;
+    }), undefined, 'the record names a new guardian');
+    assert.match(run.stderr(), /the guardian process stopped \(SIGKILL\); started another/);
+    run.child.kill('SIGKILL');
+    assert.notEqual(await within(1000, () => onHook(lab, 'ingress').length === 0), undefined, `the new guardian (${second}) did not clean up`);
+    await waitExit(run.child);
   } finally {
     lab.cleanup();
   }
