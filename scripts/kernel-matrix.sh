@@ -28,7 +28,7 @@ filters=()
 for a in "$@"; do
   case "$a" in
     --guest-only) guest_only=1 ;;
-    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "kernel-matrix: unknown option $a (try --help)" >&2; exit 2 ;;
     *) filters+=("$a") ;;
   esac

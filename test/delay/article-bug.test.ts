@@ -24,12 +24,16 @@ const TOPOLOGY: Parameters<typeof Lab.up>[0] = { hosts: { h1: {}, h2: {} }, link
 const RULE = 'tcp.flags.push and ip.len > 200 => delay 2ms';
 const CONNECTIONS = 8;
 const PORT = '5201';
+/** Seconds each transfer lasts: long enough for `ss` to be sampled during it, also on a slow machine. */
+const TRANSFER_S = Math.ceil(scaled(3000) / 1000);
 
 interface Transfer {
   ofo: number;
   /** rcv_ooopack of each established data connection at h2, sampled near the end of the transfer. */
   perConnection: number[];
   gbps: number;
+  /** How many times ss was sampled during the transfer. */
+  samples: number;
 }
 
 function waitExit(child: ChildProcess): Promise<void> {
@@ -53,7 +57,7 @@ async function transfer(lab: Lab, reverse = false): Promise<Transfer> {
       await new Promise((r) => setTimeout(r, 100));
     }
     const before = await nstatSnapshot(lab, receiver);
-    const client = lab.exec('h1', ['taskset', '-c', '0', 'iperf3', '-c', lab.address('h2'), '-p', PORT, '-P', String(CONNECTIONS), '-t', '3', '-J', ...(reverse ? ['-R'] : [])], { timeoutMs: scaled(30_000) });
+    const client = lab.exec('h1', ['taskset', '-c', '0', 'iperf3', '-c', lab.address('h2'), '-p', PORT, '-P', String(CONNECTIONS), '-t', String(TRANSFER_S), '-J', ...(reverse ? ['-R'] : [])], { timeoutMs: scaled(30_000) + TRANSFER_S * 1000 });
     let clientDone = false;
     void client.finally(() => { clientDone = true; });
     // ss prints each socket on a line of its own followed by an indented line of tcp_info; the data
@@ -62,7 +66,9 @@ async function transfer(lab: Lab, reverse = false): Promise<Transfer> {
     // while the transfer runs; the last sample that saw every data connection counts (the
     // counters only grow), so no guess of when the transfer is under way is needed.
     let perConnection: number[] = [];
+    let samples = 0;
     while (!clientDone) {
+      samples += 1;
       const ss = await lab.exec(receiver, ['ss', '-tinH', 'state', 'established', reverse ? 'dport' : 'sport', '=', `:${PORT}`], { check: true });
       const sample = ss.stdout
         .split(/\n(?=\S)/)
@@ -75,7 +81,7 @@ async function transfer(lab: Lab, reverse = false): Promise<Transfer> {
     assert.equal(result.code, 0, result.stderr || result.stdout);
     const after = await nstatSnapshot(lab, receiver);
     const gbps = (JSON.parse(result.stdout) as { end: { sum_received: { bits_per_second: number } } }).end.sum_received.bits_per_second / 1e9;
-    return { ofo: nstatDelta(before, after, ['TcpExtTCPOFOQueue'])['TcpExtTCPOFOQueue']!, perConnection, gbps };
+    return { ofo: nstatDelta(before, after, ['TcpExtTCPOFOQueue'])['TcpExtTCPOFOQueue']!, perConnection, gbps, samples };
   } finally {
     if (server.exitCode === null && server.signalCode === null) server.kill('SIGTERM');
     await serverDone;
@@ -103,7 +109,7 @@ async function reproduce(t: { diagnostic(msg: string): void }, rule: string, rev
     t.diagnostic(`without: OFO ${without.ofo}, ${without.gbps.toFixed(1)} Gb/s; with: OFO ${withRule.ofo}, per connection ${withRule.perConnection.join(' ')}, ${withRule.gbps.toFixed(1)} Gb/s`);
     assert.equal(without.ofo, 0, 'no out-of-order segments without the rule');
     assert.ok(withRule.ofo >= CONNECTIONS, `TcpExtTCPOFOQueue ${withRule.ofo} with the rule`);
-    assert.equal(withRule.perConnection.length, CONNECTIONS, `data connections seen by ss: ${withRule.perConnection.join(' ')}`);
+    assert.equal(withRule.perConnection.length, CONNECTIONS, `data connections seen by ss (${withRule.samples} samples): ${withRule.perConnection.join(' ')}`);
     for (const n of withRule.perConnection) assert.ok(n >= 1, `every connection saw out-of-order packets: ${withRule.perConnection.join(' ')}`);
   } finally {
     await lab.down();
