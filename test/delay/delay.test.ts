@@ -141,7 +141,7 @@ kernelTest('lab: kill -9 while packets are held leaves no TAP and no program, an
     let out = '';
     child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
     child.stderr.setEncoding('utf8').on('data', (d: string) => (out += d));
-    const deadline = Date.now() + 20_000;
+    const deadline = Date.now() + scaled(20_000);
     while (!/^attached/m.test(out)) {
       assert.ok(Date.now() < deadline && child.exitCode === null, `netmangle run did not attach: ${out}`);
       await new Promise((r) => setTimeout(r, 50));

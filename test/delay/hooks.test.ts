@@ -24,10 +24,14 @@ const A = 7000, B = 7001;
 const FOLLOW_MS = scaled(50);
 const BIN = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'bin', 'netmangle');
 
-/** Receives on ports A and B until `count` datagrams came or 2 s pass idle; prints "port seq ns" lines. */
+/**
+ * Receives on ports A and B until `count` datagrams came or 2 s pass idle (before the first
+ * datagram: FIRST s); prints "port seq ns" lines.
+ */
 const RECEIVER = `
 import socket, select, sys, time
 count = int(sys.argv[1])
+first = float(sys.argv[2])
 socks = []
 for port in (${A}, ${B}):
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -37,7 +41,7 @@ for port in (${A}, ${B}):
 print("ready", flush=True)
 got = 0
 while got < count:
-    r, _, _ = select.select(socks, [], [], 2.0)
+    r, _, _ = select.select(socks, [], [], first if got == 0 else 2.0)
     if not r:
         break
     for s in r:
@@ -66,14 +70,15 @@ interface Arrival {
 
 async function exchange(lab: Lab, dir: string, n: number, flows: 'a' | 'ab', gapMs = 3): Promise<Arrival[]> {
   const expected = flows === 'ab' ? 2 * n : n;
-  const rx = lab.spawn('h2', ['python3', join(dir, 'rx.py'), String(expected)]);
+  // The first datagram may take a while on a slow machine: the sender's python has to start.
+  const rx = lab.spawn('h2', ['python3', join(dir, 'rx.py'), String(expected), String(scaled(2000) / 1000)]);
   let out = '';
   rx.stdout!.setEncoding('utf8').on('data', (d: string) => (out += d));
   const done = new Promise<void>((resolve) => rx.on('close', () => resolve()));
   try {
-    for (let i = 0; i < 100 && !out.startsWith('ready'); i++) await new Promise((r) => setTimeout(r, 50));
+    for (let i = 0; i < scaled(100) && !out.startsWith('ready'); i++) await new Promise((r) => setTimeout(r, 50));
     assert.ok(out.startsWith('ready'), 'the receiver started');
-    const tx = await lab.exec('h1', ['python3', join(dir, 'tx.py'), lab.address('h2'), String(n), String(gapMs), flows], { timeoutMs: 20_000 });
+    const tx = await lab.exec('h1', ['python3', join(dir, 'tx.py'), lab.address('h2'), String(n), String(gapMs), flows], { timeoutMs: scaled(20_000) });
     assert.equal(tx.code, 0, tx.stderr);
     await done;
   } finally {
@@ -229,7 +234,8 @@ kernelTest('lab: two netmangle runs delaying on one hook hold each packet once e
       // Held once by each line: 50 ms. (Passed back and forth, a packet would come back after
       // hundreds of ms or never; two processes starting on 2 CPUs may add a few ms to the first.)
       assert.ok(Math.abs(Math.min(...rtts) - base - 50) <= 5, `RTTs ${rtts.join(' ')} ms: 20 + 30 ms, once each`);
-      for (const rtt of rtts) assert.ok(rtt >= base + 45 && rtt < base + 90, `RTTs ${rtts.join(' ')} ms: 20 + 30 ms, once each`);
+      // The upper bound allows 40 ms of scheduling (scaled on a slow machine); the minimum above is exact.
+      for (const rtt of rtts) assert.ok(rtt >= base + 45 && rtt < base + 50 + scaled(40), `RTTs ${rtts.join(' ')} ms: 20 + 30 ms, once each`);
     } finally {
       const s = await first.stop();
       assert.equal(s.code, 0, s.output);

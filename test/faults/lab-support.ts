@@ -7,6 +7,7 @@ import { spawn } from 'node:child_process';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Lab } from '../../src/lab/index.js';
+import { scaled } from '../helpers/kernel.js';
 
 const BIN = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'bin', 'netmangle');
 
@@ -30,7 +31,7 @@ export interface RunningRule {
   output(): string;
 }
 
-export async function startRun(args: string[], timeoutMs = 20_000): Promise<RunningRule> {
+export async function startRun(args: string[], timeoutMs = scaled(20_000)): Promise<RunningRule> {
   const child = spawn(process.execPath, [BIN, 'run', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
@@ -60,7 +61,7 @@ export async function startRun(args: string[], timeoutMs = 20_000): Promise<Runn
     output: () => out,
     async stop() {
       if (child.exitCode === null && child.signalCode === null) child.kill('SIGINT');
-      const killer = setTimeout(() => child.kill('SIGKILL'), 10_000);
+      const killer = setTimeout(() => child.kill('SIGKILL'), scaled(10_000));
       const code = await closed;
       clearTimeout(killer);
       const counters: Record<string, Record<string, number>> = {};
