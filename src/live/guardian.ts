@@ -268,7 +268,7 @@ export function clearCommandFor(o: { netns?: string; dev: string; hook: string }
 
 /** Refuses a hook that holds a netmangle orphan, with the command that removes it. */
 export function refuseOrphanedHook(where: { netns?: string; dev: string; hook: string }): void {
-  const [o] = listOrphans({ netns: where.netns ?? undefined, dev: where.dev, hook: where.hook }).filter((x) => x.state === 'attached' && x.netns === where.netns);
+  const [o] = listOrphans({ dev: where.dev, hook: where.hook }).filter((x) => x.state === 'attached' && x.netns === where.netns);
   if (!o) return;
   throw new NetmangleError(
     `${where.dev} ${where.hook}${where.netns !== undefined ? ` (netns ${where.netns})` : ''} still holds program id ${o.progId} '${o.progName}', left attached by netmangle (owner ${o.owner.pid} is gone)`,
