@@ -7,7 +7,9 @@
  *   egress   tcx link, 6.6+                            clsact qdisc + cls_bpf direct-action filter
  *
  * A link detaches by itself when the process dies; a netlink attachment stays until someone
- * removes it, which is why a netlink Attachment carries a `warning`.
+ * removes it. So a netlink attachment tells its `owner` (see netlink-hold.ts) what it is,
+ * before each kernel step, for a process that outlives this one to remove it after a crash
+ * (src/live/guardian.ts); one made without an owner carries a `warning` instead.
  *
  * Every kernel call runs inside `inNetns(netns)`, so the interface is found (and the program
  * attached) in that namespace.
@@ -23,7 +25,7 @@ import { probeFeaturesCached, type ProbeResult } from './probe.js';
 import type { Program } from './program.js';
 import {
   addClsBpfFilter, attachXdpNetlink, delClsBpfFilter, ensureClsact, getLink, listClsBpfFilters, listTcFilters, noInterface, removeClsact,
-  detachXdpNetlink, xdpQueryNetlink, type ClsBpfFilterRef, type TcDirection, type XdpMode, type XdpState,
+  detachXdpNetlink, xdpQueryNetlink, type ClsBpfFilterRef, type LinkInfo, type TcDirection, type XdpMode, type XdpState,
 } from './rtnetlink.js';
 import { BpfError, EBUSY, EEXIST, EINVAL, EOPNOTSUPP, ENOTSUPP } from './sys.js';
 
@@ -352,7 +354,7 @@ function priorityAfterOthers(ifindex: number, dir: TcDirection, dev: string, net
 }
 
 function attachHook(
-  att: AttachmentImpl, prog: Program, opts: AttachOptions, path: AttachPath, linkInfo: NonNullable<ReturnType<typeof getLink>>,
+  att: AttachmentImpl, prog: Program, opts: AttachOptions, path: AttachPath, linkInfo: LinkInfo,
   owner: NetlinkOwner | undefined, hold: NetlinkHold | undefined,
 ): void {
   const { dev, hook, netns } = opts;

@@ -9,8 +9,7 @@
  * (XDP_FLAGS_REPLACE with the expected program). The clsact qdisc goes only when netmangle added
  * it and no filter of any kind is left on either of its directions.
  */
-import { listNetns } from './netns.js';
-import { inNetns } from './netns.js';
+import { inNetns, listNetns } from './netns.js';
 import { closeFd } from './fd.js';
 import { programFdById } from './info.js';
 import { netnsInode } from './process.js';

@@ -73,12 +73,14 @@ export function waitForExit(ref: ProcessRef): void {
 }
 
 /**
- * The inode of a network namespace: of /run/netns/NAME, or of this thread's own when `name` is
- * undefined. Two namespaces never share one while both exist; a name can be reused for another.
+ * The inode of a network namespace: of /run/netns/NAME, of a namespace file given as a path
+ * (`/proc/PID/ns/net`), or of this thread's own when `name` is undefined. Two namespaces never
+ * share one while both exist; a name can be reused for another.
  */
 export function netnsInode(name: string | undefined): number | undefined {
+  const file = name === undefined ? '/proc/thread-self/ns/net' : name.startsWith('/') ? name : `/run/netns/${name}`;
   try {
-    return statSync(name === undefined ? '/proc/thread-self/ns/net' : `/run/netns/${name}`).ino;
+    return statSync(file).ino;
   } catch {
     return undefined;
   }

@@ -85,7 +85,7 @@ export function startGuardian(): ProcessRef | undefined {
   let child;
   try {
     child = spawn(process.execPath, [BIN, 'guardian', '--owner', `${me.pid}:${me.startTime}`], {
-      detached: true, stdio: ['ignore', 'pipe', 'ignore'], cwd: '/',
+      detached: true, stdio: 'ignore', cwd: '/',
     });
   } catch (err) {
     return giveUp(`cannot start it: ${(err as Error).message}`);
@@ -95,7 +95,6 @@ export function startGuardian(): ProcessRef | undefined {
   if (pid === undefined) return giveUp('cannot start it');
   const started: ProcessRef = { pid, startTime: processStartTime(pid) ?? 0 };
   guardian = started;
-  child.stdout!.once('data', () => child.stdout!.destroy());
   // It exits only after this process does, so any exit seen here is a guardian lost.
   child.once('exit', (code, signal) => {
     if (guardian !== started) return;
@@ -114,7 +113,6 @@ export function startGuardian(): ProcessRef | undefined {
     process.stderr.write(`netmangle: note: the guardian process stopped (${why}); started another (pid ${next.pid})\n`);
   });
   child.unref();
-  (child.stdout as unknown as { unref?: () => void }).unref?.();
   return guardian;
 }
 
@@ -187,31 +185,33 @@ export function cleanUpAfter(owner: ProcessRef): CleanupOutcome[] {
     if (result.state !== 'unreachable') rmSync(file, { force: true });
     out.push({ record: rec, ...result });
   }
-  removeRunRecords(owner.pid);
+  removeRunRecords(owner);
   return out;
 }
 
-function removeRunRecords(pid: number): void {
+function removeRunRecords(owner: ProcessRef): void {
   let names: string[];
   try {
     names = readdirSync(RUNS_DIR);
   } catch {
     return;
   }
-  for (const n of names) if (n.startsWith(`${pid}.`)) rmSync(join(RUNS_DIR, n), { force: true });
+  for (const n of names) {
+    if (!n.startsWith(`${owner.pid}.`)) continue;
+    const file = join(RUNS_DIR, n);
+    try {
+      const rec = JSON.parse(readFileSync(file, 'utf8')) as { startTime?: number };
+      if (rec.startTime !== undefined && rec.startTime !== owner.startTime) continue;
+    } catch { /* half-written by the dead owner: its own */ }
+    rmSync(file, { force: true });
+  }
 }
 
 /**
- * The guardian: says "ready" on stdout, waits for `owner` to exit, cleans up after it. Its
- * owner's normal exit detached everything already and left no records: then there is nothing
- * to do.
+ * The guardian: waits for `owner` to exit, cleans up after it. Its owner's normal exit detached
+ * everything already and left no records: then there is nothing to do.
  */
 export function guard(owner: ProcessRef): void {
-  try {
-    process.stdout.write('ready\n');
-  } catch {
-    // The owner stopped listening: no matter.
-  }
   waitForExit(owner);
   cleanUpAfter(owner);
 }
@@ -268,7 +268,7 @@ export function clearCommandFor(o: { netns?: string; dev: string; hook: string }
 
 /** Refuses a hook that holds a netmangle orphan, with the command that removes it. */
 export function refuseOrphanedHook(where: { netns?: string; dev: string; hook: string }): void {
-  const [o] = listOrphans({ netns: where.netns ?? undefined, dev: where.dev, hook: where.hook }).filter((x) => x.state === 'attached' && x.netns === where.netns);
+  const [o] = listOrphans({ dev: where.dev, hook: where.hook }).filter((x) => x.state === 'attached' && x.netns === where.netns);
   if (!o) return;
   throw new NetmangleError(
     `${where.dev} ${where.hook}${where.netns !== undefined ? ` (netns ${where.netns})` : ''} still holds program id ${o.progId} '${o.progName}', left attached by netmangle (owner ${o.owner.pid} is gone)`,

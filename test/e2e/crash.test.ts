@@ -12,6 +12,7 @@ import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSy
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { afterEach } from 'node:test';
 import { kernelTest } from '../helpers/kernel.js';
 import { Assembler, imm } from '../../src/bpf/asm.js';
 import { R0, R1, R2, R10 } from '../../src/bpf/opcodes.js';
@@ -31,9 +32,22 @@ interface Started {
   stderr: () => string;
 }
 
+/** Every netmangle process a test started: killed when the test ends, however it ends. */
+const children = new Set<ChildProcess>();
+
+function track(child: ChildProcess): ChildProcess {
+  children.add(child);
+  child.on('close', () => children.delete(child));
+  return child;
+}
+
+afterEach(() => {
+  for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+});
+
 /** Starts `netmangle run ARGS` and resolves once it printed its "attached" line (with the program id). */
 function startRun(args: string[]): Promise<Started> {
-  const child = spawn(process.execPath, [bin, 'run', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = track(spawn(process.execPath, [bin, 'run', ...args], { stdio: ['ignore', 'pipe', 'pipe'] }));
   return new Promise((resolve, reject) => {
     let out = '';
     let err = '';
@@ -220,6 +234,8 @@ kernelTest('a guardian killed while its run lives is replaced, and the new one c
       second = ownedRecordsOf(pid)[0]?.guardian?.pid;
       return second !== undefined && second !== first;
     }), undefined, 'the record names a new guardian');
+    // Said after the records are rewritten: it may arrive a moment later.
+    await within(1000, () => /started another/.test(run.stderr()));
     assert.match(run.stderr(), /the guardian process stopped \(SIGKILL\); started another/);
     run.child.kill('SIGKILL');
     assert.notEqual(await within(1000, () => onHook(lab, 'ingress').length === 0), undefined, `the new guardian (${second}) did not clean up`);
@@ -286,11 +302,11 @@ kernelTest('a rules file on all three hooks through netlink, killed -9 the momen
       `dev: ${lab.devA}`, 'rules:',
       ...(['xdp', 'ingress', 'egress'] as const).flatMap((hook) => [`  - name: ttl-${hook}`, `    hook: ${hook}`, '    match: icmp.type == 0', '    set:', '      ip.ttl: 7']),
     ].join('\n') + '\n');
-    const child = spawn(process.execPath, [bin, 'run', file, '--netns', lab.nsA, '--attach', 'netlink'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = track(spawn(process.execPath, [bin, 'run', file, '--netns', lab.nsA, '--attach', 'netlink'], { stdio: ['ignore', 'pipe', 'pipe'] }));
     let out = '';
     // Killed as soon as the last group's line is out: the guardian may still be starting.
     await new Promise<void>((resolve, reject) => {
-      child.stdout.on('data', (d) => {
+      child.stdout!.on('data', (d) => {
         out += d;
         if ((out.match(/^attached/gm) ?? []).length === 3) {
           child.kill('SIGKILL');
@@ -316,10 +332,10 @@ kernelTest('load --attach netlink of an object file: kill -9 leaves nothing on t
     const obj = join(dir, 'ttl.o');
     const built = cli(['build', TTL7, '--hook', 'egress', '-o', obj]);
     assert.equal(built.code, 0, built.err);
-    const child = spawn(process.execPath, [bin, 'load', obj, '--netns', lab.nsA, '--dev', lab.devA, '--hook', 'egress', '--attach', 'netlink'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = track(spawn(process.execPath, [bin, 'load', obj, '--netns', lab.nsA, '--dev', lab.devA, '--hook', 'egress', '--attach', 'netlink'], { stdio: ['ignore', 'pipe', 'pipe'] }));
     await new Promise<void>((resolve, reject) => {
       let out = '';
-      child.stdout.on('data', (d) => {
+      child.stdout!.on('data', (d) => {
         out += d;
         if (/^attached/m.test(out)) resolve();
       });
