@@ -35,6 +35,9 @@ for m in veth bridge sch_ingress cls_bpf tun; do
   modprobe "$m" || say "modprobe $m failed"
 done
 ip link set lo up
+# ss asks the kernel through sock_diag, which autoloads tcp_diag: proof that autoloading works.
+ss -tin > /dev/null 2>&1
+if grep -q '^tcp_diag ' /proc/modules; then say "module autoloading works"; else say "module autoloading does not work (no tcp_diag after ss)"; fi
 hostname nm-guest-"$kver" 2>/dev/null || true
 
 say "kernel $kver, $(nproc) CPUs, $(awk '/MemTotal/ {print int($2/1024)}' /proc/meminfo) MiB; CI=${CI:-unset} NETMANGLE_SLOW=${NETMANGLE_SLOW:-unset}"

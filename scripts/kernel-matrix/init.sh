@@ -35,6 +35,12 @@ mount -t overlay -o lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work overlay 
 mkdir -p "/root$results"
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 results "/root$results" || die "cannot mount the results share"
 
+# The kernel runs its module loader (/proc/sys/kernel/modprobe) in PID 1's root, which is this
+# initramfs, not the chroot: this modprobe runs the root's own in it (ss needs tcp_diag, …).
+mkdir -p /sbin
+printf '#!/bin/sh\nexec /bin/chroot /root /sbin/modprobe "$@"\n' > /sbin/modprobe
+chmod +x /sbin/modprobe
+
 chroot /root /bin/sh "$checkout/scripts/kernel-matrix/guest.sh" "$checkout" "$results"
 echo "$?" > "/root$results/guest.rc"
 umount "/root$results"
