@@ -45,22 +45,32 @@ const EINTR = 4;
 const POLLIN = 1;
 
 /**
- * Blocks the calling thread until the process `ref` names has exited (returns at once when it
- * already has, or when its pid now belongs to another process). Nothing else runs meanwhile:
- * for a process whose only job is to wait.
+ * A pidfd on the process `ref` names (pidfd_open, 5.3+), or undefined when it has exited
+ * already or its pid now belongs to another process.
  */
-export function waitForExit(ref: ProcessRef): void {
+export function openPidfd(ref: ProcessRef): number | undefined {
   const fd = syscall(SYS.pidfd_open, ref.pid, 0);
   if (fd < 0) {
     const e = errno();
-    if (e === ESRCH) return;
+    if (e === ESRCH) return undefined;
     throw new Error(`pidfd_open(${ref.pid}): ${errnoName(e)}`);
   }
+  // Opened after a possible reuse of the pid: the pidfd then watches the wrong process.
+  if (!processAlive(ref)) {
+    closeFd(fd);
+    return undefined;
+  }
+  return fd;
+}
+
+/**
+ * Blocks the calling thread until the process behind `pidfd` has exited, then closes the fd.
+ * Nothing else runs meanwhile: for a process whose only job is to wait.
+ */
+export function waitForExit(pidfd: number): void {
   try {
-    // Opened after a possible reuse of the pid: the pidfd then watches the wrong process.
-    if (!processAlive(ref)) return;
     const pollfd = Buffer.alloc(8);
-    pollfd.writeInt32LE(fd, 0);
+    pollfd.writeInt32LE(pidfd, 0);
     pollfd.writeInt16LE(POLLIN, 4);
     for (;;) {
       const n = libc.ppoll(pollfd, 1, null, null);
@@ -68,7 +78,7 @@ export function waitForExit(ref: ProcessRef): void {
       if (n < 0 && errno() !== EINTR) throw new Error(`ppoll on a pidfd: ${errnoName(errno())}`);
     }
   } finally {
-    closeFd(fd);
+    closeFd(pidfd);
   }
 }
 

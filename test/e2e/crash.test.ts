@@ -304,7 +304,7 @@ kernelTest('a rules file on all three hooks through netlink, killed -9 the momen
     ].join('\n') + '\n');
     const child = track(spawn(process.execPath, [bin, 'run', file, '--netns', lab.nsA, '--attach', 'netlink'], { stdio: ['ignore', 'pipe', 'pipe'] }));
     let out = '';
-    // Killed as soon as the last group's line is out: the guardian may still be starting.
+    // Killed as soon as the last group's line is out: run says "attached" once its guardian watches.
     await new Promise<void>((resolve, reject) => {
       child.stdout!.on('data', (d) => {
         out += d;

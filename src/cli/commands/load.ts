@@ -49,7 +49,7 @@ export function register(program: Command): void {
         throw new NetmangleError('netmangle load needs root (CAP_BPF and CAP_NET_ADMIN) to load and attach programs', { hint: 'run it with sudo' });
       }
       const { attachProgram } = await import('../../kernel/attach.js');
-      const { guardedOwner, refuseHeldHook, refuseOrphanedHook } = await import('../../live/guardian.js');
+      const { guardedOwner, guardianReady, refuseHeldHook, refuseOrphanedHook } = await import('../../live/guardian.js');
       refuseHeldHook({ netns: opts.netns, dev: opts.dev!, hook, priority });
       refuseOrphanedHook({ netns: opts.netns, dev: opts.dev!, hook });
       const loaded = loadObjectProgram(object, name);
@@ -70,6 +70,8 @@ export function register(program: Command): void {
         process.once('SIGHUP', on);
         if (forMs !== undefined) setTimeout(() => resolve(`--for ${forMs} ms`), forMs).unref();
       });
+      // "attached" only once a netlink attachment is covered (see run).
+      if (attachment.path === 'netlink') await Promise.race([guardianReady(), stop]);
       const where = `${attachment.dev} ${attachment.hook}${attachment.netns ? ` (netns ${attachment.netns})` : ''}`;
       process.stdout.write(`attached ${name} (section ${chosen.section}) from ${file} to ${where} via ${attachment.path}, program id ${loaded.prog.id}\n`);
       if (attachment.warning) process.stderr.write(`warning: ${attachment.warning}\n`);

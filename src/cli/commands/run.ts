@@ -203,7 +203,8 @@ export function register(program: Command): void {
       // attached through netlink, and its run records, if this process dies without detaching.
       // (NETMANGLE_UNGUARDED=1 leaves it out: bench/guardian.ts measures what it costs.)
       const guard = !process.env.NETMANGLE_UNGUARDED;
-      if (!opts.pin && guard) (await import('../../live/guardian.js')).startGuardian();
+      const guardian = await import('../../live/guardian.js');
+      if (!opts.pin && guard) guardian.startGuardian();
       // A delay line that stops by itself leaves its programs sending packets nowhere: detach.
       let lineFailed: ((reason: string) => void) | undefined;
       const lineFailure = new Promise<string>((resolve) => (lineFailed = resolve));
@@ -230,7 +231,9 @@ export function register(program: Command): void {
       }
       const record = registry.recordRun(session.groups, seed);
       try {
-        await runForeground(session, { seed, seedChosen, forMs, perSegment: !!opts.perSegment, refresh: () => record.refresh(), failure: lineFailure });
+        // "attached" only once a netlink attachment is covered: the guardian watches this process.
+        const covered = guard && session.groups.some((g) => g.attachment.path === 'netlink') ? guardian.guardianReady() : undefined;
+        await runForeground(session, { seed, seedChosen, forMs, perSegment: !!opts.perSegment, refresh: () => record.refresh(), failure: lineFailure, covered });
       } finally {
         record.remove();
       }
@@ -246,6 +249,8 @@ interface ForegroundOptions {
   refresh?: () => void;
   /** Settles (with the reason) when the run must stop on its own, e.g. a delay line failed. */
   failure?: Promise<string>;
+  /** Settles once a crash of this process is covered (the guardian watches it). */
+  covered?: Promise<unknown>;
 }
 
 async function runForeground(session: LiveSession, o: ForegroundOptions): Promise<void> {
@@ -261,6 +266,8 @@ async function runForeground(session: LiveSession, o: ForegroundOptions): Promis
     if (o.forMs !== undefined) setTimeout(() => resolve(`--for ${o.forMs} ms`), o.forMs).unref();
     void o.failure?.then(resolve);
   });
+  // A signal meanwhile still ends the wait: the detach below runs all the same.
+  if (o.covered) await Promise.race([o.covered, stop]);
   for (const g of session.groups) {
     const a = g.attachment;
     const where = `${a.dev} ${a.hook}${a.netns ? ` (netns ${a.netns})` : ''}`;
