@@ -85,7 +85,8 @@ export function waitForExit(pidfd: number): void {
 /**
  * The inode of a network namespace: of /run/netns/NAME, of a namespace file given as a path
  * (`/proc/PID/ns/net`), or of this thread's own when `name` is undefined. Two namespaces never
- * share one while both exist; a name can be reused for another.
+ * share one while both exist; a name can be reused for another, and
+ * (on some kernels, 6.1 among them) so can the inode number of a namespace that is gone.
  */
 export function netnsInode(name: string | undefined): number | undefined {
   const file = name === undefined ? '/proc/thread-self/ns/net' : name.startsWith('/') ? name : `/run/netns/${name}`;

@@ -122,7 +122,10 @@ export function startGuardian(): ProcessRef | undefined {
     const next = startGuardian();
     if (!next) return;
     for (const [file, rec] of liveRecords) writeRecordOf(file, { ...rec, guardian: next });
-    process.stderr.write(`netmangle: note: the guardian process stopped (${why}); started another (pid ${next.pid})\n`);
+    // Said once the new one watches (a crash from then on is covered again).
+    void ready.then((up) => {
+      if (up) process.stderr.write(`netmangle: note: the guardian process stopped (${why}); started another (pid ${next.pid})\n`);
+    });
   });
   child.unref();
   return guardian;

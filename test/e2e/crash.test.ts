@@ -234,8 +234,8 @@ kernelTest('a guardian killed while its run lives is replaced, and the new one c
       second = ownedRecordsOf(pid)[0]?.guardian?.pid;
       return second !== undefined && second !== first;
     }), undefined, 'the record names a new guardian');
-    // Said after the records are rewritten: it may arrive a moment later.
-    await within(1000, () => /started another/.test(run.stderr()));
+    // Said once the new guardian watches the run.
+    await within(20_000, () => /started another/.test(run.stderr()));
     assert.match(run.stderr(), /the guardian process stopped \(SIGKILL\); started another/);
     run.child.kill('SIGKILL');
     assert.notEqual(await within(1000, () => onHook(lab, 'ingress').length === 0), undefined, `the new guardian (${second}) did not clean up`);
