@@ -114,7 +114,7 @@ function ownedRecordsOf(pid: number): Array<{ guardian?: { pid: number }; progId
 }
 
 for (const hook of ['ingress', 'egress', 'xdp'] as const) {
-  kernelTest(`run --attach netlink at ${hook}: after kill -9 the guardian removes the program within 1 s, and the run's records`, async () => {
+  kernelTest(`run --attach netlink at ${hook}: after kill -9 the guardian removes the program within 1 s, and the run's records`, async (t) => {
     const lab = makeVethLab();
     try {
       // Replies to A's pings come in at A's ingress (and xdp); replies to B's leave A at egress.
@@ -127,6 +127,7 @@ for (const hook of ['ingress', 'egress', 'xdp'] as const) {
       run.child.kill('SIGKILL');
       const took = await within(1000, () => onHook(lab, hook).length === 0);
       assert.notEqual(took, undefined, `program ${run.progId} still on ${hook} 1 s after kill -9: ${onHook(lab, hook).join(',')}`);
+      t.diagnostic(`${hook}: off the hook ${took} ms after kill -9 (polled every 20 ms)`);
       assert.deepEqual(pingTtls(from, to), [64, 64], 'replies untouched after the crash');
       if (hook !== 'xdp') assert.equal(inNetns(lab.nsA, () => hasClsact(ifindexByName(lab.devA))), false, 'the clsact netmangle added is gone');
       await waitExit(run.child);
