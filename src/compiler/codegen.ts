@@ -1095,7 +1095,9 @@ class Gen {
    */
   private duplicate(count: number): void {
     const a = this.a;
-    this.saveHeaderOffsets();
+    // Only the headers present: with no L4 layer (or no IP) r8 (r7) was never set, and the
+    // verifier refuses to read it.
+    this.savePresentHeaderOffsets();
     a.ldx(4, R1, CTXR, SKB.tcIndex).stx(8, FP, SLOT_OLD, R1);
     a.movImm(R1, DUPLICATE_TC_INDEX).stx(4, CTXR, SKB.tcIndex, R1);
     for (let i = 0; i < count; i++) {
