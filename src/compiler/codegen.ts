@@ -2091,7 +2091,38 @@ class Gen {
       width = 2;
     }
     this.writeWord(f, off, width, slot, { shift, mask: f.mask, scale: f.scale }, covers, done, known);
+    // A new header length moves the end of what the header checksum covers: bytes join or
+    // leave it, which the one word's delta above cannot know.
+    if (f.name === 'ip.hdr_len' && covers.includes('ipv4-header')) this.resumIpv4Header(done, known);
     a.label(done);
+  }
+
+  /**
+   * The IPv4 header checksum summed again over the header length the header now declares
+   * (20 to 60 bytes), as a receiver checks it. When that header is not wholly in the frame (or
+   * declares less than 20 bytes, which a receiver refuses anyway), the incremental update made
+   * by the write stands. Raw little-endian words throughout: the one's complement sum does not
+   * depend on the byte order (RFC 1071).
+   */
+  private resumIpv4Header(skip: string, known: ReadonlySet<Layer>): void {
+    const a = this.a;
+    this.layerTest('ip', skip, new Set([...known, 'ip'])); // the write just made found it
+    const n = this.alloc(), sum = this.alloc(), t = this.alloc(), end = this.alloc();
+    const fold = this.fresh('ihl_fold');
+    a.ldx(1, n, L3, 0).alu64('and', n, imm(0x0f)).alu64('lsh', n, imm(2)).jmp('jlt', n, imm(20), skip);
+    a.ldx(4, end, this.ctx, CTX[this.kind].dataEnd).movImm(sum, 0);
+    for (let word = 0; word < 15; word++) {
+      if (word >= 5) {
+        a.jmp('jle', n, imm(4 * word), fold);
+        a.mov64(t, L3).alu64('add', t, imm(4 * word + 4)).jmp('jgt', t, end, skip);
+      }
+      a.ldx(4, t, L3, 4 * word).alu64('add', sum, t);
+    }
+    // Without the checksum word itself (one's complement subtraction: add its complement).
+    a.label(fold).ldx(2, t, L3, 10).alu64('xor', t, imm(0xffff)).alu64('add', sum, t);
+    for (let i = 0; i < 3; i++) a.mov64(t, sum).alu64('rsh', t, imm(16)).alu64('and', sum, imm(0xffff)).alu64('add', sum, t);
+    a.alu64('xor', sum, imm(0xffff)).stx(2, L3, 10, sum);
+    this.release(n, sum, t, end);
   }
 
   /**
