@@ -43,12 +43,16 @@ export const TC_ACT_UNSPEC = -1;
 export const TC_ACT_OK = 0;
 export const TC_ACT_SHOT = 2;
 
-/** Verdicts per hook: what "no decision" (fall through), `pass` and `drop` return. */
+/**
+ * Verdicts per hook: what "no decision" (fall through), `pass` and `drop` return. At tc, `pass`
+ * ends netmangle's rules only: TC_ACT_UNSPEC hands the packet to the next program on the hook
+ * (TCX_NEXT for tcx, the next filter for cls_bpf direct-action), and passes it when there is
+ * none; TC_ACT_OK would end the hook and keep every later program from seeing the packet.
+ */
 export function verdicts(kind: ProgKind): { none: number; pass: number; drop: number } {
   return kind === 'xdp'
     ? { none: XDP_PASS, pass: XDP_PASS, drop: XDP_DROP }
-    // TC_ACT_UNSPEC lets a later program on the same hook decide (TCX_NEXT); it passes when last.
-    : { none: TC_ACT_UNSPEC, pass: TC_ACT_OK, drop: TC_ACT_SHOT };
+    : { none: TC_ACT_UNSPEC, pass: TC_ACT_UNSPEC, drop: TC_ACT_SHOT };
 }
 
 export const HELPER = {
