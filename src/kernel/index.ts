@@ -15,7 +15,7 @@ export type { AttachType, LinkType, MapType, ProgramType } from './sys.js';
 export { possibleCpus, sanitizeObjectName, closeFd } from './fd.js';
 export { BpfMap, createMap } from './map.js';
 export type { CreateMapOptions, UpdateFlag } from './map.js';
-export { Program, VerifierError, loadProgram, testRun } from './program.js';
+export { Program, VerifierError, loadProgram, testRun, verifierLimit, type VerifierLimit } from './program.js';
 export type { LoadProgramOptions, TestRunOptions, TestRunResult } from './program.js';
 export { Link, createTcxLink, createXdpLink, detachLink, tryDetachLink } from './link.js';
 export type { TcxLinkOptions, XdpLinkOptions } from './link.js';
