@@ -781,7 +781,7 @@ class Gen {
     if (final?.kind === 'reject') {
       const answer = final.with ?? 'default';
       if (answer === 'tcp-reset' && !known.has('tcp')) {
-        throw new CompileError(`rule "${rule.name}": reject with tcp-reset answers TCP only, and this match does not need tcp`, { hint: 'add tcp to the match, or reject with an ICMP code' });
+        throw new CompileError(`rule "${rule.name}": reject with tcp-reset answers TCP only, and this match does not need tcp`, { hint: 'add tcp to the match, or reject with an ICMP code', exitCode: 2 });
       }
       const tcpToo = answer === 'default' || answer === 'tcp-reset';
       this.bumpCounter(index, 'dropped');
