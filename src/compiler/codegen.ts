@@ -127,6 +127,8 @@ const FRAGMENT_BIT = 1 << 8;
 const RAW_IP_MF_BYTE = 0x20;
 /** IPv6 extension headers walked before the L4 header, at most this many. */
 const IPV6_EXT_MAX = 6;
+/** A `pass` block is placed at most this many instructions after the first jump to it (16-bit jumps reach 32,767; no rule is longer than the rest). */
+const PASS_ISLAND_REACH = 16_000;
 
 /** Resolves the two halves of an `either` field (`ip.addr` → ip.src, ip.dst). */
 export type FieldLookup = (name: string) => FieldDef | undefined;
@@ -361,15 +363,43 @@ class Gen {
     }
     this.parse();
     if (this.cacheMaps) a.st(8, FP, SLOT_STATE, 0).st(8, FP, SLOT_EVERY, 0);
-    rules.forEach((rule, i) => this.compileRule(rule, i));
+    rules.forEach((rule, i) => {
+      this.passIslandIfFar();
+      this.compileRule(rule, i);
+    });
     a.label('verdict_none');
     if (this.usesHeld) this.followHeld();
     a.movImm(R0, this.v.none).exit();
-    if (this.usesHeld) {
-      a.label('verdict_pass');
-      this.followHeld();
-      a.movImm(R0, this.v.pass).exit();
-    }
+    if (this.passIsland) this.emitPassIsland();
+  }
+
+  /**
+   * Where `pass` goes when packets may follow held ones (followHeld, then the pass verdict): a
+   * block placed after the rules that jump to it, and before they get further from it than a
+   * 16-bit jump reaches. `pass` rules jump to the current one; when the code has grown
+   * PASS_ISLAND_REACH instructions since its first jump, it is emitted (jumped over) and the
+   * next `pass` starts another.
+   */
+  private passIsland?: { label: string; from: number };
+
+  private passTarget(): string {
+    this.passIsland ??= { label: this.fresh('verdict_pass'), from: this.a.length };
+    return this.passIsland.label;
+  }
+
+  private passIslandIfFar(): void {
+    if (!this.passIsland || this.a.length - this.passIsland.from < PASS_ISLAND_REACH) return;
+    const over = this.fresh('after_pass');
+    this.a.ja(over);
+    this.emitPassIsland();
+    this.a.label(over);
+  }
+
+  private emitPassIsland(): void {
+    this.a.label(this.passIsland!.label);
+    this.passIsland = undefined;
+    this.followHeld();
+    this.a.movImm(R0, this.v.pass).exit();
   }
 
   /**
@@ -815,7 +845,7 @@ class Gen {
       this.bumpCounter(index, 'dropped');
       a.movImm(R0, this.v.drop).exit();
     } else if (final?.kind === 'pass') {
-      if (this.usesHeld) a.ja('verdict_pass');
+      if (this.usesHeld) a.ja(this.passTarget());
       else a.movImm(R0, this.v.pass).exit();
     }
     a.label(next);

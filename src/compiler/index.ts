@@ -3,10 +3,11 @@
  * CompiledProgram, ready for the kernel (src/kernel), the VM (src/vm) or an ELF object.
  */
 import type { Insn } from '../bpf/insn.js';
-import type { MapRef } from '../bpf/asm.js';
+import { AsmError, type MapRef } from '../bpf/asm.js';
+import { slotCount } from '../bpf/insn.js';
 import { DEFAULT_CONNECTIONS, type Hook, type RuleGroup } from '../rules/ast.js';
-import { generate, type FieldLookup, type HoldTargets } from './codegen.js';
-import { CONN_KEY_SIZE, EVERY_MAP, HELD_CONNECTIONS, HELD_MAP, TIME_MAP, TIME_RULE_SIZE, STATE_MAP, connMapName, STATE_PRNG, progKindOf, ruleCounterOffset, stateValueSize, STATE_GSO, type ProgKind } from './layout.js';
+import { CompileError, generate, type FieldLookup, type HoldTargets } from './codegen.js';
+import { CONN_KEY_SIZE, EVERY_MAP, MAX_PROGRAM_INSNS, MAX_RULES, HELD_CONNECTIONS, HELD_MAP, TIME_MAP, TIME_RULE_SIZE, STATE_MAP, connMapName, STATE_PRNG, progKindOf, ruleCounterOffset, stateValueSize, STATE_GSO, type ProgKind } from './layout.js';
 import { seedState } from './prng.js';
 
 export { CompileError, type HoldTargets } from './codegen.js';
@@ -49,9 +50,29 @@ export interface CompileOptions {
   hold?: HoldTargets;
 }
 
+const SPLIT_HINT = 'split the rules across hooks or interfaces, or merge rules that differ only in a value into one with FIELD in {…}';
+
 export function compileGroup(group: RuleGroup, opts: CompileOptions): CompiledProgram {
+  const where = `${group.hook}${group.dev ? ` of ${group.dev}` : ''}`;
+  if (group.rules.length > MAX_RULES) {
+    throw new CompileError(`${group.rules.length} rules at ${where}: one program holds at most ${MAX_RULES} rules (their counters fill the largest per-CPU map value the kernel allows, 32 KB)`, {
+      hint: SPLIT_HINT, exitCode: 2,
+    });
+  }
   const { asm, usesEvery, connRules, usesTime, usesHeld } = generate(group, { lookupField: opts.lookupField, selfSeed: opts.selfSeed, hold: opts.hold });
-  const { insns, mapRefs, labels } = asm.assemble();
+  let assembled;
+  try {
+    assembled = asm.assemble();
+  } catch (err) {
+    // The code generator keeps its jumps short; one that is not is too long a program.
+    if (!(err instanceof AsmError)) throw err;
+    throw new CompileError(`the ${group.rules.length} rules at ${where} make a program too long to assemble: ${err.message}`, { hint: SPLIT_HINT, exitCode: 2, cause: err });
+  }
+  const { insns, mapRefs, labels } = assembled;
+  const slots = slotCount(insns);
+  if (slots > MAX_PROGRAM_INSNS) {
+    throw new CompileError(`the ${group.rules.length} rules at ${where} make a program of ${slots.toLocaleString('en-US')} instructions; the kernel loads at most ${MAX_PROGRAM_INSNS.toLocaleString('en-US')}`, { hint: SPLIT_HINT, exitCode: 2 });
+  }
   const valueSize = stateValueSize(group.rules.length);
   const maps: MapSpec[] = [{ name: STATE_MAP, type: 'percpu_array', keySize: 4, valueSize, maxEntries: 1 }];
   if (usesEvery) maps.push({ name: EVERY_MAP, type: 'array', keySize: 4, valueSize: 8 * group.rules.length, maxEntries: 1 });

@@ -101,6 +101,12 @@ export const STATE_GSO = 8;
 export const STATE_RULES = 16;
 export const RULE_COUNTERS = 24;
 export const stateValueSize = (rules: number): number => STATE_RULES + RULE_COUNTERS * rules;
+/** The largest per-CPU map value the kernel allocates (PCPU_MIN_UNIT_SIZE): the state value must fit. */
+export const PERCPU_VALUE_MAX = 32768;
+/** Rules one program holds: their counters fill the state map's per-CPU value (1364). */
+export const MAX_RULES = Math.floor((PERCPU_VALUE_MAX - STATE_RULES) / RULE_COUNTERS);
+/** Instructions the kernel loads in one program at most (BPF_COMPLEXITY_LIMIT_INSNS, for CAP_BPF). */
+export const MAX_PROGRAM_INSNS = 1_000_000;
 export const ruleCounterOffset = (rule: number, which: 'matched' | 'acted' | 'dropped'): number =>
   STATE_RULES + RULE_COUNTERS * rule + (which === 'matched' ? 0 : which === 'acted' ? 8 : 16);
 
