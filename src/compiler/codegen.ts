@@ -39,8 +39,8 @@ import type { Action, Cond, Expr, FieldDef, Hook, Layer, Rule, RuleGroup } from 
 import { HEADER_SIZE } from '../rules/catalog.js';
 import { NetmangleError } from '../errors.js';
 import {
-  BPF_F_INGRESS, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST, DELAYED_MARK_BASE, DELAYED_MARK_MASK, HELD_MAP, DUPLICATE_TC_INDEX, CONN_KEY, CONN_KEY_SIZE, CTX, EVERY_MAP, HELPER, LAYER_BIT, SEED_SECTION, SKB,
-  STATE_GSO, STATE_MAP, STATE_PRNG, TIME_MAP, connMapName, timeStartOffset, timeTatOffset, progKindOf, ruleCounterOffset, verdicts, type ProgKind,
+  BPF_F_INGRESS, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST, DELAYED_MARK_BASE, DELAYED_MARK_MASK, HELD_MAP, DUPLICATE_TC_INDEX, CONN_KEY, CONN_KEY_SIZE, CTX, CONN_MAP, CONN_ZERO_MAP, EVERY_MAP, HELPER, LAYER_BIT, SEED_SECTION, SKB,
+  STATE_GSO, STATE_MAP, STATE_PRNG, TIME_MAP, connCountOffset, timeStartOffset, timeTatOffset, progKindOf, ruleCounterOffset, verdicts, type ProgKind,
 } from './layout.js';
 import { probabilityThreshold } from './prng.js';
 
@@ -180,7 +180,7 @@ export interface GenResult {
   asm: Assembler;
   /** Whether the program uses the every-N map (shared match counts per rule). */
   usesEvery: boolean;
-  /** Rules (by index) whose counts are kept per connection, each in its own map (connMapName). */
+  /** Rules (by index) whose counts are kept per connection, in this order in CONN_MAP's values. */
   connRules: number[];
   /** Whether the program uses the time map (TIME_MAP: start times and rate limits per rule). */
   usesTime: boolean;
@@ -908,7 +908,7 @@ class Gen {
     if (every !== undefined || rule.after !== undefined || rule.first !== undefined) {
       let off = 0;
       if (rule.perConnection) {
-        this.connCounter(index, skip);
+        off = this.connCounter(index, skip);
       } else {
         this.usesEvery = true;
         const have = this.fresh('have_every');
@@ -990,18 +990,21 @@ class Gen {
    * (at 0) for a new connection. Jumps to `skip` if it cannot be had (the map full of
    * entries being inserted at once on other CPUs: the packet is not counted).
    */
-  private connCounter(index: number, skip: string): void {
+  private connCounter(index: number, skip: string): number {
     if (!this.connRules.includes(index)) this.connRules.push(index);
     this.connKey();
-    this.connEntry(connMapName(index), skip);
+    this.connEntry(CONN_MAP, skip, CONN_ZERO_MAP);
+    return connCountOffset(this.connRules.indexOf(index));
   }
 
   /**
-   * r0 = pointer to the u64 of the connection key at fp-480 in hash map `map`, the entry
-   * created (at 0) when new. Jumps to `skip` if it cannot be had (the map full, or full of
-   * entries being inserted at once on other CPUs).
+   * r0 = pointer to the value of the connection key at fp-480 in hash map `map`, the entry
+   * created (zero) when new. Jumps to `skip` if it cannot be had (the map full, or full of
+   * entries being inserted at once on other CPUs). The zero value to insert is a u64 on the
+   * stack, or with `zeroMap` that array map's one value (one u64 per rule of CONN_MAP is more
+   * than the stack has room for).
    */
-  private connEntry(map: string, skip: string): void {
+  private connEntry(map: string, skip: string, zeroMap?: string): void {
     const a = this.a;
     const have = this.fresh('have_conn');
     const lookup = (): void => {
@@ -1009,9 +1012,15 @@ class Gen {
     };
     lookup();
     a.jmp('jne', R0, imm(0), have);
-    // A new connection: insert a zero count unless another CPU just did, then look it up again.
-    a.st(8, FP, SLOT_CONN_VALUE, 0).ldMap(R1, map).mov64(R2, FP).alu64('add', R2, imm(SLOT_CONN_KEY));
-    a.mov64(R3, FP).alu64('add', R3, imm(SLOT_CONN_VALUE)).movImm(R4, BPF_NOEXIST).call(HELPER.map_update_elem);
+    // A new connection: insert a zero value unless another CPU just did, then look it up again.
+    if (zeroMap) {
+      a.st(4, FP, SLOT_KEY, 0).ldMap(R1, zeroMap).mov64(R2, FP).alu64('add', R2, imm(SLOT_KEY)).call(HELPER.map_lookup_elem);
+      a.jmp('jeq', R0, imm(0), skip).mov64(R3, R0).ldMap(R1, map).mov64(R2, FP).alu64('add', R2, imm(SLOT_CONN_KEY));
+    } else {
+      a.st(8, FP, SLOT_CONN_VALUE, 0).ldMap(R1, map).mov64(R2, FP).alu64('add', R2, imm(SLOT_CONN_KEY));
+      a.mov64(R3, FP).alu64('add', R3, imm(SLOT_CONN_VALUE));
+    }
+    a.movImm(R4, BPF_NOEXIST).call(HELPER.map_update_elem);
     lookup();
     a.jmp('jeq', R0, imm(0), skip);
     a.label(have);

@@ -124,14 +124,20 @@ export const EVERY_MAP = 'nm_every';
 export const BPF_NOEXIST = 1;
 
 /**
- * Per-connection counts (rules with `perConnection`): one LRU hash map per such rule, named
- * connMapName(rule), of `connections` entries; key CONN_KEY_SIZE bytes laid out as CONN_KEY
- * (raw network-order bytes; the endpoint that sorts first is A), value one u64: the number of
- * matching packets of that connection so far. An evicted connection starts again from 0.
+ * Per-connection counts (rules with `perConnection`): one LRU hash map, CONN_MAP, for all such
+ * rules of a program, of as many entries as the largest `connections` among them; key
+ * CONN_KEY_SIZE bytes laid out as CONN_KEY (raw network-order bytes; the endpoint that sorts
+ * first is A), value one u64 per such rule (connCountOffset, in GenResult.connRules order): the
+ * number of matching packets of that connection so far. An evicted connection starts again
+ * from 0 for every rule. CONN_ZERO_MAP is an array of one zero value of the same size, which a
+ * new connection's entry is inserted from. One map rather than one per rule: a program may
+ * use at most 64 maps, and the entries' headers and keys are paid once.
  */
+export const CONN_MAP = 'nm_conn';
+export const CONN_ZERO_MAP = 'nm_conn_zero';
 export const CONN_KEY_SIZE = 40;
 export const CONN_KEY = { addrA: 0, addrB: 16, portA: 32, portB: 34, proto: 36, family: 37 } as const;
-export const connMapName = (rule: number): string => `nm_conn${rule}`;
+export const connCountOffset = (position: number): number => 8 * position;
 
 /**
  * Connections with packets held by `reorder` (shared by the group's reorder rules), key

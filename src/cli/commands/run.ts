@@ -240,12 +240,15 @@ interface ForegroundOptions {
 async function runForeground(session: LiveSession, o: ForegroundOptions): Promise<void> {
   const out = process.stdout;
   const tty = out.isTTY === true;
+  const { connectionMemoryNote } = await import('../../compiler/index.js');
   for (const g of session.groups) {
     const a = g.attachment;
     const where = `${a.dev} ${a.hook}${a.netns ? ` (netns ${a.netns})` : ''}`;
     const n = g.loaded.compiled.rules.length;
     out.write(`attached ${n} rule${n === 1 ? '' : 's'} to ${where} via ${a.path}, program id ${g.loaded.prog.id}, seed ${o.seed}${o.seedChosen ? ' (chosen at random; pass --seed to repeat)' : ''}\n`);
     if (a.warning) process.stderr.write(`warning: ${a.warning}\n`);
+    const memory = connectionMemoryNote(g.loaded.compiled);
+    if (memory) process.stderr.write(`note: ${memory}\n`);
     if (g.restoreGsoMaxSegs !== undefined) out.write(`gso_max_segs of ${a.dev} set to 1 while attached (was ${g.restoreGsoMaxSegs})\n`);
   }
   let gsoWarned = false;
