@@ -127,7 +127,7 @@ const FRAGMENT_BIT = 1 << 8;
 const RAW_IP_MF_BYTE = 0x20;
 /** IPv6 extension headers walked before the L4 header, at most this many. */
 const IPV6_EXT_MAX = 6;
-/** A `pass` block is placed at most this many instructions after the first jump to it (16-bit jumps reach 32,767; no rule is longer than the rest). */
+/** A `pass` block is placed before the first rule that starts this many instructions after the first jump to it: a 16-bit jump reaches 32,767, which leaves room for the rule then being compiled. */
 const PASS_ISLAND_REACH = 16_000;
 
 /** Resolves the two halves of an `either` field (`ip.addr` → ip.src, ip.dst). */
@@ -986,9 +986,10 @@ class Gen {
   }
 
   /**
-   * r0 = pointer to this packet's connection count in the rule's LRU map, the entry created
-   * (at 0) for a new connection. Jumps to `skip` if it cannot be had (the map full of
-   * entries being inserted at once on other CPUs: the packet is not counted).
+   * r0 = pointer to this packet's connection entry in CONN_MAP (one u64 per per-connection
+   * rule), the entry created (zero) for a new connection; returns the offset of this rule's
+   * count in it. Jumps to `skip` if it cannot be had (the map full of entries being inserted
+   * at once on other CPUs: the packet is not counted).
    */
   private connCounter(index: number, skip: string): number {
     if (!this.connRules.includes(index)) this.connRules.push(index);
