@@ -6,12 +6,14 @@
  * one it refuses for a stated reason (listed below), never one that then fails to load.
  */
 import assert from 'node:assert/strict';
+import { test } from 'node:test';
 import { compileGroup } from '../../src/compiler/index.js';
 import { delayedMark } from '../../src/compiler/layout.js';
 import { loadCompiled } from '../../src/live/index.js';
 import type { Hook, Rule } from '../../src/rules/ast.js';
 import { lookupField } from '../../src/rules/catalog.js';
 import { parseRuleLine } from '../../src/rules/load.js';
+import { parseRuleText } from '../../src/rules/parser.js';
 import { kernelTest } from '../helpers/kernel.js';
 
 const MATCHES = ['', 'frame', 'eth', 'ip', 'ipv6', 'ip.len > 20', 'tcp', 'udp', 'icmp'];
@@ -58,6 +60,11 @@ function loads(hook: Hook, texts: string[]): string | undefined {
   }
   return undefined;
 }
+
+test('the actions tried cover every kind of action the language has', () => {
+  const kinds = new Set(ACTIONS.flatMap((a) => parseRuleText(`=> ${a}`).actions.map((x) => x.kind)));
+  assert.deepEqual([...kinds].sort(), ['corrupt', 'delay', 'drop', 'duplicate', 'pass', 'reject', 'reorder', 'set', 'truncate']);
+});
 
 for (const hook of HOOKS) {
   kernelTest(`${hook}: every action under every match shape loads in the verifier, alone and before a rule reading L3 and L4`, () => {
