@@ -6,6 +6,7 @@
  * veth pair. The verdicts themselves are checked with BPF_PROG_TEST_RUN at every hook.
  */
 import assert from 'node:assert/strict';
+import { attachProgram } from '../../src/kernel/attach.js';
 import { createMap, createTcxLink, loadProgram, queryProgs } from '../../src/kernel/index.js';
 import { probeFeaturesCached } from '../../src/kernel/probe.js';
 import { inNetns } from '../../src/kernel/netns.js';
@@ -65,6 +66,35 @@ kernelTest('a second program on the same tcx hook sees the packets a netmangle p
         } finally {
           netmangle.close();
         }
+      }
+    }
+  } finally {
+    lab.destroy();
+  }
+});
+
+kernelTest('cls_bpf direct-action: the filter after netmangle\'s sees what a pass rule lets through', () => {
+  const lab = createVethLab();
+  try {
+    for (const [hook, ns, dev] of [['egress', lab.nsA, lab.devA], ['ingress', lab.nsB, lab.devB]] as const) {
+      const compiled = compileRules(hook, [rule(RULES.pass, hook)]);
+      using counts = createMap({ type: 'array', keySize: 4, valueSize: 8, maxEntries: 1, name: 'nm_next_cnt' });
+      const code = countingProgram(TC_ACT_OK);
+      using counter = loadProgram({ type: 'sched_cls', insns: code.insns, mapRefs: code.mapRefs, maps: { counts }, name: 'nm_next_count' });
+      const netmangle = loadCompiled(compiled);
+      try {
+        // Lower priorities run first: netmangle's filter, then the counter.
+        using first = attachProgram(netmangle.prog, { dev, hook, netns: ns, path: 'netlink', tcPriority: 10, tcHandle: 1 });
+        using second = attachProgram(counter, { dev, hook, netns: ns, path: 'netlink', tcPriority: 20, tcHandle: 2 });
+        assert.ok(lab.ping(3), `${hook}: ping answered`);
+        const seen = counts.lookup(u32Key(0))!.readBigUInt64LE(0);
+        const matched = netmangle.counters().rules[0]!.matched;
+        assert.ok(matched >= 3, `${hook}: netmangle matched ${matched} packets`);
+        assert.ok(seen >= 3n, `${hook}: the filter after netmangle's saw ${seen} packets`);
+        void first;
+        void second;
+      } finally {
+        netmangle.close();
       }
     }
   } finally {
