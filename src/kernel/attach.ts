@@ -15,7 +15,7 @@
 import { NetmangleError, UsageError } from '../errors.js';
 import { programInfo, queryProgs } from './info.js';
 import { createTcxLink, createXdpLink, tryDetachLink, type Link } from './link.js';
-import { inNetns, netnsExists, requireNetns } from './netns.js';
+import { inNetns, ipCommand, netnsExists, requireNetns } from './netns.js';
 import { NetlinkError } from './netlink.js';
 import { probeFeaturesCached, type ProbeResult } from './probe.js';
 import type { Program } from './program.js';
@@ -32,7 +32,7 @@ export interface AttachOptions {
   /** Interface name, as `ip link` shows it inside `netns`. */
   dev: string;
   hook: Hook;
-  /** Network namespace name (`ip netns`); default: the current one. */
+  /** Network namespace: an `ip netns` name or a path (`/proc/PID/ns/net`); default: the current one. */
   netns?: string;
   /**
    * 'auto' (default): BPF links where this kernel has them (probed once), else netlink.
@@ -107,14 +107,14 @@ function foreignXdpError(dev: string, netns: string | undefined, state: XdpState
   const ids = [...new Set([state.progId, state.drvProgId, state.skbProgId, state.hwProgId].filter((x): x is number => x !== undefined))];
   const mode = state.attached === 'multi' ? 'several modes' : `${state.attached} mode`;
   const which = ids.length ? ids.map(describeProgram).join(' and ') : 'a program';
-  const nsFlag = netns === undefined ? '' : `-n ${netns} `;
+  const ipLinkOff = ipCommand(netns, ['link', 'set', 'dev', dev, 'xdp', 'off']).join(' ');
   if (ids.length === 1 && ids[0] === ownId) {
     return new NetmangleError(`XDP program ${which} is already attached to ${where(dev, netns)}`, {
       hint: 'detach the earlier attachment first',
     });
   }
   return new NetmangleError(`${where(dev, netns)} already holds XDP program ${which} (${mode})`, {
-    hint: `netmangle does not replace programs it did not attach: remove it first (\`ip ${nsFlag}link set dev ${dev} xdp off\`, or close its owner's link)`,
+    hint: `netmangle does not replace programs it did not attach: remove it first (\`${ipLinkOff}\`, or close its owner's link)`,
   });
 }
 

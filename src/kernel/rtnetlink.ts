@@ -8,6 +8,7 @@
  * Constants follow include/uapi/linux/{rtnetlink,if_link,pkt_sched,pkt_cls}.h.
  */
 import { NetmangleError } from '../errors.js';
+import { ipCommand } from './netns.js';
 import {
   MessageBuilder, NLM_F, NetlinkError, NetlinkSocket, attrMap, attrString, attrU32, attrU8,
   type NetlinkMessage,
@@ -429,6 +430,6 @@ export function listClsBpfFilters(ifindex: number, direction: TcDirection, sock?
 export function noInterface(name: string, netns: string | undefined): NetmangleError {
   const where = netns === undefined ? 'in this namespace' : `in namespace ${netns}`;
   return new NetmangleError(`no interface ${name} ${where}`, {
-    hint: netns === undefined ? 'list interfaces with `ip link`' : `list them with \`ip -n ${netns} link\``,
+    hint: netns === undefined ? 'list interfaces with `ip link`' : `list them with \`${ipCommand(netns, ['link']).join(' ')}\``,
   });
 }

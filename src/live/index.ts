@@ -11,6 +11,7 @@ import { NetmangleError } from '../errors.js';
 import { attachProgram, type Attachment } from '../kernel/attach.js';
 import { createMap, loadProgram, VerifierError, type BpfMap, type Program } from '../kernel/index.js';
 import { linkByName } from '../kernel/iface.js';
+import { ipCommand } from '../kernel/netns.js';
 import { lookupField } from '../rules/catalog.js';
 import type { RuleGroup } from '../rules/ast.js';
 import { childProcess } from '../builtins.js';
@@ -261,13 +262,15 @@ export function holdPlan(group: RuleGroup): { specs: HoldSpec[]; ruleSpec: Map<n
 /** The device's gso_max_segs (IFLA_GSO_MAX_SEGS), read through `ip -d link` in its namespace. */
 export function gsoMaxSegs(dev: string, netns?: string): number {
   linkByName(dev, netns); // a clear error for a missing namespace or interface
-  const r = childProcess().spawnSync('ip', [...(netns ? ['-n', netns] : []), '-d', 'link', 'show', 'dev', dev], { encoding: 'utf8' });
+  const [cmd, ...args] = ipCommand(netns, ['-d', 'link', 'show', 'dev', dev]);
+  const r = childProcess().spawnSync(cmd!, args, { encoding: 'utf8' });
   const m = /gso_max_segs (\d+)/.exec(r.stdout ?? '');
   if (r.status !== 0 || !m) throw new NetmangleError(`cannot read gso_max_segs of ${dev}: ${(r.stderr ?? '').trim()}`);
   return Number(m[1]);
 }
 
 export function setGsoMaxSegs(dev: string, netns: string | undefined, value: number): void {
-  const r = childProcess().spawnSync('ip', [...(netns ? ['-n', netns] : []), 'link', 'set', 'dev', dev, 'gso_max_segs', String(value)], { encoding: 'utf8' });
+  const [cmd, ...args] = ipCommand(netns, ['link', 'set', 'dev', dev, 'gso_max_segs', String(value)]);
+  const r = childProcess().spawnSync(cmd!, args, { encoding: 'utf8' });
   if (r.status !== 0) throw new NetmangleError(`cannot set gso_max_segs of ${dev} to ${value}: ${(r.stderr ?? '').trim()}`);
 }

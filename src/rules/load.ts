@@ -139,8 +139,13 @@ export function checkDev(value: unknown, what: string): string {
   return value;
 }
 
+/** An `ip netns` name, or an absolute path to a namespace file (`/proc/PID/ns/net`, `/run/netns/X`). */
 export function checkNetns(value: unknown, what: string): string {
   if (typeof value !== 'string' || value === '') return fail(what, 'must name a network namespace');
+  if (value.startsWith('/')) {
+    if (/[\s\0]/.test(value) || value.split('/').includes('..')) fail(what, `"${value}" is not a valid namespace path`);
+    return value;
+  }
   if (value.includes('/') || value === '.' || value === '..' || /\s/.test(value)) fail(what, `"${value}" is not a valid namespace name`);
   return value;
 }
