@@ -10,6 +10,7 @@ import { NetmangleError } from '../errors.js';
 import { linkByName } from '../kernel/iface.js';
 import { requireNetns } from '../kernel/netns.js';
 import { attachGroups, type LiveSession } from '../live/index.js';
+import { canReplaceInLinks, replaceInLinks } from '../live/replace.js';
 import { recordRun, type RunRecord } from '../live/registry.js';
 import type { Hook, RuleGroup } from '../rules/ast.js';
 import { resolveRules, type RuleInput, type Target, type Triggers } from './rules.js';
@@ -111,30 +112,102 @@ export interface Fault extends AsyncDisposable, Disposable {
    * @throws NetmangleError if the kernel refused a step (the other steps are still done).
    */
   detach(): Promise<void>;
+  /**
+   * Puts other rules, triggers or seed in the place of this fault's, on the same hooks (the
+   * options as for attach(); path, perSegment, maxHeld and onFailure stay as attach() set them;
+   * the seed stays unless given). Counters start again from 0.
+   * @returns `atomically` when each new program took the old one's place in one step (a tcx
+   *   or XDP link updated with BPF_LINK_UPDATE: no packet meets an empty hook or both
+   *   programs); `detach-attach` otherwise (netlink attachments, delay lines, other hooks):
+   *   the old programs were detached, then the new ones attached.
+   * @throws as attach() does; the fault is then as it was (on detach-attach, attached again).
+   */
+  update(rules: RuleInput, target?: Target | { netns?: string }, options?: AttachOptions): Promise<'atomically' | 'detach-attach'>;
+}
+
+/** Attaches checked groups with the options attach() was given (the fault's delay-line failures wired in). */
+type StartSession = (groups: RuleGroup[], seed: number) => LiveSession;
+
+function describeAttachments(session: LiveSession): AttachmentInfo[] {
+  return session.groups.map((g) => {
+    const a = g.attachment;
+    const info: AttachmentInfo = { dev: a.dev, hook: a.hook, ifindex: a.ifindex, path: a.path, programId: a.progId, rules: g.loaded.compiled.rules.map((r) => ({ ...r })) };
+    if (a.netns !== undefined) info.netns = a.netns;
+    if (a.xdpMode !== undefined) info.xdpMode = a.xdpMode;
+    if (a.warning !== undefined) info.warning = a.warning;
+    return info;
+  });
+}
+
+function recordOf(session: LiveSession, seed: number): RunRecord | undefined {
+  try {
+    return recordRun(session.groups, seed);
+  } catch {
+    // Without /run/netmangle, `netmangle status` does not show this fault; it works all the same.
+    return undefined;
+  }
 }
 
 class AttachedFault implements Fault {
-  readonly attachments: readonly AttachmentInfo[];
+  #attachments: AttachmentInfo[];
+  #seed: number;
+  #groups: RuleGroup[];
+  #start: StartSession;
   #session: LiveSession;
   #record: RunRecord | undefined;
   #last: FaultCounters | undefined;
   #failure: string | undefined;
 
-  constructor(session: LiveSession, readonly seed: number) {
+  constructor(session: LiveSession, seed: number, groups: RuleGroup[], start: StartSession) {
     this.#session = session;
-    this.attachments = session.groups.map((g) => {
-      const a = g.attachment;
-      const info: AttachmentInfo = { dev: a.dev, hook: a.hook, ifindex: a.ifindex, path: a.path, programId: a.progId, rules: g.loaded.compiled.rules.map((r) => ({ ...r })) };
-      if (a.netns !== undefined) info.netns = a.netns;
-      if (a.xdpMode !== undefined) info.xdpMode = a.xdpMode;
-      if (a.warning !== undefined) info.warning = a.warning;
-      return info;
-    });
-    try {
-      this.#record = recordRun(session.groups, seed);
-    } catch {
-      // Without /run/netmangle, `netmangle status` does not show this fault; it works all the same.
+    this.#seed = seed;
+    this.#groups = groups;
+    this.#start = start;
+    this.#attachments = describeAttachments(session);
+    this.#record = recordOf(session, seed);
+  }
+
+  get seed(): number {
+    return this.#seed;
+  }
+
+  get attachments(): readonly AttachmentInfo[] {
+    return this.#attachments;
+  }
+
+  async update(rules: RuleInput, target?: Target | { netns?: string }, options: AttachOptions = {}): Promise<'atomically' | 'detach-attach'> {
+    if (this.#last) throw new NetmangleError('this fault is detached', { hint: 'attach() a new one' });
+    const { seed, path, perSegment, maxHeld, onFailure, ...triggers } = options;
+    const fixed = Object.entries({ path, perSegment, maxHeld, onFailure }).find(([, v]) => v !== undefined);
+    if (fixed) throw new NetmangleError(`update() cannot change ${fixed[0]}: it stays as attach() set it`, { exitCode: 2, hint: 'detach and attach() again to change it' });
+    const resolved = resolveRules(rules, target as Partial<Target> | undefined, triggers, seed ?? this.#seed);
+    precheck(resolved.groups);
+    let how: 'atomically' | 'detach-attach';
+    if (canReplaceInLinks(this.#session, resolved.groups)) {
+      replaceInLinks(this.#session, resolved.groups, resolved.seed);
+      how = 'atomically';
+    } else {
+      this.#session.detach();
+      try {
+        this.#session = this.#start(resolved.groups, resolved.seed);
+      } catch (err) {
+        try {
+          this.#session = this.#start(this.#groups, this.#seed);
+        } catch {
+          // Not even the old rules attach again (their interface is gone): the fault is detached.
+          this.#last = { rules: [], delayLines: [], gsoPackets: 0 };
+          this.#record?.remove();
+        }
+        throw err;
+      }
+      how = 'detach-attach';
     }
+    this.#groups = resolved.groups;
+    this.#seed = resolved.seed;
+    this.#attachments = describeAttachments(this.#session);
+    this.#record?.remove();
+    this.#record = recordOf(this.#session, this.#seed);
+    return how;
   }
 
   get attached(): boolean {
@@ -238,8 +311,8 @@ export async function attach(rules: RuleInput, target?: Target | { netns?: strin
   precheck(resolved.groups);
   let fault: AttachedFault | undefined;
   const pending: string[] = [];
-  const session = attachGroups(resolved.groups, {
-    seed: resolved.seed,
+  const start: StartSession = (groups, seed) => attachGroups(groups, {
+    seed,
     path: path ?? 'auto',
     perSegment,
     maxHeld: maxHeld && { packets: maxHeld.packets ?? DEFAULT_HOLD_LIMITS.packets, bytes: maxHeld.bytes ?? DEFAULT_HOLD_LIMITS.bytes },
@@ -254,7 +327,7 @@ export async function attach(rules: RuleInput, target?: Target | { netns?: strin
       if (first) onFailure?.(text);
     },
   });
-  fault = new AttachedFault(session, resolved.seed);
+  fault = new AttachedFault(start(resolved.groups, resolved.seed), resolved.seed, resolved.groups, start);
   if (pending.length > 0) {
     fault.failed(pending[0]!);
     onFailure?.(pending[0]!);

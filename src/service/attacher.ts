@@ -23,10 +23,12 @@ export interface AttachedFault {
   readonly path: 'tcx' | 'link' | 'netlink';
   readonly programs: number[];
   readonly warning?: string;
+  /** True once the fault is off its hooks (detach(), a delay line that stopped, a failed update). */
+  readonly detached: boolean;
   counters(): ServiceCounters;
   detach(): Promise<void>;
-  /** Where the attachment allows it: the new spec's program in the old one's place, in one step. */
-  replace?(next: NormalizedFault): Promise<AttachedFault>;
+  /** The new spec's program in the old one's place: in one step where the attachment allows (a link update), else detach + attach. */
+  update(next: NormalizedFault): Promise<'atomically' | 'detach-attach'>;
 }
 
 /** Attaches a spec; `onFailure` hears when the fault detached by itself (its delay line stopped). */
@@ -44,19 +46,32 @@ function serviceCounters(fault: Fault, holds: boolean[]): ServiceCounters {
 }
 
 class LibraryFault implements AttachedFault {
-  readonly path: 'tcx' | 'link' | 'netlink';
-  readonly programs: number[];
-  readonly warning?: string;
+  constructor(private readonly fault: Fault, private holds: boolean[]) {}
 
-  constructor(private readonly fault: Fault, private readonly holds: boolean[]) {
-    const a = fault.attachments[0]!;
-    this.path = a.path;
-    this.programs = fault.attachments.map((x) => x.programId);
-    if (a.warning !== undefined) this.warning = a.warning;
+  get path(): 'tcx' | 'link' | 'netlink' {
+    return this.fault.attachments[0]!.path;
+  }
+
+  get programs(): number[] {
+    return this.fault.attachments.map((x) => x.programId);
+  }
+
+  get detached(): boolean {
+    return !this.fault.attached;
+  }
+
+  get warning(): string | undefined {
+    return this.fault.attachments[0]!.warning;
   }
 
   counters(): ServiceCounters {
     return serviceCounters(this.fault, this.holds);
+  }
+
+  async update(next: NormalizedFault): Promise<'atomically' | 'detach-attach'> {
+    const how = await this.fault.update(next.rules, next.target, { ...next.triggers, seed: next.seed });
+    this.holds = holdingRules(next.rules);
+    return how;
   }
 
   detach(): Promise<void> {

@@ -106,6 +106,17 @@ export class FaultTable {
     return attached;
   }
 
+  /** An interface has one XDP hook: a second fault there is refused naming the first (the kernel would only name its program). */
+  private refuseSharedXdp(spec: NormalizedFault): void {
+    if (spec.target.hook !== 'xdp') return;
+    for (const [name, e] of this.entries) {
+      const t = e.spec.target;
+      if (name !== spec.name && t.hook === 'xdp' && t.dev === spec.target.dev && t.netns === spec.target.netns) {
+        throw new HttpError(409, `the XDP hook of ${t.dev}${t.netns === undefined ? '' : ` (namespace ${t.netns})`} holds fault ${name}`, `an interface has one XDP program: put the rules into ${name} (PATCH /faults/${name}), or use hook ingress, where faults share the hook`, { field: 'hook' });
+      }
+    }
+  }
+
   /** Runs `op` after every change queued before it. */
   private serial<T>(op: () => Promise<T>): Promise<T> {
     const run = this.queue.then(() => {
@@ -141,6 +152,7 @@ export class FaultTable {
       if (this.entries.has(spec.name)) {
         throw new HttpError(409, `a fault named ${spec.name} already exists`, `PATCH /faults/${spec.name} changes it; DELETE /faults/${spec.name} removes it`, { field: 'name' });
       }
+      this.refuseSharedXdp(normalized);
       const attached = await this.attachSpec(normalized);
       const e: Entry = { spec: normalized, given: programKey(spec), attached, createdAt: new Date() };
       this.entries.set(spec.name, e);
@@ -191,29 +203,21 @@ export class FaultTable {
 
   /**
    * Puts a new program in the place of the fault's: in one step where its attachment allows
-   * (a link update), else detach the old and attach the new; if the new one fails, the old
-   * spec is attached again, so a refused PATCH leaves the fault as it was.
+   * (a link update), else detach the old and attach the new. A refusal leaves the fault as it
+   * was (the library attaches the old rules again); if even that fails, the fault is gone.
    */
   private async replace(e: Entry, next: NormalizedFault): Promise<Replaced> {
-    if (e.attached.replace) {
-      e.attached = await e.attached.replace(next);
-      e.spec = next;
-      return 'atomically';
-    }
-    await e.attached.detach();
     try {
-      e.attached = await this.attachSpec(next);
+      const how = await e.attached.update(next);
+      e.spec = next;
+      return how;
     } catch (err) {
-      try {
-        e.attached = await this.attachSpec(e.spec);
-      } catch {
-        // The old spec no longer attaches either (its interface went away): the fault is gone.
-        this.forget(e.spec.name);
-      }
-      throw err;
+      if (e.attached.detached) this.forget(e.spec.name);
+      throw toHttpError(err, (re) => {
+        const i = next.rules.indexOf(re.source);
+        return i < 0 || next.rules.length === 1 ? 'rules' : `rules[${i}]`;
+      });
     }
-    e.spec = next;
-    return 'detach-attach';
   }
 
   remove(name: string): Promise<void> {
@@ -274,6 +278,7 @@ export class FaultTable {
             });
             result.replaced.push(p.spec.name);
           } else {
+            this.refuseSharedXdp(p.normalized);
             const attached = await this.attachSpec(p.normalized);
             const created: Entry = { spec: p.normalized, given: key, attached, createdAt: new Date() };
             this.entries.set(p.spec.name, created);

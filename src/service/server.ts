@@ -110,14 +110,14 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
     });
   }
 
-  app.setErrorHandler((err: FastifyError & { validation?: SchemaError[]; validationContext?: string }, _req, res) => {
-    if (err.validation) return send(res, schemaError(err.validation, err.validationContext ?? 'body'));
+  app.setErrorHandler((err: FastifyError & { validation?: SchemaError[]; validationContext?: string }, req, res) => {
+    if (err.validation) return send(res, schemaError(err.validation, err.validationContext ?? 'body', err.validationContext === 'params' ? req.params : req.body));
     if (err instanceof HttpError) return send(res, err);
     switch (err.code) {
       case 'FST_ERR_CTP_BODY_TOO_LARGE':
         return send(res, new HttpError(413, `the body is larger than ${BODY_LIMIT} bytes`, 'a fault fits in a few hundred bytes; send big populate lists in parts'));
       case 'FST_ERR_CTP_INVALID_MEDIA_TYPE':
-        return send(res, new HttpError(415, `the body must be JSON, not ${String((_req.headers['content-type'] ?? 'unnamed')).split(';')[0]}`, 'send Content-Type: application/json'));
+        return send(res, new HttpError(415, `the body must be JSON, not ${String((req.headers['content-type'] ?? 'unnamed')).split(';')[0]}`, 'send Content-Type: application/json'));
       case 'FST_ERR_CTP_EMPTY_JSON_BODY':
         return send(res, new HttpError(400, 'the body is empty', 'send a JSON object'));
       case 'FST_ERR_CTP_INVALID_CONTENT_LENGTH':

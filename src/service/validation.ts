@@ -28,11 +28,14 @@ function what(field: string, context: string): string {
 }
 
 /** The one error to report out of ajv's list for request part `context` (body, params, querystring). */
-export function schemaError(errors: readonly SchemaError[], context: string): HttpError {
+export function schemaError(errors: readonly SchemaError[], context: string, body?: unknown): HttpError {
   // An unknown or missing field says the most; then the deepest error (the anyOf summary last).
+  // A field with alternatives (a number or "5%") is best described by the alternatives' summary.
+  const deepest = [...errors].sort((a, b) => b.instancePath.length - a.instancePath.length)[0];
   const pick = errors.find((e) => e.keyword === 'additionalProperties')
     ?? errors.find((e) => e.keyword === 'required')
-    ?? [...errors].sort((a, b) => b.instancePath.length - a.instancePath.length)[0];
+    ?? errors.find((e) => e.keyword === 'anyOf' && e.instancePath === deepest?.instancePath)
+    ?? deepest;
   if (!pick) return new HttpError(400, `${context} does not match the schema`);
   const field = fieldPath(pick.instancePath);
   const known = (e: SchemaError) => Object.keys(e.parentSchema?.properties ?? {}).join(', ');
@@ -55,7 +58,7 @@ export function schemaError(errors: readonly SchemaError[], context: string): Ht
       }
       return new HttpError(400, `${what(field, context)} ${pick.message ?? 'is not valid'}`, pick.parentSchema?.description, { field });
     case 'anyOf':
-      return new HttpError(400, `${what(field, context)} is not valid`, pick.parentSchema?.description, { field });
+      return new HttpError(400, `${what(field, context)}: ${JSON.stringify(valueAt(body, pick.instancePath))} is not valid`, pick.parentSchema?.description, { field });
     case 'minProperties':
       return new HttpError(400, `${what(field, context)} changes nothing`, 'give at least one field to change');
     default:
@@ -66,4 +69,11 @@ export function schemaError(errors: readonly SchemaError[], context: string): Ht
 function describeType(type: unknown): string {
   const t = Array.isArray(type) ? type.join(' or ') : String(type);
   return /^(array|object|integer)/.test(t) ? `an ${t}` : `a ${t}`;
+}
+
+/** The value at a JSON pointer in the body, for the message. */
+function valueAt(body: unknown, pointer: string): unknown {
+  let v = body;
+  for (const p of pointer.split('/').slice(1)) v = (v as Record<string, unknown> | undefined)?.[p.replace(/~1/g, '/').replace(/~0/g, '~')];
+  return v;
 }
