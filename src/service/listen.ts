@@ -27,7 +27,8 @@ export function parseListen(text: string): ListenAddress {
   if (!m) throw new UsageError(`--listen ${text}: not unix:PATH or ADDRESS:PORT`, { hint: 'for example --listen unix:/run/netmangle.sock or --listen 127.0.0.1:8474' });
   const host = m[1] ?? m[2]!;
   const port = Number(m[3]);
-  if (port < 1 || port > 65535) throw new UsageError(`--listen ${text}: port ${port} is not 1 to 65535`);
+  // Port 0: the kernel picks a free one (the "listening on" line says which).
+  if (port > 65535) throw new UsageError(`--listen ${text}: port ${port} is not 0 to 65535`);
   if (host !== 'localhost' && isIP(host) === 0) throw new UsageError(`--listen ${text}: ${host} is not an IP address`, { hint: 'give the address to listen on, e.g. 127.0.0.1 or ::1' });
   return { kind: 'tcp', host: host === 'localhost' ? '127.0.0.1' : host, port };
 }
