@@ -6,7 +6,7 @@
  */
 import { DEFAULT_HOLD_LIMITS } from '../delay/queue.js';
 import type { DelayLineStats } from '../delay/stats.js';
-import { NetmangleError } from '../errors.js';
+import { NetmangleError, UsageError } from '../errors.js';
 import { linkByName } from '../kernel/iface.js';
 import { requireNetns } from '../kernel/netns.js';
 import { attachGroups, type LiveSession } from '../live/index.js';
@@ -107,34 +107,99 @@ export interface Fault extends AsyncDisposable, Disposable {
    */
   counters(): FaultCounters;
   /**
+   * Changes the fault's rules or triggers. Where the kernel allows, each new program takes its
+   * old one's place on the hook in one step (BPF_LINK_UPDATE: XDP links 5.9+, tcx 6.6+), so
+   * every packet meets either the old rules or the new: `{ atomic: true }`. Otherwise (netlink
+   * attachments, `delay`/`reorder` rules old or new, a different set of hooks) the old programs
+   * are detached and the new ones attached: `{ atomic: false }`. Counters start again from zero.
+   *
+   * Takes what attach() takes; one-line rules without a target go to the fault's own target, and
+   * the seed, path, perSegment and maxHeld stay as they were unless given.
+   * @throws UsageError / NetmangleError as attach() does. When the new rules cannot be compiled
+   *   or loaded, the old ones stay attached. When the detach + attach fails at attaching, the old
+   *   rules are attached again if possible (else the fault ends detached: `attached` says which).
+   */
+  replace(rules: RuleInput, target?: Target | { netns?: string }, options?: AttachOptions): Promise<{ atomic: boolean }>;
+  /**
    * Detaches every program, removes delay lines, restores device settings. Idempotent.
    * @throws NetmangleError if the kernel refused a step (the other steps are still done).
    */
   detach(): Promise<void>;
 }
 
+/** What a fault attaches with, beyond its rules (kept for replace()). */
+interface Settings {
+  seed: number;
+  path: 'auto' | 'link' | 'netlink';
+  perSegment?: boolean;
+  maxHeld?: { packets: number; bytes: number };
+  onFailure?: (message: string) => void;
+}
+
+function attachmentInfo(session: LiveSession): AttachmentInfo[] {
+  return session.groups.map((g) => {
+    const a = g.attachment;
+    const info: AttachmentInfo = { dev: a.dev, hook: a.hook, ifindex: a.ifindex, path: a.path, programId: a.progId, rules: g.loaded.compiled.rules.map((r) => ({ ...r })) };
+    if (a.netns !== undefined) info.netns = a.netns;
+    if (a.xdpMode !== undefined) info.xdpMode = a.xdpMode;
+    if (a.warning !== undefined) info.warning = a.warning;
+    return info;
+  });
+}
+
 class AttachedFault implements Fault {
-  readonly attachments: readonly AttachmentInfo[];
-  #session: LiveSession;
+  #session: LiveSession | undefined;
+  #groups: RuleGroup[];
+  #settings: Settings;
+  #target: Target | { netns?: string } | undefined;
+  #attachments: AttachmentInfo[] = [];
   #record: RunRecord | undefined;
   #last: FaultCounters | undefined;
   #failure: string | undefined;
 
-  constructor(session: LiveSession, readonly seed: number) {
-    this.#session = session;
-    this.attachments = session.groups.map((g) => {
-      const a = g.attachment;
-      const info: AttachmentInfo = { dev: a.dev, hook: a.hook, ifindex: a.ifindex, path: a.path, programId: a.progId, rules: g.loaded.compiled.rules.map((r) => ({ ...r })) };
-      if (a.netns !== undefined) info.netns = a.netns;
-      if (a.xdpMode !== undefined) info.xdpMode = a.xdpMode;
-      if (a.warning !== undefined) info.warning = a.warning;
-      return info;
+  constructor(groups: RuleGroup[], settings: Settings, target: Target | { netns?: string } | undefined) {
+    this.#groups = groups;
+    this.#settings = settings;
+    this.#target = target;
+    this.#start(groups, settings);
+  }
+
+  /** Attaches `groups` as this fault's session (throws, with nothing attached, on failure). */
+  #start(groups: RuleGroup[], settings: Settings): void {
+    let session: LiveSession | undefined;
+    const pending: string[] = [];
+    session = attachGroups(groups, {
+      seed: settings.seed,
+      path: settings.path,
+      perSegment: settings.perSegment,
+      maxHeld: settings.maxHeld,
+      onDelayLineFailure: (message, g) => {
+        const text = `delay line on ${g.dev} ${g.hook}${g.netns ? ` (netns ${g.netns})` : ''}: ${message}`;
+        // A failure while attachGroups is still running is reported once the fault exists.
+        if (this.#session !== session) pending.push(text);
+        else this.failed(text);
+      },
     });
+    this.#session = session;
+    this.#groups = groups;
+    this.#settings = settings;
+    this.#last = undefined;
+    this.#attachments = attachmentInfo(session);
     try {
-      this.#record = recordRun(session.groups, seed);
+      this.#record = recordRun(session.groups, settings.seed);
     } catch {
       // Without /run/netmangle, `netmangle status` does not show this fault; it works all the same.
+      this.#record = undefined;
     }
+    if (pending.length > 0) this.failed(pending[0]!);
+  }
+
+  get seed(): number {
+    return this.#settings.seed;
+  }
+
+  get attachments(): readonly AttachmentInfo[] {
+    return this.#attachments;
   }
 
   get attached(): boolean {
@@ -148,7 +213,7 @@ class AttachedFault implements Fault {
   counters(): FaultCounters {
     if (this.#last) return this.#last;
     const out: FaultCounters = { rules: [], delayLines: [], gsoPackets: 0 };
-    for (const s of this.#session.counters()) {
+    for (const s of this.#session!.counters()) {
       const a = s.group.attachment;
       const where = a.netns === undefined ? { dev: a.dev, hook: a.hook } : { dev: a.dev, hook: a.hook, netns: a.netns };
       s.group.loaded.compiled.rules.forEach((r, i) => {
@@ -161,6 +226,52 @@ class AttachedFault implements Fault {
     return out;
   }
 
+  async replace(rules: RuleInput, target?: Target | { netns?: string }, options: AttachOptions = {}): Promise<{ atomic: boolean }> {
+    if (!this.attached) throw new NetmangleError('the fault is detached; attach the rules anew', { hint: 'replace() changes a fault that is attached' });
+    const { seed, path, perSegment, maxHeld, onFailure, ...triggers } = options;
+    const settings: Settings = {
+      seed: this.#settings.seed,
+      path: path === undefined ? this.#settings.path : checkPath(path),
+      perSegment: perSegment ?? this.#settings.perSegment,
+      maxHeld: maxHeld === undefined ? this.#settings.maxHeld : holdLimits(maxHeld),
+      onFailure: onFailure ?? this.#settings.onFailure,
+    };
+    const oneLine = typeof rules === 'string' || Array.isArray(rules);
+    const where = target ?? (oneLine ? this.#target : undefined);
+    const resolved = resolveRules(rules, where as Partial<Target> | undefined, triggers, seed ?? settings.seed);
+    settings.seed = resolved.seed;
+    checkPerSegment(settings.perSegment, resolved.groups);
+    precheck(resolved.groups);
+    const sameSettings = settings.path === this.#settings.path && settings.perSegment === this.#settings.perSegment && settings.maxHeld === this.#settings.maxHeld;
+    if (sameSettings && this.#session!.replaceInPlace(resolved.groups, settings.seed)) {
+      this.#record?.remove();
+      this.#groups = resolved.groups;
+      this.#settings = settings;
+      this.#target = where;
+      this.#attachments = attachmentInfo(this.#session!);
+      try {
+        this.#record = recordRun(this.#session!.groups, settings.seed);
+      } catch {
+        this.#record = undefined;
+      }
+      return { atomic: true };
+    }
+    const old = { groups: this.#groups, settings: this.#settings };
+    this.detachNow();
+    try {
+      this.#start(resolved.groups, settings);
+      this.#target = where;
+    } catch (err) {
+      try {
+        this.#start(old.groups, old.settings);
+      } catch {
+        // The fault stays detached; `attached` says so.
+      }
+      throw err;
+    }
+    return { atomic: false };
+  }
+
   /** Detaches now; the first error of any step is thrown after all steps ran. */
   detachNow(): void {
     if (this.#last) return;
@@ -170,19 +281,22 @@ class AttachedFault implements Fault {
       this.#last = { rules: [], delayLines: [], gsoPackets: 0 };
     }
     try {
-      this.#session.detach();
+      this.#session!.detach();
     } finally {
       this.#record?.remove();
+      this.#record = undefined;
     }
   }
 
   failed(message: string): void {
+    const first = this.#failure === undefined;
     this.#failure ??= message;
     try {
       this.detachNow();
     } catch {
       // The failure is what the caller hears about.
     }
+    if (first) this.#settings.onFailure?.(message);
   }
 
   async detach(): Promise<void> {
@@ -209,6 +323,23 @@ function precheck(groups: RuleGroup[]): void {
   }
 }
 
+function checkPath(path: string): Settings['path'] {
+  if (path !== 'auto' && path !== 'link' && path !== 'netlink') throw new UsageError(`path ${JSON.stringify(path)}: must be auto, link or netlink`);
+  return path;
+}
+
+function holdLimits(maxHeld: { packets?: number; bytes?: number }): { packets: number; bytes: number } {
+  const limits = { packets: maxHeld.packets ?? DEFAULT_HOLD_LIMITS.packets, bytes: maxHeld.bytes ?? DEFAULT_HOLD_LIMITS.bytes };
+  for (const [k, v] of Object.entries(limits)) {
+    if (!Number.isSafeInteger(v) || v < 1) throw new UsageError(`maxHeld.${k} must be a whole number of at least 1, not ${JSON.stringify(v)}`);
+  }
+  return limits;
+}
+
+function checkPerSegment(perSegment: boolean | undefined, groups: RuleGroup[]): void {
+  if (perSegment && groups.every((g) => g.hook !== 'egress')) throw new UsageError('perSegment applies at tc egress, and no rule is for egress');
+}
+
 /**
  * Compiles the rules to eBPF, loads the programs and attaches them, one per (namespace,
  * interface, hook). Either every program ends up attached or nothing stays behind.
@@ -230,34 +361,10 @@ function precheck(groups: RuleGroup[]): void {
  */
 export async function attach(rules: RuleInput, target?: Target | { netns?: string }, options: AttachOptions = {}): Promise<Fault> {
   const { seed, path, perSegment, maxHeld, onFailure, ...triggers } = options;
-  if (path !== undefined && !['auto', 'link', 'netlink'].includes(path)) throw new NetmangleError(`path ${JSON.stringify(path)}: must be auto, link or netlink`, { exitCode: 2 });
+  const settings: Settings = { seed: 0, path: path === undefined ? 'auto' : checkPath(path), perSegment, maxHeld: maxHeld && holdLimits(maxHeld), onFailure };
   const resolved = resolveRules(rules, target as Partial<Target> | undefined, triggers, seed);
-  if (perSegment && resolved.groups.every((g) => g.hook !== 'egress')) {
-    throw new NetmangleError('perSegment applies at tc egress, and no rule is for egress', { exitCode: 2 });
-  }
+  settings.seed = resolved.seed;
+  checkPerSegment(perSegment, resolved.groups);
   precheck(resolved.groups);
-  let fault: AttachedFault | undefined;
-  const pending: string[] = [];
-  const session = attachGroups(resolved.groups, {
-    seed: resolved.seed,
-    path: path ?? 'auto',
-    perSegment,
-    maxHeld: maxHeld && { packets: maxHeld.packets ?? DEFAULT_HOLD_LIMITS.packets, bytes: maxHeld.bytes ?? DEFAULT_HOLD_LIMITS.bytes },
-    onDelayLineFailure: (message, g) => {
-      const text = `delay line on ${g.dev} ${g.hook}${g.netns ? ` (netns ${g.netns})` : ''}: ${message}`;
-      if (!fault) {
-        pending.push(text);
-        return;
-      }
-      const first = fault.failure === undefined;
-      fault.failed(text);
-      if (first) onFailure?.(text);
-    },
-  });
-  fault = new AttachedFault(session, resolved.seed);
-  if (pending.length > 0) {
-    fault.failed(pending[0]!);
-    onFailure?.(pending[0]!);
-  }
-  return fault;
+  return new AttachedFault(resolved.groups, settings, target);
 }

@@ -136,6 +136,49 @@ kernelTest('attach(): counters, disposal, namespaces by name and by path, bad in
       }
     });
 
+    await t.test('replace(): in one step on a tcx link, by detach + attach on netlink; a bad replacement keeps the old rules', async () => {
+      const target = { dev: 'eth0', hook: 'ingress' as const, netns: h2 };
+      {
+        await using fault = await attach('icmp => drop', target, { seed: 5 });
+        const first = fault.attachments[0]!.programId;
+        assert.equal((await ping(lab, 2)).received, 0);
+        const r = await fault.replace('icmp.type == 8 and icmp.seq > 2 => drop');
+        assert.deepEqual(r, { atomic: probe().attach.ingress === 'tcx' });
+        const second = fault.attachments[0]!.programId;
+        assert.notEqual(second, first);
+        assert.deepEqual(programsOn(h2, 'eth0', 'ingress'), [second]);
+        assert.equal(fault.seed, 5);
+        assert.equal(fault.counters().rules[0]!.matched, 0, 'the new program counts from zero');
+        const p = await ping(lab, 4);
+        assert.equal(p.received, 2, p.output);
+        assert.equal(fault.counters().rules[0]!.dropped, 2);
+
+        await assert.rejects(fault.replace('icmp => drp'), RuleError);
+        assert.equal(fault.attached, true);
+        assert.deepEqual(programsOn(h2, 'eth0', 'ingress'), [second]);
+        await assert.rejects(fault.replace('icmp => drop', { dev: 'nope0', hook: 'ingress', netns: h2 }), /^NetmangleError: no interface nope0/);
+        assert.deepEqual(programsOn(h2, 'eth0', 'ingress'), [second]);
+
+        // A delay line cannot be swapped in: detach + attach, said so.
+        const d = await fault.replace('icmp.type == 8 => delay 1ms', undefined, { first: 1 });
+        assert.deepEqual(d, { atomic: false });
+        assert.equal(fault.attachments[0]!.rules[0]!.text, 'icmp.type == 8 => delay 1ms');
+        assert.equal((await ping(lab, 2)).received, 2);
+        assert.equal(fault.counters().delayLines[0]!.delayed, 1);
+      }
+      assert.deepEqual(programsIn(h2), []);
+      {
+        await using fault = await attach('icmp => drop', target, { path: 'netlink' });
+        assert.equal(fault.attachments[0]!.path, 'netlink');
+        const r = await fault.replace('icmp => pass');
+        assert.deepEqual(r, { atomic: false });
+        assert.equal(fault.attachments[0]!.path, 'netlink');
+        assert.deepEqual(programsOn(h2, 'eth0', 'ingress'), [fault.attachments[0]!.programId]);
+        assert.equal((await ping(lab, 2)).received, 2);
+      }
+      assert.deepEqual(programsIn(h2), []);
+    });
+
     await t.test('bad input: one line, the right class, nothing attached', async () => {
       const syntax = await refused(lab, () => attach('tcp.flgs => drop', egress), /^unknown field "tcp\.flgs" \(did you mean tcp\.flags\?\)$/, UsageError);
       assert.ok(syntax instanceof RuleError);
@@ -146,10 +189,10 @@ kernelTest('attach(): counters, disposal, namespaces by name and by path, bad in
       await refused(lab, () => attach('icmp => drop', { dev: 'nope0', hook: 'egress', netns: h1 }), /^no interface nope0 in namespace /);
       await refused(lab, () => attach('icmp => drop', { dev: 'eth0', hook: 'egress', netns: uniqueName('none') }), /^no network namespace \S+ \(see `ip netns list`\)$/);
       await refused(lab, () => attach('icmp => drop', { dev: 'eth0', hook: 'egress', netns: '/proc/999999999/ns/net' }), /^no network namespace at \/proc\/999999999\/ns\/net$/);
-      await refused(lab, () => attach('icmp => drop', { dev: 'eth0', hook: 'sideways' as 'egress', netns: h1 }), /^--hook must be one of xdp, ingress, egress/, UsageError);
-      await refused(lab, () => attach('icmp => drop', egress, { every: 0 }), /every/, UsageError);
-      await refused(lab, () => attach('icmp => drop', egress, { probability: 2 }), /probability/, UsageError);
-      await refused(lab, () => attach('icmp => drop', egress, { seed: -1 }), /seed/, UsageError);
+      await refused(lab, () => attach('icmp => drop', { dev: 'eth0', hook: 'sideways' as 'egress', netns: h1 }), /^hook must be one of xdp, ingress, egress, not "sideways"$/, UsageError);
+      await refused(lab, () => attach('icmp => drop', egress, { every: 0 }), /^every must be a whole number/, UsageError);
+      await refused(lab, () => attach('icmp => drop', egress, { probability: 2 }), /^probability must be a number greater than 0/, UsageError);
+      await refused(lab, () => attach('icmp => drop', egress, { seed: -1 }), /^seed must be a whole number/, UsageError);
       await refused(lab, () => attach('icmp => drop', egress, { frist: 1 } as never), /^unknown trigger option "frist"$/, UsageError);
       // A delay rule on a missing interface: no TAP left behind either.
       const before = interfacesIn(h1);
