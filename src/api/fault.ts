@@ -6,11 +6,10 @@
  */
 import { DEFAULT_HOLD_LIMITS } from '../delay/queue.js';
 import type { DelayLineStats } from '../delay/stats.js';
-import { NetmangleError } from '../errors.js';
+import { NetmangleError, UsageError } from '../errors.js';
 import { linkByName } from '../kernel/iface.js';
 import { requireNetns } from '../kernel/netns.js';
 import { attachGroups, type LiveSession } from '../live/index.js';
-import { canReplaceInLinks, replaceInLinks } from '../live/replace.js';
 import { recordRun, type RunRecord } from '../live/registry.js';
 import type { Hook, RuleGroup } from '../rules/ast.js';
 import { resolveRules, type RuleInput, type Target, type Triggers } from './rules.js';
@@ -108,27 +107,36 @@ export interface Fault extends AsyncDisposable, Disposable {
    */
   counters(): FaultCounters;
   /**
+   * Changes the fault's rules or triggers. Where the kernel allows, each new program takes its
+   * old one's place on the hook in one step (BPF_LINK_UPDATE: XDP links 5.9+, tcx 6.6+), so
+   * every packet meets either the old rules or the new: `{ atomic: true }`. Otherwise (netlink
+   * attachments, `delay`/`reorder` rules old or new, a different set of hooks) the old programs
+   * are detached and the new ones attached: `{ atomic: false }`. Counters start again from zero.
+   *
+   * Takes what attach() takes; one-line rules without a target go to the fault's own target, and
+   * the seed, path, perSegment and maxHeld stay as they were unless given.
+   * @throws UsageError / NetmangleError as attach() does. When the new rules cannot be compiled
+   *   or loaded, the old ones stay attached. When the detach + attach fails at attaching, the old
+   *   rules are attached again if possible (else the fault ends detached: `attached` says which).
+   */
+  replace(rules: RuleInput, target?: Target | { netns?: string }, options?: AttachOptions): Promise<{ atomic: boolean }>;
+  /**
    * Detaches every program, removes delay lines, restores device settings. Idempotent.
    * @throws NetmangleError if the kernel refused a step (the other steps are still done).
    */
   detach(): Promise<void>;
-  /**
-   * Puts other rules, triggers or seed in the place of this fault's, on the same hooks (the
-   * options as for attach(); path, perSegment, maxHeld and onFailure stay as attach() set them;
-   * the seed stays unless given). Counters start again from 0.
-   * @returns `atomically` when each new program took the old one's place in one step (a tcx
-   *   or XDP link updated with BPF_LINK_UPDATE: no packet meets an empty hook or both
-   *   programs); `detach-attach` otherwise (netlink attachments, delay lines, other hooks):
-   *   the old programs were detached, then the new ones attached.
-   * @throws as attach() does; the fault is then as it was (on detach-attach, attached again).
-   */
-  update(rules: RuleInput, target?: Target | { netns?: string }, options?: AttachOptions): Promise<'atomically' | 'detach-attach'>;
 }
 
-/** Attaches checked groups with the options attach() was given (the fault's delay-line failures wired in). */
-type StartSession = (groups: RuleGroup[], seed: number) => LiveSession;
+/** What a fault attaches with, beyond its rules (kept for replace()). */
+interface Settings {
+  seed: number;
+  path: 'auto' | 'link' | 'netlink';
+  perSegment?: boolean;
+  maxHeld?: { packets: number; bytes: number };
+  onFailure?: (message: string) => void;
+}
 
-function describeAttachments(session: LiveSession): AttachmentInfo[] {
+function attachmentInfo(session: LiveSession): AttachmentInfo[] {
   return session.groups.map((g) => {
     const a = g.attachment;
     const info: AttachmentInfo = { dev: a.dev, hook: a.hook, ifindex: a.ifindex, path: a.path, programId: a.progId, rules: g.loaded.compiled.rules.map((r) => ({ ...r })) };
@@ -139,75 +147,59 @@ function describeAttachments(session: LiveSession): AttachmentInfo[] {
   });
 }
 
-function recordOf(session: LiveSession, seed: number): RunRecord | undefined {
-  try {
-    return recordRun(session.groups, seed);
-  } catch {
-    // Without /run/netmangle, `netmangle status` does not show this fault; it works all the same.
-    return undefined;
-  }
-}
-
 class AttachedFault implements Fault {
-  #attachments: AttachmentInfo[];
-  #seed: number;
+  #session: LiveSession | undefined;
   #groups: RuleGroup[];
-  #start: StartSession;
-  #session: LiveSession;
+  #settings: Settings;
+  #target: Target | { netns?: string } | undefined;
+  #attachments: AttachmentInfo[] = [];
   #record: RunRecord | undefined;
   #last: FaultCounters | undefined;
   #failure: string | undefined;
 
-  constructor(session: LiveSession, seed: number, groups: RuleGroup[], start: StartSession) {
-    this.#session = session;
-    this.#seed = seed;
+  constructor(groups: RuleGroup[], settings: Settings, target: Target | { netns?: string } | undefined) {
     this.#groups = groups;
-    this.#start = start;
-    this.#attachments = describeAttachments(session);
-    this.#record = recordOf(session, seed);
+    this.#settings = settings;
+    this.#target = target;
+    this.#start(groups, settings);
+  }
+
+  /** Attaches `groups` as this fault's session (throws, with nothing attached, on failure). */
+  #start(groups: RuleGroup[], settings: Settings): void {
+    let session: LiveSession | undefined;
+    const pending: string[] = [];
+    session = attachGroups(groups, {
+      seed: settings.seed,
+      path: settings.path,
+      perSegment: settings.perSegment,
+      maxHeld: settings.maxHeld,
+      onDelayLineFailure: (message, g) => {
+        const text = `delay line on ${g.dev} ${g.hook}${g.netns ? ` (netns ${g.netns})` : ''}: ${message}`;
+        // A failure while attachGroups is still running is reported once the fault exists.
+        if (this.#session !== session) pending.push(text);
+        else this.failed(text);
+      },
+    });
+    this.#session = session;
+    this.#groups = groups;
+    this.#settings = settings;
+    this.#last = undefined;
+    this.#attachments = attachmentInfo(session);
+    try {
+      this.#record = recordRun(session.groups, settings.seed);
+    } catch {
+      // Without /run/netmangle, `netmangle status` does not show this fault; it works all the same.
+      this.#record = undefined;
+    }
+    if (pending.length > 0) this.failed(pending[0]!);
   }
 
   get seed(): number {
-    return this.#seed;
+    return this.#settings.seed;
   }
 
   get attachments(): readonly AttachmentInfo[] {
     return this.#attachments;
-  }
-
-  async update(rules: RuleInput, target?: Target | { netns?: string }, options: AttachOptions = {}): Promise<'atomically' | 'detach-attach'> {
-    if (this.#last) throw new NetmangleError('this fault is detached', { hint: 'attach() a new one' });
-    const { seed, path, perSegment, maxHeld, onFailure, ...triggers } = options;
-    const fixed = Object.entries({ path, perSegment, maxHeld, onFailure }).find(([, v]) => v !== undefined);
-    if (fixed) throw new NetmangleError(`update() cannot change ${fixed[0]}: it stays as attach() set it`, { exitCode: 2, hint: 'detach and attach() again to change it' });
-    const resolved = resolveRules(rules, target as Partial<Target> | undefined, triggers, seed ?? this.#seed);
-    precheck(resolved.groups);
-    let how: 'atomically' | 'detach-attach';
-    if (canReplaceInLinks(this.#session, resolved.groups)) {
-      replaceInLinks(this.#session, resolved.groups, resolved.seed);
-      how = 'atomically';
-    } else {
-      this.#session.detach();
-      try {
-        this.#session = this.#start(resolved.groups, resolved.seed);
-      } catch (err) {
-        try {
-          this.#session = this.#start(this.#groups, this.#seed);
-        } catch {
-          // Not even the old rules attach again (their interface is gone): the fault is detached.
-          this.#last = { rules: [], delayLines: [], gsoPackets: 0 };
-          this.#record?.remove();
-        }
-        throw err;
-      }
-      how = 'detach-attach';
-    }
-    this.#groups = resolved.groups;
-    this.#seed = resolved.seed;
-    this.#attachments = describeAttachments(this.#session);
-    this.#record?.remove();
-    this.#record = recordOf(this.#session, this.#seed);
-    return how;
   }
 
   get attached(): boolean {
@@ -221,7 +213,7 @@ class AttachedFault implements Fault {
   counters(): FaultCounters {
     if (this.#last) return this.#last;
     const out: FaultCounters = { rules: [], delayLines: [], gsoPackets: 0 };
-    for (const s of this.#session.counters()) {
+    for (const s of this.#session!.counters()) {
       const a = s.group.attachment;
       const where = a.netns === undefined ? { dev: a.dev, hook: a.hook } : { dev: a.dev, hook: a.hook, netns: a.netns };
       s.group.loaded.compiled.rules.forEach((r, i) => {
@@ -234,6 +226,52 @@ class AttachedFault implements Fault {
     return out;
   }
 
+  async replace(rules: RuleInput, target?: Target | { netns?: string }, options: AttachOptions = {}): Promise<{ atomic: boolean }> {
+    if (!this.attached) throw new NetmangleError('the fault is detached; attach the rules anew', { hint: 'replace() changes a fault that is attached' });
+    const { seed, path, perSegment, maxHeld, onFailure, ...triggers } = options;
+    const settings: Settings = {
+      seed: this.#settings.seed,
+      path: path === undefined ? this.#settings.path : checkPath(path),
+      perSegment: perSegment ?? this.#settings.perSegment,
+      maxHeld: maxHeld === undefined ? this.#settings.maxHeld : holdLimits(maxHeld),
+      onFailure: onFailure ?? this.#settings.onFailure,
+    };
+    const oneLine = typeof rules === 'string' || Array.isArray(rules);
+    const where = target ?? (oneLine ? this.#target : undefined);
+    const resolved = resolveRules(rules, where as Partial<Target> | undefined, triggers, seed ?? settings.seed);
+    settings.seed = resolved.seed;
+    checkPerSegment(settings.perSegment, resolved.groups);
+    precheck(resolved.groups);
+    const sameSettings = settings.path === this.#settings.path && settings.perSegment === this.#settings.perSegment && settings.maxHeld === this.#settings.maxHeld;
+    if (sameSettings && this.#session!.replaceInPlace(resolved.groups, settings.seed)) {
+      this.#record?.remove();
+      this.#groups = resolved.groups;
+      this.#settings = settings;
+      this.#target = where;
+      this.#attachments = attachmentInfo(this.#session!);
+      try {
+        this.#record = recordRun(this.#session!.groups, settings.seed);
+      } catch {
+        this.#record = undefined;
+      }
+      return { atomic: true };
+    }
+    const old = { groups: this.#groups, settings: this.#settings };
+    this.detachNow();
+    try {
+      this.#start(resolved.groups, settings);
+      this.#target = where;
+    } catch (err) {
+      try {
+        this.#start(old.groups, old.settings);
+      } catch {
+        // The fault stays detached; `attached` says so.
+      }
+      throw err;
+    }
+    return { atomic: false };
+  }
+
   /** Detaches now; the first error of any step is thrown after all steps ran. */
   detachNow(): void {
     if (this.#last) return;
@@ -243,19 +281,22 @@ class AttachedFault implements Fault {
       this.#last = { rules: [], delayLines: [], gsoPackets: 0 };
     }
     try {
-      this.#session.detach();
+      this.#session!.detach();
     } finally {
       this.#record?.remove();
+      this.#record = undefined;
     }
   }
 
   failed(message: string): void {
+    const first = this.#failure === undefined;
     this.#failure ??= message;
     try {
       this.detachNow();
     } catch {
       // The failure is what the caller hears about.
     }
+    if (first) this.#settings.onFailure?.(message);
   }
 
   async detach(): Promise<void> {
@@ -282,6 +323,23 @@ function precheck(groups: RuleGroup[]): void {
   }
 }
 
+function checkPath(path: string): Settings['path'] {
+  if (path !== 'auto' && path !== 'link' && path !== 'netlink') throw new UsageError(`path ${JSON.stringify(path)}: must be auto, link or netlink`);
+  return path;
+}
+
+function holdLimits(maxHeld: { packets?: number; bytes?: number }): { packets: number; bytes: number } {
+  const limits = { packets: maxHeld.packets ?? DEFAULT_HOLD_LIMITS.packets, bytes: maxHeld.bytes ?? DEFAULT_HOLD_LIMITS.bytes };
+  for (const [k, v] of Object.entries(limits)) {
+    if (!Number.isSafeInteger(v) || v < 1) throw new UsageError(`maxHeld.${k} must be a whole number of at least 1, not ${JSON.stringify(v)}`);
+  }
+  return limits;
+}
+
+function checkPerSegment(perSegment: boolean | undefined, groups: RuleGroup[]): void {
+  if (perSegment && groups.every((g) => g.hook !== 'egress')) throw new UsageError('perSegment applies at tc egress, and no rule is for egress');
+}
+
 /**
  * Compiles the rules to eBPF, loads the programs and attaches them, one per (namespace,
  * interface, hook). Either every program ends up attached or nothing stays behind.
@@ -303,34 +361,10 @@ function precheck(groups: RuleGroup[]): void {
  */
 export async function attach(rules: RuleInput, target?: Target | { netns?: string }, options: AttachOptions = {}): Promise<Fault> {
   const { seed, path, perSegment, maxHeld, onFailure, ...triggers } = options;
-  if (path !== undefined && !['auto', 'link', 'netlink'].includes(path)) throw new NetmangleError(`path ${JSON.stringify(path)}: must be auto, link or netlink`, { exitCode: 2 });
+  const settings: Settings = { seed: 0, path: path === undefined ? 'auto' : checkPath(path), perSegment, maxHeld: maxHeld && holdLimits(maxHeld), onFailure };
   const resolved = resolveRules(rules, target as Partial<Target> | undefined, triggers, seed);
-  if (perSegment && resolved.groups.every((g) => g.hook !== 'egress')) {
-    throw new NetmangleError('perSegment applies at tc egress, and no rule is for egress', { exitCode: 2 });
-  }
+  settings.seed = resolved.seed;
+  checkPerSegment(perSegment, resolved.groups);
   precheck(resolved.groups);
-  let fault: AttachedFault | undefined;
-  const pending: string[] = [];
-  const start: StartSession = (groups, seed) => attachGroups(groups, {
-    seed,
-    path: path ?? 'auto',
-    perSegment,
-    maxHeld: maxHeld && { packets: maxHeld.packets ?? DEFAULT_HOLD_LIMITS.packets, bytes: maxHeld.bytes ?? DEFAULT_HOLD_LIMITS.bytes },
-    onDelayLineFailure: (message, g) => {
-      const text = `delay line on ${g.dev} ${g.hook}${g.netns ? ` (netns ${g.netns})` : ''}: ${message}`;
-      if (!fault) {
-        pending.push(text);
-        return;
-      }
-      const first = fault.failure === undefined;
-      fault.failed(text);
-      if (first) onFailure?.(text);
-    },
-  });
-  fault = new AttachedFault(start(resolved.groups, resolved.seed), resolved.seed, resolved.groups, start);
-  if (pending.length > 0) {
-    fault.failed(pending[0]!);
-    onFailure?.(pending[0]!);
-  }
-  return fault;
+  return new AttachedFault(resolved.groups, settings, target);
 }

@@ -101,6 +101,7 @@ export function parseRules(rules: string | readonly string[], target: Target, tr
       hook: target.hook,
       netns: target.netns,
       name,
+      optionStyle: 'api',
     });
     const g = parsed.groups[0]!;
     group ??= { ...g, rules: rulesOut };

@@ -14,7 +14,7 @@
  */
 import { NetmangleError, UsageError } from '../errors.js';
 import { programInfo, queryProgs } from './info.js';
-import { createTcxLink, createXdpLink, tryDetachLink, type Link } from './link.js';
+import { createTcxLink, createXdpLink, tryDetachLink, updateLink, type Link } from './link.js';
 import { inNetns, ipCommand, netnsExists, requireNetns } from './netns.js';
 import { NetlinkError } from './netlink.js';
 import { probeFeaturesCached, type ProbeResult } from './probe.js';
@@ -65,6 +65,11 @@ export interface Attachment extends Disposable {
   readonly detached: boolean;
   /** Removes the program from the hook (and a clsact qdisc this attachment added). Idempotent. */
   detach(): void;
+  /**
+   * Link paths only: puts `prog` on the hook in place of `current` (the attached program) in one
+   * step, so no packet passes unseen in between. Throws for netlink attachments.
+   */
+  replace(prog: Program, current: Program): void;
 }
 
 let probed: ProbeResult | undefined;
@@ -175,8 +180,16 @@ class AttachmentImpl implements Attachment {
     readonly hook: Hook,
     readonly netns: string | undefined,
     readonly path: AttachPath,
-    readonly progId: number,
+    public progId: number,
   ) {}
+
+  replace(prog: Program, current: Program): void {
+    if (this.detached) throw new NetmangleError(`program ${this.progId} on ${where(this.dev, this.netns)} is already detached`);
+    if (!this.link) throw new NetmangleError(`a program attached through netlink on ${where(this.dev, this.netns)} cannot be replaced in one step`);
+    checkProgramType(prog, this.hook);
+    updateLink(this.link, prog, current);
+    this.progId = prog.id;
+  }
 
   detach(): void {
     if (this.detached) return;

@@ -18,7 +18,7 @@ export type { CreateMapOptions, UpdateFlag } from './map.js';
 export { Program, VerifierError, loadProgram, testRun } from './program.js';
 export type { LoadProgramOptions, TestRunOptions, TestRunResult } from './program.js';
 export { Link, createTcxLink, createXdpLink, detachLink, tryDetachLink, updateLink } from './link.js';
-export type { TcxLinkOptions, UpdateLinkOptions, XdpLinkOptions } from './link.js';
+export type { TcxLinkOptions, XdpLinkOptions } from './link.js';
 export { BPFFS_ROOT, NETMANGLE_PIN_ROOT, ensureBpffs, fdKind, getPinned, pinDir, pinObject } from './bpffs.js';
 export type { PinnedKind, PinnedObject } from './bpffs.js';
 export {

@@ -19,8 +19,7 @@ export class Link implements Disposable {
   readonly id: number;
   /** 'xdp', 'tcx', ... */
   readonly type: string;
-  /** The program on the hook now (updateLink changes it). */
-  progId: number;
+  readonly progId: number;
   readonly ifindex?: number;
   readonly attachType?: string;
   private fdValue: number;
@@ -138,6 +137,19 @@ export function createTcxLink(prog: Program, ifindex: number, direction: 'ingres
 }
 
 /**
+ * Puts `prog` in place of the link's program in one step (BPF_LINK_UPDATE, XDP links 5.9+,
+ * tcx links 6.6+): every packet meets either the old program or the new one, never neither.
+ * With `expected`, fails (EPERM) unless the link still holds that program.
+ */
+export function updateLink(link: Link | { fd: number; id?: number }, prog: Program, expected?: Program): void {
+  const attr = new Attr()
+    .u32(Off.linkUpdate.linkFd, link.fd)
+    .u32(Off.linkUpdate.newProgFd, prog.fd);
+  if (expected) attr.u32(Off.linkUpdate.flags, Flags.REPLACE).u32(Off.linkUpdate.oldProgFd, expected.fd);
+  bpfCall(Cmd.LINK_UPDATE, attr, `put program '${prog.name}' (id ${prog.id}) in`, `link ${link.id ?? `fd ${link.fd}`}`);
+}
+
+/**
  * Detaches the link's program from its hook now (BPF_LINK_DETACH, 5.9+), even while other
  * references (pins, other processes) keep the link object itself alive. The fd stays open.
  */
@@ -149,23 +161,4 @@ export function detachLink(link: Link | { fd: number; id?: number }): void {
 /** Like detachLink, but returns false instead of throwing when the link is already detached. */
 export function tryDetachLink(link: { fd: number }): boolean {
   return bpfTry(Cmd.LINK_DETACH, new Attr().u32(Off.linkDetach.linkFd, link.fd)) >= 0;
-}
-
-export interface UpdateLinkOptions {
-  /** Fail (EPERM) unless the link still holds this program: a guard against a concurrent update. */
-  expectedOld?: Program;
-}
-
-/**
- * Puts `prog` in the place of the link's program in one step (BPF_LINK_UPDATE): no packet meets
- * the hook empty or sees both programs. XDP links (5.9+) and tcx links (6.6+) support it; the new
- * program must have the old one's type and attach type.
- */
-export function updateLink(link: Link, prog: Program, opts: UpdateLinkOptions = {}): void {
-  const attr = new Attr()
-    .u32(Off.linkUpdate.linkFd, link.fd)
-    .u32(Off.linkUpdate.newProgFd, prog.fd);
-  if (opts.expectedOld) attr.u32(Off.linkUpdate.flags, Flags.REPLACE).u32(Off.linkUpdate.oldProgFd, opts.expectedOld.fd);
-  bpfCall(Cmd.LINK_UPDATE, attr, `replace the program of link ${link.id} with '${prog.name}' (id ${prog.id}) on`, link.ifindex === undefined ? `link ${link.id}` : `ifindex ${link.ifindex}`);
-  link.progId = prog.id;
 }

@@ -143,6 +143,53 @@ export class LiveSession implements Disposable {
   }
 
   /**
+   * Puts programs compiled from `groups` in place of the attached ones, each in one step on its
+   * hook (BPF_LINK_UPDATE), so no packet meets neither the old rules nor the new. Possible when
+   * the groups are for the same (namespace, interface, hook) set as the attached ones, all on
+   * BPF links, and no rule old or new holds packets (a delay line's programs are bound to it);
+   * otherwise returns false and changes nothing. The new programs count from zero.
+   * @throws when compiling or loading the new programs fails (nothing changed then either).
+   */
+  replaceInPlace(groups: RuleGroup[], seed: number): boolean {
+    if (this.detached || groups.length !== this.groups.length) return false;
+    const keyOf = (g: { dev: string; hook: string; netns?: string }) => `${g.netns ?? ''}\0${g.dev}\0${g.hook}`;
+    const byKey = new Map(this.groups.map((g) => [keyOf(g.attachment), g] as const));
+    const pairs = groups.map((g) => ({ group: g, old: byKey.get(keyOf(g)) }));
+    if (pairs.some((p) => !p.old || !p.old.attachment.link || p.old.delayLine || holdPlan(p.group).specs.length > 0)) return false;
+    if (new Set(pairs.map((p) => p.old)).size !== pairs.length) return false;
+    const loaded: LoadedProgram[] = [];
+    try {
+      for (const p of pairs) loaded.push(loadCompiled(compileGroup(p.group, { seed, lookupField })));
+    } catch (err) {
+      for (const l of loaded) l.close();
+      throw err;
+    }
+    const done: number[] = [];
+    try {
+      pairs.forEach((p, i) => {
+        p.old!.attachment.replace(loaded[i]!.prog, p.old!.loaded.prog);
+        done.push(i);
+      });
+    } catch (err) {
+      // Put back what was already replaced, so the session stays as it was.
+      for (const i of done.reverse()) {
+        try {
+          pairs[i]!.old!.attachment.replace(pairs[i]!.old!.loaded.prog, loaded[i]!.prog);
+        } catch {
+          // The hook keeps the new program; closing our handle to it below does not detach it.
+        }
+      }
+      for (const l of loaded) l.close();
+      throw err;
+    }
+    pairs.forEach((p, i) => {
+      p.old!.loaded.close();
+      p.old!.loaded = loaded[i]!;
+    });
+    return true;
+  }
+
+  /**
    * Closes this process's handles but leaves every program attached: for pinned sets, whose
    * links and maps bpffs now holds (and netlink attachments, which hold themselves).
    */

@@ -69,9 +69,9 @@ class LibraryFault implements AttachedFault {
   }
 
   async update(next: NormalizedFault): Promise<'atomically' | 'detach-attach'> {
-    const how = await this.fault.update(next.rules, next.target, { ...next.triggers, seed: next.seed });
+    const { atomic } = await this.fault.replace(next.rules, next.target, { ...next.triggers, seed: next.seed });
     this.holds = holdingRules(next.rules);
-    return how;
+    return atomic ? 'atomically' : 'detach-attach';
   }
 
   detach(): Promise<void> {

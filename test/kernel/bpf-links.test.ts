@@ -212,8 +212,7 @@ kernelTest('updateLink swaps the program of a tcx link and of an XDP link in pla
     using oldProg = tc(oldCounts, 'nm_old');
     using newProg = tc(newCounts, 'nm_new');
     using link = inNetns(lab.nsA, () => createTcxLink(oldProg, lab.ifindexA, 'egress'));
-    updateLink(link, newProg, { expectedOld: oldProg });
-    assert.equal(link.progId, newProg.id);
+    updateLink(link, newProg, oldProg);
     assert.equal(linkInfo(link.id).progId, newProg.id);
     const onHook = inNetns(lab.nsA, () => queryProgs(lab.ifindexA, 'tcx_egress'));
     assert.deepEqual(onHook.progIds, [newProg.id], 'one program on the hook: the new one');
@@ -223,7 +222,7 @@ kernelTest('updateLink swaps the program of a tcx link and of an XDP link in pla
     assert.equal(count(oldCounts), before[0], 'the old program sees nothing after the update');
     assert.ok(count(newCounts) - before[1]! >= 2n, 'the new program counts the pings');
     // The link no longer holds oldProg: an update that expects it must fail and change nothing.
-    assert.throws(() => updateLink(link, oldProg, { expectedOld: oldProg }), (err: unknown) => err instanceof BpfError && err.errno === 1 /* EPERM */);
+    assert.throws(() => updateLink(link, oldProg, oldProg), (err: unknown) => err instanceof BpfError && err.errno === 1 /* EPERM */);
     assert.equal(linkInfo(link.id).progId, newProg.id);
 
     const xdpCode = countingProgram(XDP_PASS);

@@ -156,7 +156,7 @@ export function register(program: Command): void {
     .argument('<rule>', "a one-line rule 'MATCH => ACTION[, ACTION]...' or a rules file (.yaml)")
     .option('--dev <dev>', 'interface to attach to (one-line rule)')
     .option('--hook <hook>', 'xdp, ingress or egress (one-line rule)')
-    .option('--netns <name>', 'network namespace of the interface (like ip -n)')
+    .option('--netns <name>', 'network namespace of the interface: a name as ip netns lists it, or a path such as /proc/PID/ns/net')
     .option('--probability <p>', 'act on a matching packet with this probability (0 < p <= 1)')
     .option('--every <n>', 'act on the Nth, 2Nth ... matching packet');
   addTriggerOptions(cmd)
