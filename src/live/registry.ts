@@ -69,9 +69,14 @@ export interface RunRecord {
   remove(): void;
 }
 
+/** Records made by this process so far: one process (the service, a library user) may hold many sets at once. */
+let runsRecorded = 0;
+
 export function recordRun(groups: AttachedGroup[], seed: number): RunRecord {
   mkdirSync(RUNS_DIR, { recursive: true });
-  const records = groups.map((g, i) => ({ g, file: join(RUNS_DIR, `${process.pid}.${i}.json`), rec: { ...recordOf(g, seed), pid: process.pid } }));
+  runsRecorded += 1;
+  const run = runsRecorded;
+  const records = groups.map((g, i) => ({ g, file: join(RUNS_DIR, `${process.pid}.${run}.${i}.json`), rec: { ...recordOf(g, seed), pid: process.pid } }));
   const write = (file: string, rec: AttachmentRecord): void => {
     // Whole or not at all for a status reading it at the same moment.
     const tmp = `${file}.tmp`;

@@ -156,6 +156,9 @@ kernelTest('serve: SIGTERM detaches every fault; kill -9 with 20 faults attached
     let svc = await startService();
     await create(svc, 6);
     assert.equal(onHooks(), 6);
+    // `netmangle status` shows each fault of the service on its own.
+    const status = spawnSync(process.execPath, [CLI, 'status'], { encoding: 'utf8' });
+    assert.equal(status.stdout.split('\n').filter((l) => l.includes(`run by pid ${svc.proc.pid},`)).length, 6, status.stdout);
     svc.proc.kill('SIGTERM');
     const term = await svc.exited();
     assert.equal(term.code, 0, svc.stderr());
