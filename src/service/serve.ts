@@ -106,6 +106,13 @@ export async function startService(o: ServeOptions): Promise<RunningService> {
 export async function serveUntilSignal(o: ServeOptions): Promise<void> {
   const service = await startService(o);
   const log = o.log ?? ((line: string) => process.stdout.write(`${line}\n`));
+  // A bug must not leave programs attached behind a dead service (netlink attachments would stay).
+  const crash = (err: unknown) => {
+    process.stderr.write(`netmangle serve: internal error: ${err instanceof Error ? err.stack ?? err.message : String(err)} (please report this); detaching everything\n`);
+    void service.stop().catch(() => {}).finally(() => process.exit(70));
+  };
+  process.on('uncaughtException', crash);
+  process.on('unhandledRejection', crash);
   const signal = await new Promise<NodeJS.Signals>((resolve) => {
     for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.once(sig, resolve);
   });

@@ -4,7 +4,6 @@
  * GET /openapi.json gives it in full. Runs until SIGTERM/SIGINT, then detaches everything.
  */
 import type { Command } from 'commander';
-import { UsageError } from '../../errors.js';
 
 export function register(program: Command): void {
   program
@@ -13,8 +12,7 @@ export function register(program: Command): void {
     .option('--listen <address>', 'unix:PATH, or ADDRESS:PORT (TCP needs --token-file)', 'unix:/run/netmangle.sock')
     .option('--token-file <file>', 'TCP: the bearer token every request must carry (first line of the file, at least 16 characters)')
     .option('--listen-any', 'TCP: allow an address that is not loopback')
-    .action(async (opts: { listen: string; tokenFile?: string; listenAny?: boolean }, cmd: Command) => {
-      if (cmd.args.length > 0) throw new UsageError(`serve takes no arguments (got ${cmd.args.join(' ')})`);
+    .action(async (opts: { listen: string; tokenFile?: string; listenAny?: boolean }) => {
       const { parseListen } = await import('../../service/listen.js');
       const { serveUntilSignal } = await import('../../service/serve.js');
       await serveUntilSignal({
