@@ -310,6 +310,16 @@ export class RemoteFault implements AsyncDisposable {
     return r.replaced;
   }
 
+  /**
+   * The library Fault's replace(): other rules (and triggers) on the same target; `atomic` when
+   * the new program took the old one's place in one step. The target cannot change here.
+   */
+  async replace(rules: string | string[], target?: Target, options: Triggers & { seed?: number } = {}): Promise<{ atomic: boolean }> {
+    const patch: FaultPatch = { rules: typeof rules === 'string' ? rules : [...rules], ...options };
+    if (target) Object.assign(patch, target);
+    return { atomic: (await this.update(patch)) === 'atomically' };
+  }
+
   async renew(ttl?: number | string): Promise<void> {
     this.#info = await this.client.renew(this.name, ttl);
   }

@@ -32,6 +32,8 @@ kernelTest('client: attach through the service, count real packets, update in pl
       assert.equal(await fault.update({ first: null }), 'atomically');
       assert.deepEqual(tcxPrograms(lab.nsA, lab.devA), fault.attachments.map((a) => a.programId), 'the handle knows the new program');
       assert.equal(lab.ping(2), false, 'now every echo request is dropped');
+      assert.deepEqual(await fault.replace('icmp.type == 8 => pass', target), { atomic: true }, 'the library Fault\'s replace()');
+      assert.ok(lab.ping(2));
       assert.equal((await client.list()).length, 1);
     }
     assert.deepEqual(await client.list(), [], 'await using detached it');
