@@ -29,7 +29,7 @@ export type { AttachOptions, AttachmentInfo, DelayLineCounts, Fault, FaultCounte
 export { parseRules } from './rules.js';
 export type { RuleInput, RuleSet, Target, Triggers } from './rules.js';
 export { loadRulesFile, loadRulesText } from '../rules/load.js';
-export { NetmangleError, UsageError, describeError } from '../errors.js';
+export { NetmangleError, UsageError, NotFoundError, HookBusyError, ProgramRejectedError, describeError } from '../errors.js';
 export { NotPrivilegedError } from '../kernel/probe.js';
 export { RuleError } from '../rules/errors.js';
 export { CompileError } from '../compiler/index.js';

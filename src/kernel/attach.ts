@@ -12,7 +12,7 @@
  * Every kernel call runs inside `inNetns(netns)`, so the interface is found (and the program
  * attached) in that namespace.
  */
-import { NetmangleError, UsageError } from '../errors.js';
+import { HookBusyError, NetmangleError, UsageError } from '../errors.js';
 import { programInfo, queryProgs } from './info.js';
 import { createTcxLink, createXdpLink, tryDetachLink, updateLink, type Link } from './link.js';
 import { inNetns, ipCommand, netnsExists, requireNetns } from './netns.js';
@@ -118,7 +118,7 @@ function foreignXdpError(dev: string, netns: string | undefined, state: XdpState
       hint: 'detach the earlier attachment first',
     });
   }
-  return new NetmangleError(`${where(dev, netns)} already holds XDP program ${which} (${mode})`, {
+  return new HookBusyError(`${where(dev, netns)} already holds XDP program ${which} (${mode})`, {
     hint: `netmangle does not replace programs it did not attach: remove it first (\`${ipLinkOff}\`, or close its owner's link)`,
   });
 }
@@ -129,7 +129,7 @@ function foreignTcxError(dev: string, netns: string | undefined, dir: TcDirectio
     const ids = queryProgs(ifindex, dir === 'ingress' ? 'tcx_ingress' : 'tcx_egress').progIds;
     if (ids.length) which = `program${ids.length > 1 ? 's' : ''} ${ids.map(describeProgram).join(', ')}`;
   } catch { /* keep the generic wording */ }
-  return new NetmangleError(`cannot attach at tcx ${dir} of ${where(dev, netns)}: it already holds ${which}`, {
+  return new HookBusyError(`cannot attach at tcx ${dir} of ${where(dev, netns)}: it already holds ${which}`, {
     hint: 'detach the other program first, or attach with path netlink',
     cause,
   });
@@ -329,7 +329,7 @@ function attachIn(prog: Program, opts: AttachOptions, path: AttachPath): Attachm
         const prio = opts.tcPriority ?? 1;
         const other = listClsBpfFilters(ifindex, hook).find((f) => f.prio === prio);
         const which = other?.progId !== undefined ? `program ${describeProgram(other.progId)}` : 'another filter';
-        throw new NetmangleError(`tc ${hook} of ${where(dev, netns)} already holds ${which} at priority ${prio}`, {
+        throw new HookBusyError(`tc ${hook} of ${where(dev, netns)} already holds ${which} at priority ${prio}`, {
           hint: 'remove it first, or choose another priority', cause: err,
         });
       }

@@ -9,7 +9,7 @@
  * event loop, still in the foreign namespace, to unrelated code.
  */
 import { closeSync, existsSync, openSync, readdirSync, statSync } from 'node:fs';
-import { NetmangleError } from '../errors.js';
+import { NetmangleError, NotFoundError } from '../errors.js';
 import { errno, errnoName, libc } from './ffi.js';
 
 /** CLONE_NEWNET from <linux/sched.h>: setns() checks the fd really is a network namespace. */
@@ -57,11 +57,11 @@ function checkName(name: string): void {
 
 function missingNetns(name: string): NetmangleError {
   if (isNetnsPath(name)) {
-    return new NetmangleError(`no network namespace at ${name}`, {
+    return new NotFoundError(`no network namespace at ${name}`, {
       hint: 'give /proc/PID/ns/net of a running process, or a bind mount such as /run/netns/NAME',
     });
   }
-  return new NetmangleError(`no network namespace ${name} (see \`ip netns list\`)`, {
+  return new NotFoundError(`no network namespace ${name} (see \`ip netns list\`)`, {
     hint: `create it with \`ip netns add ${name}\`, or leave out the namespace to use the current one`,
   });
 }

@@ -7,7 +7,7 @@ import { writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { compileGroup, readCounters, STATE_MAP, type CompiledProgram, type RuleCounters } from '../compiler/index.js';
-import { NetmangleError } from '../errors.js';
+import { NetmangleError, ProgramRejectedError } from '../errors.js';
 import { attachProgram, type Attachment } from '../kernel/attach.js';
 import { createMap, loadProgram, VerifierError, type BpfMap, type Program } from '../kernel/index.js';
 import { linkByName } from '../kernel/iface.js';
@@ -81,8 +81,9 @@ function loadWithReport(compiled: CompiledProgram, maps: Record<string, BpfMap>)
     const rules = compiled.rules.map((r) => `# rule ${r.name}: ${r.text}`).join('\n');
     writeFileSync(file, `${rules}\n\n${err.log}`);
     const tail = err.log.trim().split('\n').slice(-4).map((l) => `    ${l}`).join('\n');
-    throw new NetmangleError(
+    throw new ProgramRejectedError(
       `the kernel's verifier rejected the program for ${compiled.rules.map((r) => `"${r.text}"`).join(', ')} (a netmangle bug):\n${tail}`,
+      err.log,
       { hint: `the whole verifier log is in ${file}; please report it with the rule`, cause: err },
     );
   }

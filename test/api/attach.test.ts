@@ -4,7 +4,10 @@
  * one given by name, and bad input is refused in one line with nothing left attached.
  */
 import assert from 'node:assert/strict';
-import { attach, Lab, NetmangleError, parseRules, probe, RuleError, UsageError, type Fault } from '../../src/api/index.js';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { attach, build, HookBusyError, Lab, NetmangleError, NotFoundError, parseRules, probe, RuleError, UsageError, type Fault } from '../../src/api/index.js';
 import { kernelTest, uniqueName } from '../helpers/kernel.js';
 import { interfacesIn, programsIn, programsOn } from './hooks.js';
 
@@ -156,7 +159,7 @@ kernelTest('attach(): counters, disposal, namespaces by name and by path, bad in
         await assert.rejects(fault.replace('icmp => drp'), RuleError);
         assert.equal(fault.attached, true);
         assert.deepEqual(programsOn(h2, 'eth0', 'ingress'), [second]);
-        await assert.rejects(fault.replace('icmp => drop', { dev: 'nope0', hook: 'ingress', netns: h2 }), /^NetmangleError: no interface nope0/);
+        await assert.rejects(fault.replace('icmp => drop', { dev: 'nope0', hook: 'ingress', netns: h2 }), /^NotFoundError: no interface nope0/);
         assert.deepEqual(programsOn(h2, 'eth0', 'ingress'), [second]);
 
         // A delay line cannot be swapped in: detach + attach, said so.
@@ -179,6 +182,26 @@ kernelTest('attach(): counters, disposal, namespaces by name and by path, bad in
       assert.deepEqual(programsIn(h2), []);
     });
 
+    await t.test('a hook holding a program netmangle did not attach: HookBusyError, the program left as it was', async () => {
+      const dir = mkdtempSync(join(tmpdir(), 'netmangle-api-'));
+      try {
+        const obj = join(dir, 'foreign.o');
+        writeFileSync(obj, build('icmp.type == 8 => pass', { dev: 'eth0', hook: 'xdp' }, { seed: 1 }));
+        const add = await lab.exec('h2', ['ip', 'link', 'set', 'dev', 'eth0', 'xdpgeneric', 'obj', obj, 'sec', 'xdp']);
+        assert.equal(add.code, 0, add.stderr);
+        const foreign = programsOn(h2, 'eth0', 'xdp');
+        assert.equal(foreign.length, 1);
+        const err = await attach('icmp => drop', { dev: 'eth0', hook: 'xdp', netns: h2 }).then(() => undefined, (e: unknown) => e);
+        assert.ok(err instanceof HookBusyError, String(err));
+        assert.match(err.message, /already holds XDP program/);
+        assert.deepEqual(programsOn(h2, 'eth0', 'xdp'), foreign);
+      } finally {
+        await lab.exec('h2', ['ip', 'link', 'set', 'dev', 'eth0', 'xdpgeneric', 'off']);
+        rmSync(dir, { recursive: true, force: true });
+      }
+      assert.deepEqual(programsIn(h2), []);
+    });
+
     await t.test('bad input: one line, the right class, nothing attached', async () => {
       const syntax = await refused(lab, () => attach('tcp.flgs => drop', egress), /^unknown field "tcp\.flgs" \(did you mean tcp\.flags\?\)$/, UsageError);
       assert.ok(syntax instanceof RuleError);
@@ -186,9 +209,9 @@ kernelTest('attach(): counters, disposal, namespaces by name and by path, bad in
       assert.equal(syntax.exitCode, 2);
       const col = await refused(lab, () => attach('tcp.dstport == 80 => drip', egress), /drip/, RuleError);
       assert.equal((col as RuleError).column, 22);
-      await refused(lab, () => attach('icmp => drop', { dev: 'nope0', hook: 'egress', netns: h1 }), /^no interface nope0 in namespace /);
-      await refused(lab, () => attach('icmp => drop', { dev: 'eth0', hook: 'egress', netns: uniqueName('none') }), /^no network namespace \S+ \(see `ip netns list`\)$/);
-      await refused(lab, () => attach('icmp => drop', { dev: 'eth0', hook: 'egress', netns: '/proc/999999999/ns/net' }), /^no network namespace at \/proc\/999999999\/ns\/net$/);
+      await refused(lab, () => attach('icmp => drop', { dev: 'nope0', hook: 'egress', netns: h1 }), /^no interface nope0 in namespace /, NotFoundError);
+      await refused(lab, () => attach('icmp => drop', { dev: 'eth0', hook: 'egress', netns: uniqueName('none') }), /^no network namespace \S+ \(see `ip netns list`\)$/, NotFoundError);
+      await refused(lab, () => attach('icmp => drop', { dev: 'eth0', hook: 'egress', netns: '/proc/999999999/ns/net' }), /^no network namespace at \/proc\/999999999\/ns\/net$/, NotFoundError);
       await refused(lab, () => attach('icmp => drop', { dev: 'eth0', hook: 'sideways' as 'egress', netns: h1 }), /^hook must be one of xdp, ingress, egress, not "sideways"$/, UsageError);
       await refused(lab, () => attach('icmp => drop', egress, { every: 0 }), /^every must be a whole number/, UsageError);
       await refused(lab, () => attach('icmp => drop', egress, { probability: 2 }), /^probability must be a number greater than 0/, UsageError);
