@@ -10,7 +10,7 @@
  *   422  a rule the checker or the kernel's verifier refuses
  *   500  anything else: a kernel call that failed (its message says which), or a netmangle bug
  */
-import { NetmangleError, UsageError } from '../errors.js';
+import { HookBusyError, NetmangleError, NotFoundError, ProgramRejectedError, UsageError } from '../errors.js';
 import { RuleError } from '../rules/errors.js';
 
 /** Where in the request the error is: a field of the body (`rules[1]`, `[3].hook`) and, in a rule, the column (1-based). */
@@ -63,9 +63,8 @@ function firstLine(text: string): string {
   return nl < 0 ? text : text.slice(0, nl);
 }
 
-const NOT_FOUND = [/^no interface /, /^no network namespace /, /^cannot enter network namespace .*: ENOENT/, /^no such network namespace/, /^network namespace .* does not exist/];
-const CONFLICT = [/already holds/, /is already attached/];
-const REFUSED = [/verifier rejected/, /verifier refused/, /^the kernel's verifier/];
+/** Our own program already on an XDP hook is not a HookBusyError (nothing foreign there), but it is a conflict all the same. */
+const CONFLICT = [/is already attached/];
 
 /**
  * The HTTP error for anything an operation threw. `field` names the body field the rules came
@@ -80,10 +79,10 @@ export function toHttpError(err: unknown, ruleField?: (err: RuleError) => string
   if (err instanceof NetmangleError) {
     const message = speakJson(firstLine(err.message));
     const hint = err.hint === undefined ? undefined : speakJson(err.hint);
-    if (NOT_FOUND.some((re) => re.test(err.message))) return new HttpError(404, message, hint);
-    if (CONFLICT.some((re) => re.test(err.message))) return new HttpError(409, message, hint);
-    if (REFUSED.some((re) => re.test(err.message)) || err.name === 'VerifierError') {
-      // The verifier's reason is in the message's further lines: keep them.
+    if (err instanceof NotFoundError) return new HttpError(404, message, hint);
+    if (err instanceof HookBusyError || CONFLICT.some((re) => re.test(err.message))) return new HttpError(409, message, hint);
+    if (err instanceof ProgramRejectedError) {
+      // The verifier's reason is in the message's further lines: keep them, on one line.
       return new HttpError(422, speakJson(err.message.split('\n').map((l) => l.trim()).filter(Boolean).join(' | ')), hint);
     }
     if (err instanceof UsageError) return new HttpError(400, message, hint);
