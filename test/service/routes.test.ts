@@ -109,6 +109,14 @@ kernelTest('serve: every route, every error status, programs on the hooks as the
     assert.match(r.json.error, /^no network namespace nm-no-such-ns/);
     r = await s.req('POST', '/faults', spec({ name: 'f2', dev: 'nope0' }));
     assert.deepEqual([r.status, r.json.error], [404, `no interface nope0 in namespace ${lab.nsA}`]);
+    r = await s.req('POST', '/faults', spec({ name: 'f2', netns: '/proc/999999999/ns/net' }));
+    assert.equal(r.status, 404, r.text);
+    // A namespace given by path, as a container's agent has it
+    r = await s.req('POST', '/faults', spec({ name: 'by-path', hook: 'ingress', netns: `/run/netns/${lab.nsA}` }));
+    assert.deepEqual([r.status, r.json.netns], [201, `/run/netns/${lab.nsA}`], r.text);
+    assert.equal(onA().length, 2);
+    assert.equal((await s.req('DELETE', '/faults/by-path')).status, 204);
+    assert.deepEqual(onA(), [firstProgram]);
     r = await s.req('GET', '/nowhere');
     assert.deepEqual([r.status, r.json.error], [404, 'no route GET /nowhere']);
 
