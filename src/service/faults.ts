@@ -84,7 +84,12 @@ export class FaultTable {
   private queue: Promise<unknown> = Promise.resolve();
   private closed = false;
 
-  constructor(private readonly attach: Attacher) {}
+  /** `log` hears one line per change (created, replaced, deleted, expired …), for the service's output. */
+  constructor(private readonly attach: Attacher, private readonly log: (line: string) => void = () => {}) {}
+
+  private where(s: NormalizedFault, a: AttachedFault): string {
+    return `${s.target.dev} ${s.target.hook}${s.target.netns === undefined ? '' : ` (netns ${s.target.netns})`} via ${a.path}, program ${a.programs.join(', ')}`;
+  }
 
   /** Attaches through the library; a fault that later detaches by itself (its delay line stopped) leaves the table. */
   private async attachSpec(spec: NormalizedFault): Promise<AttachedFault> {
@@ -94,7 +99,7 @@ export class FaultTable {
         const e = this.entries.get(spec.name);
         if (!e || e.attached !== attached) return;
         this.forget(spec.name);
-        process.stderr.write(`netmangle serve: fault ${spec.name} detached by itself: ${message}\n`);
+        this.log(`fault ${spec.name} detached by itself: ${message}`);
       });
     } catch (err) {
       // A rule the checker refused names the rule it is: rules[1].
@@ -157,6 +162,7 @@ export class FaultTable {
       const e: Entry = { spec: normalized, given: programKey(spec), attached, createdAt: new Date() };
       this.entries.set(spec.name, e);
       this.lease(e, lease);
+      this.log(`created ${spec.name}: ${this.where(normalized, attached)}`);
       return this.json(e, false);
     });
   }
@@ -197,6 +203,7 @@ export class FaultTable {
       }
       if (patch.ttl === null) this.lease(e, undefined);
       else if (patch.ttl !== undefined) this.lease(e, lease);
+      if (replaced !== 'unchanged') this.log(`replaced ${name} ${replaced}: ${this.where(e.spec, e.attached)}`);
       return { fault: this.json(e, false), replaced };
     });
   }
@@ -225,6 +232,7 @@ export class FaultTable {
       const e = this.entry(name);
       this.forget(name);
       await e.attached.detach();
+      this.log(`deleted ${name}`);
     });
   }
 
@@ -294,6 +302,9 @@ export class FaultTable {
           throw located ? located.within(`[${i}]`) : err;
         }
       }
+      if (result.created.length + result.replaced.length > 0) {
+        this.log(`populate: created ${result.created.join(', ') || 'none'}; replaced ${result.replaced.join(', ') || 'none'}; ${result.unchanged.length} unchanged`);
+      }
       for (const p of prepared) {
         const e = this.entries.get(p.spec.name)!;
         this.lease(e, p.lease);
@@ -305,7 +316,11 @@ export class FaultTable {
 
   /** Detaches every fault; the names of those it detached. */
   reset(): Promise<string[]> {
-    return this.serial(() => this.detachAll());
+    return this.serial(async () => {
+      const names = await this.detachAll();
+      this.log(`reset: detached ${names.length} fault${names.length === 1 ? '' : 's'}`);
+      return names;
+    });
   }
 
   /** On exit: detaches everything and refuses further changes. */
@@ -356,8 +371,9 @@ export class FaultTable {
         }
         this.forget(e.spec.name);
         await e.attached.detach();
+        this.log(`expired ${e.spec.name}`);
       }).catch((err: unknown) => {
-        process.stderr.write(`netmangle serve: detaching expired fault ${e.spec.name}: ${(err as Error).message}\n`);
+        this.log(`detaching expired fault ${e.spec.name}: ${(err as Error).message}`);
       });
     }, wait);
   }

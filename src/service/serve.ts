@@ -58,7 +58,7 @@ export async function startService(o: ServeOptions): Promise<RunningService> {
     throw new NetmangleError('netmangle serve needs root (CAP_BPF and CAP_NET_ADMIN) to attach programs', { hint: 'run it with sudo' });
   }
   const log = o.log ?? ((line: string) => process.stdout.write(`${line}\n`));
-  const table = new FaultTable(libraryAttacher);
+  const table = new FaultTable(libraryAttacher, log);
   const app = await buildServer({ table, token, version: o.version });
   const a = o.address;
   let socketId: { dev: number; ino: number } | undefined;

@@ -127,6 +127,8 @@ kernelTest('serve: a fault whose lease runs out is detached; renewing keeps it',
     r = await svc.req('GET', '/faults');
     assert.deepEqual(r.json.map((f: { name: string }) => f.name).sort(), ['forever', 'renewed']);
     assert.equal(tcxPrograms(lab.nsA, lab.devA).length, 2, 'the expired fault\'s program left the hook');
+    assert.match(svc.stdout(), new RegExp(`^created short: ${lab.devA} egress \\(netns ${lab.nsA}\\) via tcx, program \\d+$`, 'm'));
+    assert.match(svc.stdout(), /^expired short$/m, 'the service says what it did');
     await sleep(1500);
     r = await svc.req('GET', '/faults');
     assert.deepEqual(r.json.map((f: { name: string }) => f.name), ['forever']);
