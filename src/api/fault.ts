@@ -6,7 +6,7 @@
  */
 import { DEFAULT_HOLD_LIMITS } from '../delay/queue.js';
 import type { DelayLineStats } from '../delay/stats.js';
-import { NetmangleError, UsageError } from '../errors.js';
+import { describeError, NetmangleError, UsageError } from '../errors.js';
 import { linkByName } from '../kernel/iface.js';
 import { requireNetns } from '../kernel/netns.js';
 import { attachGroups, type LiveSession } from '../live/index.js';
@@ -147,6 +147,31 @@ function attachmentInfo(session: LiveSession): AttachmentInfo[] {
   });
 }
 
+/**
+ * Faults attached in this process. When it exits without detaching them (process.exit(), the
+ * end of the event loop, an uncaught exception), they are detached on the way out: BPF links
+ * would go with the process anyway, but netlink attachments, `gso_max_segs` changed by
+ * perSegment and a delay line (whose thread would keep the process from ending) would stay.
+ * (A signal's default action ends the process without an 'exit' event; links still go then.)
+ */
+const live = new Set<AttachedFault>();
+let exitHook = false;
+
+function track(fault: AttachedFault): void {
+  live.add(fault);
+  if (exitHook) return;
+  exitHook = true;
+  process.on('exit', () => {
+    for (const f of live) {
+      try {
+        f.detachNow();
+      } catch (err) {
+        process.stderr.write(`netmangle: while detaching at exit: ${describeError(err)}\n`);
+      }
+    }
+  });
+}
+
 class AttachedFault implements Fault {
   #session: LiveSession | undefined;
   #groups: RuleGroup[];
@@ -184,6 +209,7 @@ class AttachedFault implements Fault {
     this.#groups = groups;
     this.#settings = settings;
     this.#last = undefined;
+    track(this);
     this.#attachments = attachmentInfo(session);
     try {
       this.#record = recordRun(session.groups, settings.seed);
@@ -280,6 +306,7 @@ class AttachedFault implements Fault {
     } catch {
       this.#last = { rules: [], delayLines: [], gsoPackets: 0 };
     }
+    live.delete(this);
     try {
       this.#session!.detach();
     } finally {
