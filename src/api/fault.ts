@@ -12,7 +12,10 @@ import { requireNetns } from '../kernel/netns.js';
 import { attachGroups, type LiveSession } from '../live/index.js';
 import { recordRun, type RunRecord } from '../live/registry.js';
 import type { Hook, RuleGroup } from '../rules/ast.js';
-import { resolveRules, type RuleInput, type Target, type Triggers } from './rules.js';
+import { resolveRules, type RuleInput, type RuleSet, type Target, type Triggers } from './rules.js';
+
+/** How attach() loads and attaches a rule set (whose rules carry their own triggers). */
+export type AttachSettings = Pick<AttachOptions, 'seed' | 'path' | 'perSegment' | 'maxHeld' | 'onFailure'>;
 
 /** How attach() loads and attaches, beyond the rules' triggers. */
 export interface AttachOptions extends Triggers {
@@ -119,7 +122,10 @@ export interface Fault extends AsyncDisposable, Disposable {
    *   or loaded, the old ones stay attached. When the detach + attach fails at attaching, the old
    *   rules are attached again if possible (else the fault ends detached: `attached` says which).
    */
-  replace(rules: RuleInput, target?: Target | { netns?: string }, options?: AttachOptions): Promise<{ atomic: boolean }>;
+  replace(rules: string | readonly string[], target?: Target, options?: AttachOptions): Promise<{ atomic: boolean }>;
+  replace(rules: RuleSet, target?: { netns?: string }, options?: AttachSettings): Promise<{ atomic: boolean }>;
+  /** Plain data for JSON: seed, attached, failure, attachments and counters. */
+  toJSON(): { seed: number; attached: boolean; failure?: string; attachments: readonly AttachmentInfo[]; counters: FaultCounters };
   /**
    * Detaches every program, removes delay lines, restores device settings. Idempotent.
    * @throws NetmangleError if the kernel refused a step (the other steps are still done).
@@ -249,6 +255,12 @@ class AttachedFault implements Fault {
       if (s.delay) out.delayLines.push({ ...where, ...s.delay });
       out.gsoPackets += s.gso;
     }
+    return out;
+  }
+
+  toJSON(): { seed: number; attached: boolean; failure?: string; attachments: readonly AttachmentInfo[]; counters: FaultCounters } {
+    const out: ReturnType<Fault['toJSON']> = { seed: this.seed, attached: this.attached, attachments: this.attachments, counters: this.counters() };
+    if (this.#failure !== undefined) out.failure = this.#failure;
     return out;
   }
 
@@ -386,6 +398,8 @@ function checkPerSegment(perSegment: boolean | undefined, groups: RuleGroup[]): 
  * Kernel: with `path: 'auto'`, XDP links where the kernel has them (5.9+) and tcx links at tc
  * hooks (6.6+), else netlink. `delay` and `reorder` at xdp need a driver with native XDP.
  */
+export async function attach(rules: string | readonly string[], target: Target, options?: AttachOptions): Promise<Fault>;
+export async function attach(rules: RuleSet, target?: { netns?: string }, options?: AttachSettings): Promise<Fault>;
 export async function attach(rules: RuleInput, target?: Target | { netns?: string }, options: AttachOptions = {}): Promise<Fault> {
   const { seed, path, perSegment, maxHeld, onFailure, ...triggers } = options;
   const settings: Settings = { seed: 0, path: path === undefined ? 'auto' : checkPath(path), perSegment, maxHeld: maxHeld && holdLimits(maxHeld), onFailure };
