@@ -6,13 +6,16 @@
  */
 import { DEFAULT_HOLD_LIMITS } from '../delay/queue.js';
 import type { DelayLineStats } from '../delay/stats.js';
-import { NetmangleError, UsageError } from '../errors.js';
+import { describeError, NetmangleError, UsageError } from '../errors.js';
 import { linkByName } from '../kernel/iface.js';
 import { requireNetns } from '../kernel/netns.js';
 import { attachGroups, type LiveSession } from '../live/index.js';
 import { recordRun, type RunRecord } from '../live/registry.js';
 import type { Hook, RuleGroup } from '../rules/ast.js';
-import { resolveRules, type RuleInput, type Target, type Triggers } from './rules.js';
+import { resolveRules, type RuleInput, type RuleSet, type Target, type Triggers } from './rules.js';
+
+/** How attach() loads and attaches a rule set (whose rules carry their own triggers). */
+export type AttachSettings = Pick<AttachOptions, 'seed' | 'path' | 'perSegment' | 'maxHeld' | 'onFailure'>;
 
 /** How attach() loads and attaches, beyond the rules' triggers. */
 export interface AttachOptions extends Triggers {
@@ -119,7 +122,10 @@ export interface Fault extends AsyncDisposable, Disposable {
    *   or loaded, the old ones stay attached. When the detach + attach fails at attaching, the old
    *   rules are attached again if possible (else the fault ends detached: `attached` says which).
    */
-  replace(rules: RuleInput, target?: Target | { netns?: string }, options?: AttachOptions): Promise<{ atomic: boolean }>;
+  replace(rules: string | readonly string[], target?: Target, options?: AttachOptions): Promise<{ atomic: boolean }>;
+  replace(rules: RuleSet, target?: { netns?: string }, options?: AttachSettings): Promise<{ atomic: boolean }>;
+  /** Plain data for JSON: seed, attached, failure, attachments and counters. */
+  toJSON(): { seed: number; attached: boolean; failure?: string; attachments: readonly AttachmentInfo[]; counters: FaultCounters };
   /**
    * Detaches every program, removes delay lines, restores device settings. Idempotent.
    * @throws NetmangleError if the kernel refused a step (the other steps are still done).
@@ -144,6 +150,31 @@ function attachmentInfo(session: LiveSession): AttachmentInfo[] {
     if (a.xdpMode !== undefined) info.xdpMode = a.xdpMode;
     if (a.warning !== undefined) info.warning = a.warning;
     return info;
+  });
+}
+
+/**
+ * Faults attached in this process. When it exits without detaching them (process.exit(), the
+ * end of the event loop, an uncaught exception), they are detached on the way out: BPF links
+ * would go with the process anyway, but netlink attachments, `gso_max_segs` changed by
+ * perSegment and a delay line (whose thread would keep the process from ending) would stay.
+ * (A signal's default action ends the process without an 'exit' event; links still go then.)
+ */
+const live = new Set<AttachedFault>();
+let exitHook = false;
+
+function track(fault: AttachedFault): void {
+  live.add(fault);
+  if (exitHook) return;
+  exitHook = true;
+  process.on('exit', () => {
+    for (const f of live) {
+      try {
+        f.detachNow();
+      } catch (err) {
+        process.stderr.write(`netmangle: while detaching at exit: ${describeError(err)}\n`);
+      }
+    }
   });
 }
 
@@ -184,6 +215,7 @@ class AttachedFault implements Fault {
     this.#groups = groups;
     this.#settings = settings;
     this.#last = undefined;
+    track(this);
     this.#attachments = attachmentInfo(session);
     try {
       this.#record = recordRun(session.groups, settings.seed);
@@ -223,6 +255,12 @@ class AttachedFault implements Fault {
       if (s.delay) out.delayLines.push({ ...where, ...s.delay });
       out.gsoPackets += s.gso;
     }
+    return out;
+  }
+
+  toJSON(): { seed: number; attached: boolean; failure?: string; attachments: readonly AttachmentInfo[]; counters: FaultCounters } {
+    const out: ReturnType<Fault['toJSON']> = { seed: this.seed, attached: this.attached, attachments: this.attachments, counters: this.counters() };
+    if (this.#failure !== undefined) out.failure = this.#failure;
     return out;
   }
 
@@ -280,6 +318,7 @@ class AttachedFault implements Fault {
     } catch {
       this.#last = { rules: [], delayLines: [], gsoPackets: 0 };
     }
+    live.delete(this);
     try {
       this.#session!.detach();
     } finally {
@@ -359,6 +398,8 @@ function checkPerSegment(perSegment: boolean | undefined, groups: RuleGroup[]): 
  * Kernel: with `path: 'auto'`, XDP links where the kernel has them (5.9+) and tcx links at tc
  * hooks (6.6+), else netlink. `delay` and `reorder` at xdp need a driver with native XDP.
  */
+export async function attach(rules: string | readonly string[], target: Target, options?: AttachOptions): Promise<Fault>;
+export async function attach(rules: RuleSet, target?: { netns?: string }, options?: AttachSettings): Promise<Fault>;
 export async function attach(rules: RuleInput, target?: Target | { netns?: string }, options: AttachOptions = {}): Promise<Fault> {
   const { seed, path, perSegment, maxHeld, onFailure, ...triggers } = options;
   const settings: Settings = { seed: 0, path: path === undefined ? 'auto' : checkPath(path), perSegment, maxHeld: maxHeld && holdLimits(maxHeld), onFailure };

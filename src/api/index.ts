@@ -22,10 +22,10 @@ import type { Hook } from '../rules/ast.js';
 import { replayCapture, selectGroups, type ReplaySummary } from '../replay/index.js';
 import type { CaptureFileFormat } from '../replay/capture-io.js';
 import type { ReplayEngine } from '../replay/runner.js';
-import { resolveRules, type RuleInput, type Target, type Triggers } from './rules.js';
+import { resolveRules, type RuleInput, type RuleSet, type Target, type Triggers } from './rules.js';
 
 export { attach } from './fault.js';
-export type { AttachOptions, AttachmentInfo, DelayLineCounts, Fault, FaultCounters, RuleCounts } from './fault.js';
+export type { AttachOptions, AttachSettings, AttachmentInfo, DelayLineCounts, Fault, FaultCounters, RuleCounts } from './fault.js';
 export { parseRules } from './rules.js';
 export type { RuleInput, RuleSet, Target, Triggers } from './rules.js';
 export { loadRulesFile, loadRulesText } from '../rules/load.js';
@@ -61,6 +61,8 @@ export interface CompileOptions extends Triggers {
  * @throws UsageError for a bad rule or option; CompileError for rules that need a delay line
  *   (`delay`, `reorder`: only attach() and replay() can hold packets).
  */
+export function compile(rules: string | readonly string[], target: Target, options?: CompileOptions): CompiledProgram[];
+export function compile(rules: RuleSet, target?: { netns?: string }, options?: { seed?: number }): CompiledProgram[];
 export function compile(rules: RuleInput, target?: Target | { netns?: string }, options: CompileOptions = {}): CompiledProgram[] {
   const { seed, ...triggers } = options;
   const r = resolveRules(rules, target as Partial<Target> | undefined, triggers, seed);
@@ -83,6 +85,8 @@ export interface BuildOptions extends CompileOptions {
  *
  * @throws UsageError for a bad rule or option; CompileError for `delay` and `reorder` rules.
  */
+export function build(rules: string | readonly string[], target: Target, options?: BuildOptions): Uint8Array;
+export function build(rules: RuleSet, target?: { netns?: string }, options?: { seed?: number; sections?: SectionStyle }): Uint8Array;
 export function build(rules: RuleInput, target?: Target | { netns?: string }, options: BuildOptions = {}): Uint8Array {
   const { seed, sections, ...triggers } = options;
   if (sections !== undefined && sections !== 'tc' && sections !== 'tcx') throw new UsageError(`sections ${JSON.stringify(sections)}: must be tc or tcx`);

@@ -57,6 +57,9 @@ kernelTest('attach(): counters, disposal, namespaces by name and by path, bad in
       assert.ok(c.rules[0]!.matched >= 6, JSON.stringify(c));
       assert.ok(c.rules[0]!.dropped >= 3, JSON.stringify(c));
       assert.equal(c.rules[0]!.dropped, c.rules[0]!.acted);
+      const json = JSON.parse(JSON.stringify(fault)) as { seed: number; attached: boolean; attachments: unknown[]; counters: { rules: Array<{ dropped: number }> } };
+      assert.deepEqual([json.seed, json.attached, json.attachments.length], [7, true, 1]);
+      assert.ok(json.counters.rules[0]!.dropped >= 3);
       await fault.detach();
       assert.equal(fault.attached, false);
       assert.deepEqual(programsOn(h1, 'eth0', 'egress'), []);

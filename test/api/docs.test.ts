@@ -14,9 +14,9 @@ import { kernelTest, uniqueName } from '../helpers/kernel.js';
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 const DOC = readFileSync(join(ROOT, 'docs', 'api.md'), 'utf8');
 
-/** The ```ts blocks of the doc, in order. */
-function tsBlocks(): string[] {
-  return [...DOC.matchAll(/^```ts\n([\s\S]*?)^```$/gm)].map((m) => m[1]!);
+/** The ```ts (or ```js) blocks of the doc, in order. */
+function blocks(lang: 'ts' | 'js'): string[] {
+  return [...DOC.matchAll(new RegExp(`^\`\`\`${lang}\n([\\s\\S]*?)^\`\`\`$`, 'gm'))].map((m) => m[1]!);
 }
 
 test('docs/api.md: the example is test/api/article-example.test.ts, unchanged', () => {
@@ -30,7 +30,7 @@ test('docs/api.md: the example is test/api/article-example.test.ts, unchanged', 
 });
 
 kernelTest('docs/api.md: the first snippet compiles against the installed types and drops every second echo request', async () => {
-  const snippet = tsBlocks()[0]!;
+  const snippet = blocks('ts')[0]!;
   assert.match(snippet, /^import \{ attach, Lab \} from 'netmangle';/);
   // Its own lab name, so it cannot meet a lab called "lab" someone has up.
   const name = uniqueName('doc');
@@ -54,6 +54,25 @@ kernelTest('docs/api.md: the first snippet compiles against the installed types 
     assert.equal(run.status, 0, run.stdout + run.stderr);
     assert.match(run.stdout, /4 packets transmitted, 2 received/);
     assert.match(run.stdout, /matched: 4,\s+acted: 2,\s+dropped: 2/);
+  } finally {
+    spawnSync(join(ROOT, 'bin', 'netmangle'), ['lab', 'down', name], { encoding: 'utf8' });
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+kernelTest('docs/api.md: the plain JavaScript snippet runs as written (try … finally)', () => {
+  const snippet = blocks('js')[0]!;
+  assert.match(snippet, /^import \{ attach, Lab \} from 'netmangle';/);
+  const name = uniqueName('docjs');
+  const source = snippet.replace('Lab.up()', `Lab.up(undefined, { name: '${name}' })`);
+  assert.notEqual(source, snippet);
+  const dir = join(ROOT, 'dist', 'doc-check', name);
+  mkdirSync(dir, { recursive: true });
+  try {
+    writeFileSync(join(dir, 'snippet.mjs'), source);
+    const run = spawnSync(process.execPath, [join(dir, 'snippet.mjs')], { encoding: 'utf8', timeout: 60_000 });
+    assert.equal(run.status, 0, run.stdout + run.stderr);
+    assert.equal(run.stdout.trim(), '1');
   } finally {
     spawnSync(join(ROOT, 'bin', 'netmangle'), ['lab', 'down', name], { encoding: 'utf8' });
     rmSync(dir, { recursive: true, force: true });

@@ -32,8 +32,8 @@ test('compile: one program per group, the seed given or the file\'s; delay is re
   assert.deepEqual(progs.map((p) => [p.dev, p.hook, p.kind, p.seed]), [['a', 'xdp', 'xdp', 42], ['b', 'egress', 'sched_cls', 42]]);
   assert.ok(progs.every((p) => p.insns.length > 2));
   assert.equal(compile(set, undefined, { seed: 9 })[0]!.seed, 9);
-  assert.throws(() => compile(set, { dev: 'x', hook: 'xdp' }), /^UsageError: a rule set names its own interfaces and hooks/);
-  assert.throws(() => compile(set, undefined, { first: 1 }), /^UsageError: trigger option "first" applies to one-line rules/);
+  assert.throws(() => compile(set, { dev: 'x', hook: 'xdp' } as never), /^UsageError: a rule set names its own interfaces and hooks/);
+  assert.throws(() => compile(set, undefined, { first: 1 } as never), /^UsageError: trigger option "first" applies to one-line rules/);
   assert.throws(() => compile('icmp => delay 5ms', { dev: 'eth0', hook: 'egress' }), CompileError);
 });
 
