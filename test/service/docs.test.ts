@@ -48,7 +48,7 @@ kernelTest('docs/service.md: every curl example runs as written and answers what
       assert.equal(r.status, 0, `block ${i} failed:\n${b.text}\n${r.stderr}`);
       ran += 1;
       const sample = all[i + 1];
-      if (!sample || sample.lang === 'sh' || sample.lang === 'ts' || sample.lang === 'python') return;
+      if (!sample || ['sh', 'ts', 'python', 'ini'].includes(sample.lang)) return;
       if (sample.lang === 'json') {
         let want: Record<string, unknown>;
         try {
