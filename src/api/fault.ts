@@ -55,6 +55,8 @@ export interface AttachmentInfo {
   rules: Array<{ name: string; text: string }>;
   /** Set when this attachment outlives a crash of the process (netlink path). */
   warning?: string;
+  /** perSegment: the device's gso_max_segs before it was set to 1 (put back on detach). */
+  gsoMaxSegsWas?: number;
 }
 
 /** Counters of one rule, summed over CPUs. */
@@ -149,9 +151,13 @@ function attachmentInfo(session: LiveSession): AttachmentInfo[] {
     if (a.netns !== undefined) info.netns = a.netns;
     if (a.xdpMode !== undefined) info.xdpMode = a.xdpMode;
     if (a.warning !== undefined) info.warning = a.warning;
+    if (g.restoreGsoMaxSegs !== undefined) info.gsoMaxSegsWas = g.restoreGsoMaxSegs;
     return info;
   });
 }
+
+/** How often counters() writes the delay lines' counters into the run record `netmangle status` reads. */
+const RECORD_REFRESH_MS = 900;
 
 /**
  * Faults attached in this process. When it exits without detaching them (process.exit(), the
@@ -187,6 +193,7 @@ class AttachedFault implements Fault {
   #record: RunRecord | undefined;
   #last: FaultCounters | undefined;
   #failure: string | undefined;
+  #refreshedAt = 0;
 
   constructor(groups: RuleGroup[], settings: Settings, target: Target | { netns?: string } | undefined) {
     this.#groups = groups;
@@ -254,6 +261,14 @@ class AttachedFault implements Fault {
       });
       if (s.delay) out.delayLines.push({ ...where, ...s.delay });
       out.gsoPackets += s.gso;
+    }
+    if (out.delayLines.length > 0 && this.#record && Date.now() - this.#refreshedAt >= RECORD_REFRESH_MS) {
+      this.#refreshedAt = Date.now();
+      try {
+        this.#record.refresh();
+      } catch {
+        // `netmangle status` shows older delay line counters; nothing else depends on them.
+      }
     }
     return out;
   }

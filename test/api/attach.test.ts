@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { attach, build, HookBusyError, Lab, NetmangleError, NotFoundError, parseRules, probe, RuleError, UsageError, type Fault } from '../../src/api/index.js';
 import { kernelTest, uniqueName } from '../helpers/kernel.js';
 import { interfacesIn, programsIn, programsOn } from './hooks.js';
+import { listAttached } from '../../src/live/registry.js';
 
 const TOPOLOGY = { hosts: { h1: {}, h2: {} }, links: [{ a: 'h1', b: 'h2' }] };
 
@@ -86,6 +87,21 @@ kernelTest('attach(): counters, disposal, namespaces by name and by path, bad in
         assert.ok(fault.counters().rules[0]!.dropped >= 2);
       }
       assert.deepEqual(programsOn(h2, 'eth0', 'xdp'), []);
+    });
+
+    await t.test('netmangle status sees each fault of the process, until it detaches', async () => {
+      const mine = () => listAttached().filter((e) => e.pid === process.pid).map((e) => e.progId).sort();
+      const a = await attach('icmp => pass', egress);
+      const b = await attach('icmp => pass', { dev: 'eth0', hook: 'ingress', netns: h2 });
+      try {
+        assert.deepEqual(mine(), [a.attachments[0]!.programId, b.attachments[0]!.programId].sort());
+        await a.detach();
+        assert.deepEqual(mine(), [b.attachments[0]!.programId]);
+      } finally {
+        await a.detach();
+        await b.detach();
+      }
+      assert.deepEqual(mine(), []);
     });
 
     await t.test('several rules make one program; a namespace given as /proc/PID/ns/net', async () => {
