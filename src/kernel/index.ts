@@ -17,7 +17,7 @@ export { BpfMap, createMap } from './map.js';
 export type { CreateMapOptions, UpdateFlag } from './map.js';
 export { Program, VerifierError, loadProgram, testRun, verifierLimit, type VerifierLimit } from './program.js';
 export type { LoadProgramOptions, TestRunOptions, TestRunResult } from './program.js';
-export { Link, createTcxLink, createXdpLink, detachLink, tryDetachLink } from './link.js';
+export { Link, createTcxLink, createXdpLink, detachLink, tryDetachLink, updateLink } from './link.js';
 export type { TcxLinkOptions, XdpLinkOptions } from './link.js';
 export { BPFFS_ROOT, NETMANGLE_PIN_ROOT, ensureBpffs, fdKind, getPinned, pinDir, pinObject } from './bpffs.js';
 export type { PinnedKind, PinnedObject } from './bpffs.js';

@@ -149,7 +149,7 @@ export const Flags = {
   EXIST: 2,
   // BPF_MAP_CREATE
   NO_PREALLOC: 1 << 0,
-  // mprog (tcx) attach position
+  // mprog (tcx) attach position; BPF_LINK_UPDATE's BPF_F_REPLACE has the same value
   REPLACE: 1 << 2,
   BEFORE: 1 << 3,
   AFTER: 1 << 4,
@@ -184,6 +184,7 @@ export const Off = {
   btfLoad: { btf: 0, logBuf: 8, size: 16, logSize: 20, logLevel: 24, logTrueSize: 28 },
   linkCreate: { progFd: 0, targetFd: 4, targetIfindex: 4, attachType: 8, flags: 12, relativeFd: 16, relativeId: 16, expectedRevision: 24 },
   linkDetach: { linkFd: 0 },
+  linkUpdate: { linkFd: 0, newProgFd: 4, flags: 8, oldProgFd: 12 },
   enableStats: { type: 0 },
 } as const;
 

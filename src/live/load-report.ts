@@ -13,7 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { CompiledProgram } from '../compiler/index.js';
 import { verdicts } from '../compiler/layout.js';
-import { NetmangleError } from '../errors.js';
+import { ProgramRejectedError } from '../errors.js';
 import { loadProgram, VerifierError, type BpfMap, type Program, type VerifierLimit } from '../kernel/index.js';
 import { R0 } from '../bpf/opcodes.js';
 import { BPF_ALU64, BPF_EXIT, BPF_JMP, BPF_K, BPF_MOV } from '../bpf/opcodes.js';
@@ -29,8 +29,9 @@ export function loadWithReport(compiled: CompiledProgram, maps: Record<string, B
     if (err.limit) throw limitError(compiled, maps, err.limit, err);
     const file = keepVerifierLog(`${compiled.rules.map((r) => `# rule ${r.name}: ${r.text}`).join('\n')}\n\n${err.log}`);
     const tail = err.log.trim().split('\n').slice(-4).map((l) => `    ${l}`).join('\n');
-    throw new NetmangleError(
+    throw new ProgramRejectedError(
       `the kernel's verifier rejected the program for ${compiled.rules.map((r) => `"${r.text}"`).join(', ')} (a netmangle bug):\n${tail}`,
+      err.log,
       { hint: `the whole verifier log is in ${file}; please report it with the rule`, cause: err },
     );
   }
@@ -47,7 +48,7 @@ export function keepVerifierLog(text: string): string {
   return file;
 }
 
-function limitError(compiled: CompiledProgram, maps: Record<string, BpfMap>, limit: VerifierLimit, cause: VerifierError): NetmangleError {
+function limitError(compiled: CompiledProgram, maps: Record<string, BpfMap>, limit: VerifierLimit, cause: VerifierError): ProgramRejectedError {
   const n = compiled.rules.length;
   const what = n === 1 ? `the rule "${compiled.rules[0]!.text}"` : `${n} rules`;
   const where = `${compiled.hook}${compiled.dev ? ` of ${compiled.dev}` : ''}`;
@@ -57,8 +58,9 @@ function limitError(compiled: CompiledProgram, maps: Record<string, BpfMap>, lim
   const fit = limit.kind === 'insns' ? rulesThatFit(compiled, maps) : undefined;
   const split = 'split the rules across hooks or interfaces (or into rules files run side by side), or merge rules that differ only in a value into one with FIELD in {…}';
   const hint = fit !== undefined && fit < n ? `about ${fit} rules like these fit in one program: ${split}` : split;
-  return new NetmangleError(
+  return new ProgramRejectedError(
     `${what} at ${where} ${n === 1 ? 'makes' : 'make'} a program larger than the kernel's verifier checks: ${cause_} (verifier: "${limit.line}")`,
+    cause.log,
     { hint, exitCode: 2, cause },
   );
 }

@@ -50,6 +50,11 @@ export interface RuleLineOptions {
   for?: string;
   startAfter?: string;
   lengths?: string;
+  /**
+   * How messages name the options: `cli` (default) as command-line options (`--every`), `api`
+   * as the library's option names (`every`).
+   */
+  optionStyle?: 'cli' | 'api';
 }
 
 /** The trigger options a rule takes, in both forms; each value as given. */
@@ -67,11 +72,12 @@ interface TriggerValues {
 /** Option names of each trigger in the two forms, for messages. */
 const TRIGGER_NAMES = {
   line: { after: '--after', first: '--first', perConnection: '--per-connection', connections: '--connections', limit: '--limit', for: '--for', startAfter: '--start-after', lengths: '--lengths', every: '--every' },
+  api: { after: 'after', first: 'first', perConnection: 'perConnection', connections: 'connections', limit: 'limit', for: 'for', startAfter: 'startAfter', lengths: 'lengths', every: 'every' },
   file: { after: 'after:', first: 'first:', perConnection: 'per-connection:', connections: 'connections:', limit: 'limit:', for: 'for:', startAfter: 'start-after:', lengths: 'lengths:', every: 'every:' },
 } as const;
 
 /** Checks the trigger values and sets them on the rule. */
-function applyTriggers(rule: Rule, v: TriggerValues, names: (typeof TRIGGER_NAMES)['line' | 'file']): void {
+function applyTriggers(rule: Rule, v: TriggerValues, names: (typeof TRIGGER_NAMES)['line' | 'api' | 'file']): void {
   if (v.after !== undefined) rule.after = checkCount(v.after, names.after, 0, 'after: 100 skips the first 100 matching packets');
   if (v.first !== undefined) rule.first = checkCount(v.first, names.first, 1, 'first: 1 acts on the first matching packet only');
   if (v.perConnection !== undefined && v.perConnection !== false) {
@@ -99,23 +105,25 @@ export function parseRuleLine(text: string, opts: RuleLineOptions): LoadedRules 
   if (text.trim() === '') {
     throw new UsageError('the rule is empty', { hint: "write MATCH => ACTION, for example 'icmp.type == 8 => drop'" });
   }
-  const hook = checkHook(opts.hook, '--hook');
-  const dev = checkDev(opts.dev, '--dev');
-  const netns = opts.netns === undefined ? undefined : checkNetns(opts.netns, '--netns');
-  const name = opts.name === undefined ? 'rule-1' : checkName(opts.name, '--name');
+  const api = opts.optionStyle === 'api';
+  const o = (name: string): string => (api ? name : `--${name}`);
+  const hook = checkHook(opts.hook, o('hook'));
+  const dev = checkDev(opts.dev, o('dev'));
+  const netns = opts.netns === undefined ? undefined : checkNetns(opts.netns, o('netns'));
+  const name = opts.name === undefined ? 'rule-1' : checkName(opts.name, o('name'));
   const rule: Rule = {
     name,
     text,
     ...checkRule(parseRuleText(text), text, hook),
-    checksum: opts.checksum === undefined ? 'fix' : checkChecksum(opts.checksum, '--checksum'),
+    checksum: opts.checksum === undefined ? 'fix' : checkChecksum(opts.checksum, o('checksum')),
   };
-  if (opts.probability !== undefined) rule.probability = checkProbability(opts.probability, '--probability');
-  if (opts.every !== undefined) rule.every = checkEvery(opts.every, '--every');
-  applyTriggers(rule, opts, TRIGGER_NAMES.line);
+  if (opts.probability !== undefined) rule.probability = checkProbability(opts.probability, o('probability'));
+  if (opts.every !== undefined) rule.every = checkEvery(opts.every, o('every'));
+  applyTriggers(rule, opts, api ? TRIGGER_NAMES.api : TRIGGER_NAMES.line);
   const group: RuleGroup = { dev, hook, rules: [rule] };
   if (netns !== undefined) group.netns = netns;
   const out: LoadedRules = { groups: [group] };
-  if (opts.seed !== undefined) out.seed = checkSeed(opts.seed, '--seed');
+  if (opts.seed !== undefined) out.seed = checkSeed(opts.seed, o('seed'));
   return out;
 }
 
@@ -139,8 +147,13 @@ export function checkDev(value: unknown, what: string): string {
   return value;
 }
 
+/** An `ip netns` name, or an absolute path to a namespace file (`/proc/PID/ns/net`, `/run/netns/X`). */
 export function checkNetns(value: unknown, what: string): string {
   if (typeof value !== 'string' || value === '') return fail(what, 'must name a network namespace');
+  if (value.startsWith('/')) {
+    if (/[\s\0]/.test(value) || value.split('/').includes('..')) fail(what, `"${value}" is not a valid namespace path`);
+    return value;
+  }
   if (value.includes('/') || value === '.' || value === '..' || /\s/.test(value)) fail(what, `"${value}" is not a valid namespace name`);
   return value;
 }
