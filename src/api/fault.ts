@@ -25,7 +25,8 @@ export interface AttachOptions extends Triggers {
   /**
    * `auto` (default): BPF links where the kernel has them (XDP links 5.9+, tcx 6.6+), else
    * netlink (IFLA_XDP, clsact + cls_bpf). `link`: links only. `netlink`: netlink only
-   * (these attachments outlive a crash of this process).
+   * (these would outlive a crash of this process: a guardian process removes them then,
+   * docs/lifecycle.md).
    */
   path?: 'auto' | 'link' | 'netlink';
   /** At tc egress, set the device's gso_max_segs to 1 while attached (every TCP segment meets the rules on its own). */
@@ -59,7 +60,7 @@ export interface AttachmentInfo {
   xdpMode?: 'skb' | 'drv';
   /** The rules the program carries, in order. */
   rules: Array<{ name: string; text: string }>;
-  /** Set when this attachment outlives a crash of the process (netlink path). */
+  /** Set when this attachment would outlive a crash of the process (netlink path without a guardian). */
   warning?: string;
   /** perSegment: the device's gso_max_segs before it was set to 1 (put back on detach). */
   gsoMaxSegsWas?: number;
