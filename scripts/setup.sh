@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(iproute2 iputils-ping iperf3 tcpdump ethtool llvm clang libbpf-dev bpftool tshark tcpreplay python3-scapy)
+packages=(iproute2 iputils-ping iperf3 tcpdump ethtool llvm clang libbpf-dev bpftool tshark tcpreplay python3-scapy python3-pytest)
 # scripts/kernel-matrix.sh: qemu boots Debian 12's stock kernel with a busybox initramfs
 # (busybox-static), depmod/modprobe (kmod) prepare its modules.
 packages+=(qemu-system-x86 busybox-static kmod)

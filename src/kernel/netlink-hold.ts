@@ -22,7 +22,10 @@ export type HoldHook = 'xdp' | 'ingress' | 'egress';
 export interface NetlinkHold {
   /** The namespace as `ip netns` named it (undefined: the attaching process's own). */
   netns?: string;
-  /** Its inode, which tells it from another namespace given the same name later. */
+  /**
+   * Its inode, which usually tells it from another namespace given the same name later (6.1
+   * reuses freed inode numbers, so the program id check, not this, keeps removal exact).
+   */
   netnsInode?: number;
   dev: string;
   ifindex: number;

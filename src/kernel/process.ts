@@ -45,22 +45,32 @@ const EINTR = 4;
 const POLLIN = 1;
 
 /**
- * Blocks the calling thread until the process `ref` names has exited (returns at once when it
- * already has, or when its pid now belongs to another process). Nothing else runs meanwhile:
- * for a process whose only job is to wait.
+ * A pidfd on the process `ref` names (pidfd_open, 5.3+), or undefined when it has exited
+ * already or its pid now belongs to another process.
  */
-export function waitForExit(ref: ProcessRef): void {
+export function openPidfd(ref: ProcessRef): number | undefined {
   const fd = syscall(SYS.pidfd_open, ref.pid, 0);
   if (fd < 0) {
     const e = errno();
-    if (e === ESRCH) return;
+    if (e === ESRCH) return undefined;
     throw new Error(`pidfd_open(${ref.pid}): ${errnoName(e)}`);
   }
+  // Opened after a possible reuse of the pid: the pidfd then watches the wrong process.
+  if (!processAlive(ref)) {
+    closeFd(fd);
+    return undefined;
+  }
+  return fd;
+}
+
+/**
+ * Blocks the calling thread until the process behind `pidfd` has exited, then closes the fd.
+ * Nothing else runs meanwhile: for a process whose only job is to wait.
+ */
+export function waitForExit(pidfd: number): void {
   try {
-    // Opened after a possible reuse of the pid: the pidfd then watches the wrong process.
-    if (!processAlive(ref)) return;
     const pollfd = Buffer.alloc(8);
-    pollfd.writeInt32LE(fd, 0);
+    pollfd.writeInt32LE(pidfd, 0);
     pollfd.writeInt16LE(POLLIN, 4);
     for (;;) {
       const n = libc.ppoll(pollfd, 1, null, null);
@@ -68,14 +78,15 @@ export function waitForExit(ref: ProcessRef): void {
       if (n < 0 && errno() !== EINTR) throw new Error(`ppoll on a pidfd: ${errnoName(errno())}`);
     }
   } finally {
-    closeFd(fd);
+    closeFd(pidfd);
   }
 }
 
 /**
  * The inode of a network namespace: of /run/netns/NAME, of a namespace file given as a path
  * (`/proc/PID/ns/net`), or of this thread's own when `name` is undefined. Two namespaces never
- * share one while both exist; a name can be reused for another.
+ * share one while both exist; a name can be reused for another, and
+ * (on some kernels, 6.1 among them) so can the inode number of a namespace that is gone.
  */
 export function netnsInode(name: string | undefined): number | undefined {
   const file = name === undefined ? '/proc/thread-self/ns/net' : name.startsWith('/') ? name : `/run/netns/${name}`;

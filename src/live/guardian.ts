@@ -22,7 +22,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { NetmangleError } from '../errors.js';
 import { holdState, removeHold, type HoldState, type NetlinkHold, type NetlinkOwner } from '../kernel/netlink-hold.js';
-import { processAlive, processStartTime, selfRef, waitForExit, type ProcessRef } from '../kernel/process.js';
+import { openPidfd, processAlive, processStartTime, selfRef, waitForExit, type ProcessRef } from '../kernel/process.js';
 import { OWNED_DIR, RUNS_DIR } from './paths.js';
 
 export interface OwnedRecord extends NetlinkHold {
@@ -62,6 +62,8 @@ function ownedFiles(): string[] {
 
 let guardian: ProcessRef | undefined;
 let guardianFailed = false;
+/** Settles true once the current guardian watches this process, false if it stopped first. */
+let ready: Promise<boolean> = Promise.resolve(false);
 let recordCount = 0;
 /** When guardians of this process stopped unexpectedly (to give up restarting in a loop). */
 const stops: number[] = [];
@@ -75,9 +77,9 @@ const BIN = fileURLToPath(new URL('../../../bin/netmangle', import.meta.url));
 /**
  * Starts this process's guardian unless it runs already; returns it (undefined if it could not
  * be started). Call it outside `inNetns`: a process started there would live in that namespace.
- * It does not wait for the guardian to be up: a guardian that starts after its owner died finds
- * it gone at once and cleans up all the same. A guardian that stops while this process lives
- * (killed by someone) is replaced, up to 3 times a minute.
+ * It does not wait for the guardian to be up (guardianReady does): a guardian that starts after
+ * its owner died finds it gone at once and cleans up all the same. A guardian that stops while
+ * this process lives (killed by someone) is replaced, up to 3 times a minute.
  */
 export function startGuardian(): ProcessRef | undefined {
   if (guardian || guardianFailed) return guardian;
@@ -85,7 +87,7 @@ export function startGuardian(): ProcessRef | undefined {
   let child;
   try {
     child = spawn(process.execPath, [BIN, 'guardian', '--owner', `${me.pid}:${me.startTime}`], {
-      detached: true, stdio: 'ignore', cwd: '/',
+      detached: true, stdio: ['ignore', 'pipe', 'ignore'], cwd: '/',
     });
   } catch (err) {
     return giveUp(`cannot start it: ${(err as Error).message}`);
@@ -95,6 +97,16 @@ export function startGuardian(): ProcessRef | undefined {
   if (pid === undefined) return giveUp('cannot start it');
   const started: ProcessRef = { pid, startTime: processStartTime(pid) ?? 0 };
   guardian = started;
+  const out = child.stdout!;
+  ready = new Promise<boolean>((resolve) => {
+    out.once('data', () => {
+      resolve(true);
+      out.destroy();
+    });
+    out.once('close', () => resolve(false));
+  });
+  // The pipe must not keep this process alive, nor a guardian's own exit wait on it.
+  (out as unknown as { unref?: () => void }).unref?.();
   // It exits only after this process does, so any exit seen here is a guardian lost.
   child.once('exit', (code, signal) => {
     if (guardian !== started) return;
@@ -110,10 +122,35 @@ export function startGuardian(): ProcessRef | undefined {
     const next = startGuardian();
     if (!next) return;
     for (const [file, rec] of liveRecords) writeRecordOf(file, { ...rec, guardian: next });
-    process.stderr.write(`netmangle: note: the guardian process stopped (${why}); started another (pid ${next.pid})\n`);
+    // Said once the new one watches (a crash from then on is covered again).
+    void ready.then((up) => {
+      if (up) process.stderr.write(`netmangle: note: the guardian process stopped (${why}); started another (pid ${next.pid})\n`);
+    });
   });
   child.unref();
   return guardian;
+}
+
+/** How long run and load wait for their guardian before saying "attached" without it. */
+export const GUARDIAN_WAIT_MS = 10_000;
+
+/**
+ * Resolves once this process's guardian watches it (true), or when it could not (false), or
+ * after `timeoutMs` (false, with a warning): from then on a crash of this process is covered.
+ */
+export async function guardianReady(timeoutMs = GUARDIAN_WAIT_MS): Promise<boolean> {
+  if (!guardian) return false;
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<boolean>((resolve) => {
+    // Kept referenced: it is what keeps this process running while it waits.
+    timer = setTimeout(() => resolve(false), timeoutMs);
+  });
+  const ok = await Promise.race([ready, late]);
+  clearTimeout(timer);
+  if (!ok && guardian) {
+    process.stderr.write(`netmangle: warning: the guardian is not up after ${timeoutMs / 1000} s: until it is, a crash leaves netlink attachments behind (netmangle status lists them)\n`);
+  }
+  return ok;
 }
 
 function giveUp(why: string): undefined {
@@ -208,11 +245,19 @@ function removeRunRecords(owner: ProcessRef): void {
 }
 
 /**
- * The guardian: waits for `owner` to exit, cleans up after it. Its owner's normal exit detached
- * everything already and left no records: then there is nothing to do.
+ * The guardian: watches `owner` (saying "ready" on stdout once it does), waits for it to exit,
+ * cleans up after it. Its owner's normal exit detached everything already and left no records:
+ * then there is nothing to do.
  */
 export function guard(owner: ProcessRef): void {
-  waitForExit(owner);
+  const pidfd = openPidfd(owner);
+  try {
+    // A pipe: written at once (synchronously on Linux), before the wait blocks this thread.
+    process.stdout.write('ready\n');
+  } catch {
+    // The owner no longer listens: no matter.
+  }
+  if (pidfd !== undefined) waitForExit(pidfd);
   cleanUpAfter(owner);
 }
 

@@ -23,6 +23,7 @@ export const commandFiles: Record<string, string> = {
   load: 'load.js',
   lab: 'lab.js',
   guardian: 'guardian.js',
+  serve: 'serve.js',
 };
 
 export const commandModules: Record<string, () => Promise<{ register: RegisterCommand }>> = Object.fromEntries(

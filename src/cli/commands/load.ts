@@ -26,7 +26,7 @@ export function register(program: Command): void {
     .requiredOption('--dev <dev>', 'interface to attach to')
     .requiredOption('--hook <hook>', 'xdp, ingress or egress')
     .option('--section <name>', 'program to load: a section name or a function name (needed when several fit the hook)')
-    .option('--netns <name>', 'network namespace of the interface (like ip -n)')
+    .option('--netns <name>', 'network namespace of the interface: a name as ip netns lists it, or a path such as /proc/PID/ns/net')
     .option('--for <duration>', 'detach after this long (e.g. 30s, 5m)')
     .option('--attach <path>', 'auto (default), link (XDP link / tcx) or netlink (legacy IFLA_XDP / cls_bpf)', 'auto')
     .option('--priority <n>', 'tc hooks through netlink: the cls_bpf filter priority, 1 runs first (default: after the filters already there)')
@@ -49,7 +49,7 @@ export function register(program: Command): void {
         throw new NetmangleError('netmangle load needs root (CAP_BPF and CAP_NET_ADMIN) to load and attach programs', { hint: 'run it with sudo' });
       }
       const { attachProgram } = await import('../../kernel/attach.js');
-      const { guardedOwner, refuseHeldHook, refuseOrphanedHook } = await import('../../live/guardian.js');
+      const { guardedOwner, guardianReady, refuseHeldHook, refuseOrphanedHook } = await import('../../live/guardian.js');
       refuseHeldHook({ netns: opts.netns, dev: opts.dev!, hook, priority });
       refuseOrphanedHook({ netns: opts.netns, dev: opts.dev!, hook });
       const loaded = loadObjectProgram(object, name);
@@ -70,6 +70,8 @@ export function register(program: Command): void {
         process.once('SIGHUP', on);
         if (forMs !== undefined) setTimeout(() => resolve(`--for ${forMs} ms`), forMs).unref();
       });
+      // "attached" only once a netlink attachment is covered (see run).
+      if (attachment.path === 'netlink') await Promise.race([guardianReady(), stop]);
       const where = `${attachment.dev} ${attachment.hook}${attachment.netns ? ` (netns ${attachment.netns})` : ''}`;
       process.stdout.write(`attached ${name} (section ${chosen.section}) from ${file} to ${where} via ${attachment.path}, program id ${loaded.prog.id}\n`);
       if (attachment.warning) process.stderr.write(`warning: ${attachment.warning}\n`);
