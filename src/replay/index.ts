@@ -10,7 +10,7 @@ import { compileGroup, type CompiledProgram } from '../compiler/index.js';
 import { UsageError } from '../errors.js';
 import type { Hook, RuleGroup } from '../rules/ast.js';
 import { lookupField } from '../rules/catalog.js';
-import { openCaptureSync, type CaptureWriter } from '../pcap/index.js';
+import { LINKTYPE_ETHERNET, openCaptureSync, PcapWriter, type CaptureWriter } from '../pcap/index.js';
 import { EthernetFrames, formatForPath, openReplayWriter, sameBytes, sameFile, tcCanSee, type CaptureFileFormat } from './capture-io.js';
 import { changedFields, differingBytes, formatChanges } from './fields.js';
 import type { ObjectProgramSummary } from './object.js';
@@ -186,6 +186,13 @@ interface Passage {
   notes: string[];
   /** Whether some stage ran its program on it. */
   ran: boolean;
+  /** Whether its bytes may differ from the input's (some stage's program wrote to it, or it was held). */
+  wrote: boolean;
+  /**
+   * Where its record starts in inBytes when the writer would write that record again byte for
+   * byte if the packet leaves unchanged (pcap to pcap, see rawRecords); else -1.
+   */
+  record: number;
 }
 
 /** A copy of bytes[off, off + len): Uint8Array's slice, since a Buffer's slice is a view (and the reader's buffer is reused). */
@@ -255,17 +262,9 @@ export async function replayCapture(opts: ReplayOptions): Promise<ReplaySummary>
     const passOn = (frame: Uint8Array, frameOff: number, frameLen: number, from: number, relNs: number, tsSec: number, tsNsec: number, p: Passage): void => {
       const ktime = Math.max(0, CLOCK_START_NS + relNs);
       let buf = frame, off = frameOff, len = frameLen;
+      let wrote = p.wrote;
       let dropped = false;
       let followed: Array<{ stage: number; flow: string }> | undefined;
-      /** The held packets of earlier stages' connections this packet was the Nth follower of leave right after it. */
-      const freeFollowed = (): void => {
-        if (!followed) return;
-        for (const f of followed) {
-          const hold = stages[f.stage]!.hold!;
-          for (const r of hold.queue.follow(f.flow, relNs)) leave(f.stage, r, 'overtaken', relNs, tsSec, tsNsec);
-        }
-        followed = undefined;
-      };
       for (let s = from; s < stages.length; s++) {
         actedN[s] = 0;
         const stage = stages[s]!;
@@ -295,9 +294,12 @@ export async function replayCapture(opts: ReplayOptions): Promise<ReplaySummary>
           dropped = true;
           break;
         }
-        buf = runner.outBytes;
-        off = runner.outOffset;
-        len = runner.outLength;
+        if (runner.wrote) {
+          wrote = true;
+          buf = runner.outBytes;
+          off = runner.outOffset;
+          len = runner.outLength;
+        }
         const hold = stage.hold;
         if (hold === undefined) continue;
         const target = hold.targetOf(runner, rv, n > 0 ? acted[s]![n - 1]! : -1);
@@ -319,7 +321,7 @@ export async function replayCapture(opts: ReplayOptions): Promise<ReplaySummary>
         if (hold.queue.hold(item, len, spec, relNs, flow)) {
           hold.counts[spec.kind === 'delay' ? 'delayed' : 'reordered'][rule]!++;
           // It went by an earlier stage's line as a follower before this stage held it.
-          freeFollowed();
+          if (followed) freeFollowed(followed, relNs, tsSec, tsNsec);
           return;
         }
         // The line is full: the packet goes on at once, counted (and off its connection's count).
@@ -332,7 +334,7 @@ export async function replayCapture(opts: ReplayOptions): Promise<ReplaySummary>
       } else {
         let comment: string | undefined;
         const parts: string[] | undefined = comments && p.notes.length > 0 ? [] : undefined;
-        if (p.ran && !sameBytes(buf, off, len, p.inBytes, p.inOff, p.inLen)) {
+        if (p.ran && wrote && !sameBytes(buf, off, len, p.inBytes, p.inOff, p.inLen)) {
           summary.changed++;
           const names: string[] = [];
           for (let k = 0; k < p.acted.length; k += 2) {
@@ -361,12 +363,28 @@ export async function replayCapture(opts: ReplayOptions): Promise<ReplaySummary>
           parts.push(...p.notes);
           comment = parts.join('; ');
         }
-        // The wire length grows or shrinks with the frame.
-        const origLen = Math.max(len, p.wireExtra + len);
-        out.writeBytes(buf, off, len, tsSec, tsNsec, origLen, 0, comment);
+        if (!wrote && p.record >= 0 && comment === undefined) {
+          // Left alone: the input's own record, gathered with its unchanged neighbours into one copy.
+          out.appendRecords(p.inBytes, p.record, p.inOff + p.inLen, 1);
+        } else {
+          // The wire length grows or shrinks with the frame.
+          const origLen = Math.max(len, p.wireExtra + len);
+          out.writeBytes(buf, off, len, tsSec, tsNsec, origLen, 0, comment);
+        }
         summary.packetsOut++;
       }
-      freeFollowed();
+      if (followed) freeFollowed(followed, relNs, tsSec, tsNsec);
+    };
+
+    /**
+     * The held packets of earlier stages' connections a packet was the Nth follower of leave
+     * right after it. (Not a closure inside passOn: one made per packet costs an allocation.)
+     */
+    const freeFollowed = (followed: Array<{ stage: number; flow: string }>, relNs: number, tsSec: number, tsNsec: number): void => {
+      for (const f of followed) {
+        const hold = stages[f.stage]!.hold!;
+        for (const r of hold.queue.follow(f.flow, relNs)) leave(f.stage, r, 'overtaken', relNs, tsSec, tsNsec);
+      }
     };
 
     /** A held packet leaves stage s's hold at relNs: off its connection's count, on through the later stages. */
@@ -376,7 +394,7 @@ export async function replayCapture(opts: ReplayOptions): Promise<ReplaySummary>
       const item = r.item;
       if (comments) item.notes.push(holdNote(stages[s]!.runner.compiled.rules[item.rule]!.name, r, how));
       passOn(item.frame, 0, item.frame.length, s + 1, relNs, tsSec, tsNsec, {
-        inBytes: item.original, inOff: 0, inLen: item.original.length, wireExtra: item.wireExtra, acted: item.acted, notes: item.notes, ran: true,
+        inBytes: item.original, inOff: 0, inLen: item.original.length, wireExtra: item.wireExtra, acted: item.acted, notes: item.notes, ran: true, wrote: true, record: -1,
       });
     };
 
@@ -399,7 +417,12 @@ export async function replayCapture(opts: ReplayOptions): Promise<ReplaySummary>
       }
     };
 
-    const passage: Passage = { inBytes: new Uint8Array(0), inOff: 0, inLen: 0, wireExtra: 0, acted: [], notes: [], ran: false };
+    const passage: Passage = { inBytes: new Uint8Array(0), inOff: 0, inLen: 0, wireExtra: 0, acted: [], notes: [], ran: false, wrote: false, record: -1 };
+    // Whether the writer encodes a record of an unchanged packet as the reader found it: pcap to
+    // pcap, both little-endian with the same timestamp unit (openReplayWriter keeps it), Ethernet.
+    const pcapOut = out instanceof PcapWriter ? out : undefined;
+    const rawRecords = pcapOut !== undefined && reader.format === 'pcap' && reader.byteOrder === 'little'
+      && pcapOut.byteOrder === 'little' && pcapOut.nanosecond === reader.nanosecond && pcapOut.linkType === LINKTYPE_ETHERNET;
     reader.forEach((pkt) => {
       summary.packetsIn++;
       if (firstSec === undefined) {
@@ -416,6 +439,11 @@ export async function replayCapture(opts: ReplayOptions): Promise<ReplaySummary>
       p.inLen = frames.length;
       p.wireExtra = pkt.origLen - frames.length;
       p.ran = false;
+      p.wrote = false;
+      // Per packet: an Ethernet frame (not converted), whole on the wire (origLen ≥ caplen), within
+      // the writer's snapshot length, with a sub-second value the writer takes as it is.
+      p.record = rawRecords && frames.bytes === pkt.bytes && pkt.origLen >= pkt.caplen && pkt.caplen <= pcapOut!.snaplen
+        && pkt.tsNsec <= 0xffffffff ? pkt.offset - 16 : -1;
       if (p.notes.length > 0) p.notes = [];
       if (p.inLen < 14) {
         summary.notRun.tooShort++;
@@ -425,7 +453,7 @@ export async function replayCapture(opts: ReplayOptions): Promise<ReplaySummary>
         passOn(p.inBytes, p.inOff, p.inLen, 0, relNs, pkt.tsSec, pkt.tsNsec, p);
       }
       if (opts.onProgress && summary.packetsIn % progressEvery === 0) opts.onProgress(pkt.fileOffset, summary.packetsIn);
-    });
+    }, rawRecords ? () => out.commitRecords() : undefined);
     // The end of the capture: what is still held leaves at its release time.
     if (anyHold && firstSec !== undefined) releaseDue(Number.POSITIVE_INFINITY);
   } finally {
