@@ -186,6 +186,14 @@ interface Passage {
   notes: string[];
   /** Whether some stage ran its program on it. */
   ran: boolean;
+  /**
+   * Capture time (ns after the first packet) of this passage through the stages, and the
+   * timestamp it is written with. (Fields, not arguments of passOn: a double passed to a
+   * function that is not inlined is boxed, an allocation per packet.)
+   */
+  relNs: number;
+  tsSec: number;
+  tsNsec: number;
   /** Whether its bytes may differ from the input's (some stage's program wrote to it, or it was held). */
   wrote: boolean;
   /**
@@ -255,11 +263,12 @@ export async function replayCapture(opts: ReplayOptions): Promise<ReplaySummary>
     };
 
     /**
-     * Runs a frame through stages [from, n) at capture time relNs (written with timestamp
-     * tsSec.tsNsec): it leaves (written), is dropped, or is held by a stage (written when it
+     * Runs a frame through stages [from, n) at capture time p.relNs (written with timestamp
+     * p.tsSec.p.tsNsec): it leaves (written), is dropped, or is held by a stage (written when it
      * leaves the hold, then going on through the stages after that one).
      */
-    const passOn = (frame: Uint8Array, frameOff: number, frameLen: number, from: number, relNs: number, tsSec: number, tsNsec: number, p: Passage): void => {
+    const passOn = (frame: Uint8Array, frameOff: number, frameLen: number, from: number, p: Passage): void => {
+      const relNs = p.relNs, tsSec = p.tsSec, tsNsec = p.tsNsec;
       const ktime = Math.max(0, CLOCK_START_NS + relNs);
       let buf = frame, off = frameOff, len = frameLen;
       let wrote = p.wrote;
@@ -393,8 +402,8 @@ export async function replayCapture(opts: ReplayOptions): Promise<ReplaySummary>
       hold.left(r.spec, r.flow);
       const item = r.item;
       if (comments) item.notes.push(holdNote(stages[s]!.runner.compiled.rules[item.rule]!.name, r, how));
-      passOn(item.frame, 0, item.frame.length, s + 1, relNs, tsSec, tsNsec, {
-        inBytes: item.original, inOff: 0, inLen: item.original.length, wireExtra: item.wireExtra, acted: item.acted, notes: item.notes, ran: true, wrote: true, record: -1,
+      passOn(item.frame, 0, item.frame.length, s + 1, {
+        relNs, tsSec, tsNsec, inBytes: item.original, inOff: 0, inLen: item.original.length, wireExtra: item.wireExtra, acted: item.acted, notes: item.notes, ran: true, wrote: true, record: -1,
       });
     };
 
@@ -417,7 +426,7 @@ export async function replayCapture(opts: ReplayOptions): Promise<ReplaySummary>
       }
     };
 
-    const passage: Passage = { inBytes: new Uint8Array(0), inOff: 0, inLen: 0, wireExtra: 0, acted: [], notes: [], ran: false, wrote: false, record: -1 };
+    const passage: Passage = { inBytes: new Uint8Array(0), inOff: 0, inLen: 0, wireExtra: 0, acted: [], notes: [], ran: false, wrote: false, record: -1, relNs: 0, tsSec: 0, tsNsec: 0 };
     // Whether the writer encodes a record of an unchanged packet as the reader found it: pcap to
     // pcap, both little-endian with the same timestamp unit (openReplayWriter keeps it), Ethernet.
     const pcapOut = out instanceof PcapWriter ? out : undefined;
@@ -450,7 +459,10 @@ export async function replayCapture(opts: ReplayOptions): Promise<ReplaySummary>
         out.writeBytes(p.inBytes, p.inOff, p.inLen, pkt.tsSec, pkt.tsNsec, Math.max(p.inLen, pkt.origLen), 0, undefined);
         summary.packetsOut++;
       } else {
-        passOn(p.inBytes, p.inOff, p.inLen, 0, relNs, pkt.tsSec, pkt.tsNsec, p);
+        p.relNs = relNs;
+        p.tsSec = pkt.tsSec;
+        p.tsNsec = pkt.tsNsec;
+        passOn(p.inBytes, p.inOff, p.inLen, 0, p);
       }
       if (opts.onProgress && summary.packetsIn % progressEvery === 0) opts.onProgress(pkt.fileOffset, summary.packetsIn);
     }, rawRecords ? () => out.commitRecords() : undefined);
