@@ -345,21 +345,21 @@ export async function replayCapture(opts: ReplayOptions): Promise<ReplaySummary>
         const parts: string[] | undefined = comments && p.notes.length > 0 ? [] : undefined;
         if (p.ran && wrote && !sameBytes(buf, off, len, p.inBytes, p.inOff, p.inLen)) {
           summary.changed++;
-          const names: string[] = [];
+          const names: string[] | undefined = comments ? [] : undefined;
           for (let k = 0; k < p.acted.length; k += 2) {
             const stage = stages[p.acted[k]!]!;
             stage.changed[p.acted[k + 1]!]!++;
-            if (comments) names.push(stage.runner.compiled.rules[p.acted[k + 1]!]!.name);
+            names?.push(stage.runner.compiled.rules[p.acted[k + 1]!]!.name);
           }
           for (let s = from; s < stages.length; s++) {
             const stage = stages[s]!;
             for (let k = 0; k < actedN[s]!; k++) {
               const r = acted[s]![k]!;
               stage.changed[r]!++;
-              if (comments) names.push(stage.runner.compiled.rules[r]!.name);
+              names?.push(stage.runner.compiled.rules[r]!.name);
             }
           }
-          if (comments) {
+          if (names) {
             const before = p.inBytes.subarray(p.inOff, p.inOff + p.inLen);
             const after = buf.subarray(off, off + len);
             const changes = changedFields(before, after);
