@@ -136,3 +136,13 @@ test('copy on write: a run in place after a writing run gives the new packet, no
     assert.deepEqual([...second.packet], new Array(20).fill(2), engine);
   }
 });
+
+test('copy on write: copyPacket copies a packet still in the caller\'s Buffer (whose slice would be a view)', () => {
+  const insns = new Assembler().movImm(R0, 2).exit().assemble().insns;
+  for (const engine of ENGINES) {
+    const input = Buffer.from(packet(40));
+    const copy = new Vm(insns, { programType: 'xdp', engine }).run(input).copyPacket();
+    input[0] = 0xff;
+    assert.equal(copy[0], 0, engine);
+  }
+});
