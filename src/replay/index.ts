@@ -203,6 +203,17 @@ interface Passage {
   record: number;
 }
 
+/**
+ * Whether buf[off, off + len) is the passage's input, byte for byte, knowing that only
+ * [writtenLow, writtenHigh) of it may differ (writtenHigh Infinity: any of it).
+ */
+function sameInput(buf: Uint8Array, off: number, len: number, p: Passage, writtenLow: number, writtenHigh: number): boolean {
+  if (writtenHigh === Infinity || len !== p.inLen) return sameBytes(buf, off, len, p.inBytes, p.inOff, p.inLen);
+  if (writtenLow >= writtenHigh) return true;
+  const n = writtenHigh - writtenLow;
+  return sameBytes(buf, off + writtenLow, n, p.inBytes, p.inOff + writtenLow, n);
+}
+
 /** A copy of bytes[off, off + len): Uint8Array's slice, since a Buffer's slice is a view (and the reader's buffer is reused). */
 const copyOf = (bytes: Uint8Array, off: number, len: number): Uint8Array => Uint8Array.prototype.slice.call(bytes, off, off + len);
 
@@ -272,6 +283,8 @@ export async function replayCapture(opts: ReplayOptions): Promise<ReplaySummary>
       const ktime = Math.max(0, CLOCK_START_NS + relNs);
       let buf = frame, off = frameOff, len = frameLen;
       let wrote = p.wrote;
+      // The part of the frame stages' writes may have changed (see ProgramRunner.writtenLow).
+      let writtenLow = wrote ? 0 : Infinity, writtenHigh = wrote ? Infinity : 0;
       let dropped = false;
       let followed: Array<{ stage: number; flow: string }> | undefined;
       for (let s = from; s < stages.length; s++) {
@@ -305,6 +318,8 @@ export async function replayCapture(opts: ReplayOptions): Promise<ReplaySummary>
         }
         if (runner.wrote) {
           wrote = true;
+          if (runner.writtenLow < writtenLow) writtenLow = runner.writtenLow;
+          if (runner.writtenHigh > writtenHigh) writtenHigh = runner.writtenHigh;
           buf = runner.outBytes;
           off = runner.outOffset;
           len = runner.outLength;
@@ -343,7 +358,7 @@ export async function replayCapture(opts: ReplayOptions): Promise<ReplaySummary>
       } else {
         let comment: string | undefined;
         const parts: string[] | undefined = comments && p.notes.length > 0 ? [] : undefined;
-        if (p.ran && wrote && !sameBytes(buf, off, len, p.inBytes, p.inOff, p.inLen)) {
+        if (p.ran && wrote && !sameInput(buf, off, len, p, writtenLow, writtenHigh)) {
           summary.changed++;
           const names: string[] | undefined = comments ? [] : undefined;
           for (let k = 0; k < p.acted.length; k += 2) {

@@ -44,6 +44,13 @@ export interface ProgramRunner {
    */
   readonly wrote: boolean;
   /**
+   * When it wrote: the part of the packet it may have changed, [writtenLow, writtenHigh) as
+   * offsets in it; 0 and Infinity when that is not known (a helper wrote, the packet moved or
+   * changed length). Outside it the packet is its input, byte for byte.
+   */
+  readonly writtenLow: number;
+  readonly writtenHigh: number;
+  /**
    * Indices of the rules whose `acted` counter rose since the previous call, written into
    * `into` (reused); returns how many.
    */
@@ -131,6 +138,14 @@ export class VmRunner implements ProgramRunner {
     return this.vm.machine.written;
   }
 
+  get writtenLow(): number {
+    return this.vm.machine.writtenLow;
+  }
+
+  get writtenHigh(): number {
+    return this.vm.machine.writtenHigh;
+  }
+
   actedSinceLast(into: Int32Array): number {
     const w = this.stateWords, last = this.lastActed, at = this.actedWord;
     let k = 0;
@@ -212,6 +227,8 @@ export class KernelRunner implements ProgramRunner {
   readonly outOffset = 0;
   /** The test run hands back a new buffer every time, changed or not. */
   readonly wrote = true;
+  readonly writtenLow = 0;
+  readonly writtenHigh = Infinity;
 
   heldMap(): HeldCounts | undefined {
     return this.loaded.maps[HELD_MAP];

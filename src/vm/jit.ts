@@ -370,8 +370,9 @@ function emitStore(prog: PreparedProgram, pc: number): string {
   const lines = [`a = ${L(d)} + ${insn.off};`];
   const packetWritable = prog.type !== 'socket_filter';
   lines.push(
-    // The first store to the packet moves it into the machine's own buffer (Machine.makeWritable).
-    `${packetWritable ? `if (${scalar}${T(d)} === ${T_PACKET} && ${inRange('pe - ps')}) { if (!m.written) { m.makeWritable(); pv = m.pktView; ps = m.pktStart; pe = m.pktEnd; } ${writeView('pv', 'ps + a', size, vl, vh)} }\nelse ` : ''}` +
+    // The first store to the packet moves it into the machine's own buffer (Machine.makeWritable);
+    // every store widens the range of bytes written (Machine.writtenLow/High).
+    `${packetWritable ? `if (${scalar}${T(d)} === ${T_PACKET} && ${inRange('pe - ps')}) { if (!m.written) { m.makeWritable(); pv = m.pktView; ps = m.pktStart; pe = m.pktEnd; } if (a < m.writtenLow) m.writtenLow = a; if (a + ${size} > m.writtenHigh) m.writtenHigh = a + ${size}; ${writeView('pv', 'ps + a', size, vl, vh)} }\nelse ` : ''}` +
       `if (${scalar}${T(d)} === ${T_STACK} && ${inRange('m.stackLimit')}) { if (a < m.stackLow) m.stackLow = a; spill[a >> 3] = 0; spill[${last} >> 3] = 0; ${writeView('sv', 'a', size, vl, vh)} }`,
     // A pointer spilled whole to an aligned stack slot: the slot remembers its tag.
     !isImm && size === 8

@@ -74,6 +74,14 @@ export class Machine {
   private readonly ownView = new DataView(this.own.buffer);
   /** Whether this run wrote to the packet (so it is in `own`); false: pkt is still the caller's bytes, unchanged. */
   written = false;
+  /**
+   * The packet bytes the run's stores wrote, [writtenLow, writtenHigh) as offsets from the
+   * packet's first byte, when only stores wrote it (a run that wrote nothing: empty). A helper
+   * that writes or moves the packet makes it everything: writtenLow 0, writtenHigh Infinity.
+   * Outside this range the packet holds the caller's bytes, which replay need not compare.
+   */
+  writtenLow = 0;
+  writtenHigh = 0;
   /** The caller's buffer of the last run, and a view of it (replay passes one buffer again and again). */
   private inBuf: Uint8Array | undefined;
   private inView: DataView | undefined;
@@ -162,6 +170,8 @@ export class Machine {
     this.pktEnd = offset + len;
     this.pktHardEnd = offset + len;
     this.written = false;
+    this.writtenLow = 0;
+    this.writtenHigh = 0;
 
     // Clear only the part of frame 0's stack the previous run wrote (deeper frames are cleared on call).
     const words = this.stackWords, spill = this.stackSpill;
@@ -231,6 +241,8 @@ export class Machine {
   makeWritable(): void {
     if (this.written) return;
     this.written = true;
+    this.writtenLow = Infinity;
+    this.writtenHigh = 0;
     const len = this.pktEnd - this.pktStart;
     const start = HEADROOM, end = HEADROOM + len;
     const own = this.own;
@@ -253,6 +265,13 @@ export class Machine {
     this.pktHardEnd = HEADROOM + (this.isXdp ? Math.max(len, XDP_MAX_DATA) : MAX_PACKET);
     this.dirtyLow = start;
     this.dirtyHigh = end;
+  }
+
+  /** makeWritable for a helper, which may write (or move) any of the packet. */
+  private writesAll(): void {
+    this.makeWritable();
+    this.writtenLow = 0;
+    this.writtenHigh = Infinity;
   }
 
   /** Registers at entry: r1 = context, r10 = frame pointer, the rest unwritten. The JIT keeps its own copy. */
@@ -365,6 +384,8 @@ export class Machine {
       if (h !== l >> 31 || a < 0 || a + size > len) throw this.outOfBounds(pc, 'write', size, t, h !== l >> 31, a, len);
       if (this.prog.type === 'socket_filter') throw this.fail(pc, 'socket filters may not write to the packet');
       this.makeWritable();
+      if (a < this.writtenLow) this.writtenLow = a;
+      if (a + size > this.writtenHigh) this.writtenHigh = a + size;
       this.writeLE(this.pktView, this.pktStart + a, size, vh, vl);
       return;
     }
@@ -604,7 +625,7 @@ export class Machine {
   callHelper(pc: number, id: number): void {
     const h = HELPERS[id]!;
     // A helper that changes the packet (its bytes, or where it starts and ends) works on the machine's copy.
-    if (h.changesPacket) this.makeWritable();
+    if (h.changesPacket) this.writesAll();
     h.fn(this, pc);
     // The caller-saved argument registers are unreadable after a call.
     for (let r = 1; r <= 5; r++) this.tag[r] = T_UNINIT;
@@ -706,7 +727,7 @@ export class Machine {
       const plen = this.pktEnd - this.pktStart;
       if (h !== a >> 31 || a < 0 || a + len > plen) throw this.outOfBounds(pc, what, len, t, h !== a >> 31, a, plen);
       // A helper writing into the packet (e.g. bpf_skb_load_bytes to a packet pointer) writes the machine's copy.
-      if (write) this.makeWritable();
+      if (write) this.writesAll();
       this.rbuf = this.pkt;
       return this.pktStart + a;
     }

@@ -146,3 +146,20 @@ test('copy on write: copyPacket copies a packet still in the caller\'s Buffer (w
     assert.equal(copy[0], 0, engine);
   }
 });
+
+test('copy on write: the range written is the hull of the stores, and everything once a helper wrote', () => {
+  const stores = new Assembler().ldx(4, R2, R1, 76).ldx(4, R3, R1, 80).mov64(R4, R2).alu64('add', R4, imm(20)).jmp('jgt', R4, R3, 'x')
+    .st(1, R2, 9, 1).st(2, R2, 4, 2).label('x').movImm(R0, 0).exit().assemble().insns;
+  const helper = new Assembler().movImm(R2, 24).movImm(R3, 0).movImm(R4, 0x100).movImm(R5, 2).call(H.l3).exit().assemble().insns;
+  const none = new Assembler().movImm(R0, 0).exit().assemble().insns;
+  for (const engine of ENGINES) {
+    const m = (insns: ReturnType<Assembler['assemble']>['insns']) => {
+      const vm = new Vm(insns, { programType: 'sched_cls', engine });
+      vm.run(packet(60));
+      return [vm.machine.written, vm.machine.writtenLow, vm.machine.writtenHigh];
+    };
+    assert.deepEqual(m(stores), [true, 4, 10], engine);
+    assert.deepEqual(m(helper), [true, 0, Infinity], engine);
+    assert.deepEqual(m(none), [false, 0, 0], engine);
+  }
+});
