@@ -34,7 +34,7 @@ export class HookBusyError extends NetmangleError {}
  */
 export class ProgramRejectedError extends NetmangleError {
   readonly verifierLog: string;
-  constructor(message: string, verifierLog: string, opts: { hint?: string; cause?: unknown } = {}) {
+  constructor(message: string, verifierLog: string, opts: { hint?: string; exitCode?: number; cause?: unknown } = {}) {
     super(message, opts);
     this.verifierLog = verifierLog;
   }

@@ -4,6 +4,7 @@
  * library caller needs before anything is loaded, plain-number counters, and the record that
  * makes the attachment visible to `netmangle status`.
  */
+import { connectionMemoryNote } from '../compiler/index.js';
 import { DEFAULT_HOLD_LIMITS } from '../delay/queue.js';
 import type { DelayLineStats } from '../delay/stats.js';
 import { describeError, NetmangleError, UsageError } from '../errors.js';
@@ -57,6 +58,8 @@ export interface AttachmentInfo {
   warning?: string;
   /** perSegment: the device's gso_max_segs before it was set to 1 (put back on detach). */
   gsoMaxSegsWas?: number;
+  /** Set when the program's per-connection map locks a large amount of kernel memory (said up front). */
+  memoryNote?: string;
 }
 
 /** Counters of one rule, summed over CPUs. */
@@ -152,6 +155,8 @@ function attachmentInfo(session: LiveSession): AttachmentInfo[] {
     if (a.xdpMode !== undefined) info.xdpMode = a.xdpMode;
     if (a.warning !== undefined) info.warning = a.warning;
     if (g.restoreGsoMaxSegs !== undefined) info.gsoMaxSegsWas = g.restoreGsoMaxSegs;
+    const memory = connectionMemoryNote(g.loaded.compiled);
+    if (memory !== undefined) info.memoryNote = memory;
     return info;
   });
 }

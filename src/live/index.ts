@@ -3,13 +3,11 @@
  * counters read back, everything undone on detach. Either the whole set of groups ends up
  * attached or nothing stays behind.
  */
-import { writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { compileGroup, readCounters, STATE_MAP, type CompiledProgram, type RuleCounters } from '../compiler/index.js';
-import { NetmangleError, ProgramRejectedError } from '../errors.js';
+import { NetmangleError } from '../errors.js';
 import { attachProgram, type Attachment } from '../kernel/attach.js';
-import { createMap, loadProgram, VerifierError, type BpfMap, type Program } from '../kernel/index.js';
+import { createMap, type BpfMap, type Program } from '../kernel/index.js';
+import { loadWithReport } from './load-report.js';
 import { linkByName } from '../kernel/iface.js';
 import { ipCommand } from '../kernel/netns.js';
 import { lookupField } from '../rules/catalog.js';
@@ -69,24 +67,6 @@ export function readStateCounters(rules: number, state: BpfMap): { rules: RuleCo
   const values: Uint8Array[] = [];
   for (let cpu = 0; cpu < state.cpus; cpu++) values.push(raw.subarray(cpu * state.valueStride, cpu * state.valueStride + state.valueSize));
   return readCounters(rules, values);
-}
-
-function loadWithReport(compiled: CompiledProgram, maps: Record<string, BpfMap>): Program {
-  try {
-    return loadProgram({ type: compiled.kind, insns: compiled.insns, maps, mapRefs: compiled.mapRefs, name: compiled.name });
-  } catch (err) {
-    if (!(err instanceof VerifierError)) throw err;
-    // A program netmangle generated and the verifier refused is netmangle's bug: say so, keep the log.
-    const file = join(tmpdir(), `netmangle-verifier-${process.pid}-${Date.now()}.log`);
-    const rules = compiled.rules.map((r) => `# rule ${r.name}: ${r.text}`).join('\n');
-    writeFileSync(file, `${rules}\n\n${err.log}`);
-    const tail = err.log.trim().split('\n').slice(-4).map((l) => `    ${l}`).join('\n');
-    throw new ProgramRejectedError(
-      `the kernel's verifier rejected the program for ${compiled.rules.map((r) => `"${r.text}"`).join(', ')} (a netmangle bug):\n${tail}`,
-      err.log,
-      { hint: `the whole verifier log is in ${file}; please report it with the rule`, cause: err },
-    );
-  }
 }
 
 export interface AttachedGroup {

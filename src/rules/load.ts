@@ -10,7 +10,7 @@ import type { Ajv as AjvClass, ErrorObject, ValidateFunction } from 'ajv';
 import type * as YamlModule from 'yaml';
 import type { Document, LineCounter, Node } from 'yaml';
 import { UsageError } from '../errors.js';
-import { DEFAULT_CONNECTIONS, type Action, type Hook, type RateLimit, type Rule, type RuleGroup } from './ast.js';
+import { connectionMapBytes, DEFAULT_CONNECTIONS, formatBytes, MAX_CONNECTIONS, type Action, type Hook, type RateLimit, type Rule, type RuleGroup } from './ast.js';
 import { editDistance, fieldCatalog } from './catalog.js';
 import { checkRule } from './check.js';
 import { RuleError } from './errors.js';
@@ -90,7 +90,7 @@ function applyTriggers(rule: Rule, v: TriggerValues, names: (typeof TRIGGER_NAME
   }
   if (v.connections !== undefined) {
     if (!rule.perConnection) fail(names.connections, `sizes the map of ${names.perConnection}, which is not given`);
-    rule.connections = checkCount(v.connections, names.connections, 1, 'connections: 65536 (the default) remembers that many connections', MAX_CONNECTIONS);
+    rule.connections = checkConnections(v.connections, names.connections);
   }
   if (v.limit !== undefined) rule.limit = checkRate(v.limit, names.limit);
   if (v.startAfter !== undefined) rule.startAfterNs = checkDuration(v.startAfter, names.startAfter);
@@ -192,8 +192,17 @@ export function checkEvery(value: unknown, what: string): number {
   return n;
 }
 
-/** Per-connection maps: at most this many entries (each about 100 bytes of kernel memory). */
-export const MAX_CONNECTIONS = 1 << 24;
+export { MAX_CONNECTIONS };
+
+/** --connections / connections: a whole number up to MAX_CONNECTIONS; beyond, the refusal says the memory it would lock. */
+function checkConnections(value: unknown, what: string): number {
+  const n = typeof value === 'string' && /^\s*\d+\s*$/.test(value) ? Number(value) : value;
+  if (typeof n === 'number' && Number.isInteger(n) && n > MAX_CONNECTIONS) {
+    return fail(what, `must be at most ${MAX_CONNECTIONS}, not ${n}: that many connections would lock about ${formatBytes(connectionMapBytes(n))} of kernel memory (${MAX_CONNECTIONS} lock about ${formatBytes(connectionMapBytes(MAX_CONNECTIONS))})`,
+      'when the map is full the connection used longest ago is forgotten, so fewer usually do');
+  }
+  return checkCount(value, what, 1, 'connections: 65536 (the default) remembers that many connections', MAX_CONNECTIONS);
+}
 
 /** A whole number from `min` to `max` (numbers, or digits in a string). */
 export function checkCount(value: unknown, what: string, min: number, example: string, max = MAX_EVERY): number {
@@ -274,7 +283,7 @@ const ruleSchema = {
     after: { type: 'integer', minimum: 0, maximum: MAX_EVERY },
     first: { type: 'integer', minimum: 1, maximum: MAX_EVERY },
     'per-connection': { type: 'boolean' },
-    connections: { type: 'integer', minimum: 1, maximum: MAX_CONNECTIONS },
+    connections: { type: 'integer', minimum: 1 }, // the maximum is checked with the memory it would lock (checkConnections)
     limit: { type: 'string' },
     for: { type: ['string', 'number'] },
     'start-after': { type: ['string', 'number'] },

@@ -242,6 +242,7 @@ async function runForeground(fault: Fault, o: ForegroundOptions): Promise<void> 
     const n = a.rules.length;
     out.write(`attached ${n} rule${n === 1 ? '' : 's'} to ${where} via ${a.path}, program id ${a.programId}, seed ${o.seed}${o.seedChosen ? ' (chosen at random; pass --seed to repeat)' : ''}\n`);
     if (a.warning) process.stderr.write(`warning: ${a.warning}\n`);
+    if (a.memoryNote) process.stderr.write(`note: ${a.memoryNote}\n`);
     if (a.gsoMaxSegsWas !== undefined) out.write(`gso_max_segs of ${a.dev} set to 1 while attached (was ${a.gsoMaxSegsWas})\n`);
   }
   let gsoWarned = false;
