@@ -1329,8 +1329,10 @@ class Gen {
     a.ldx(8, R1, FP, SLOT_CUT_SUM).alu64('add', R1, R0).stx(8, FP, SLOT_CUT_SUM, R1);
     a.ldx(8, R1, FP, SLOT_CUT_POS).alu64('add', R1, imm(TRUNCATE_CHUNK)).stx(8, FP, SLOT_CUT_POS, R1);
     a.ldx(8, R1, FP, SLOT_CUT_COUNT).alu64('add', R1, imm(1)).stx(8, FP, SLOT_CUT_COUNT, R1).ja(chunks);
-    // r2 = position, r5 = end: end - position bytes (fewer than a chunk) are left.
-    a.label(tail).alu64('sub', R5, R2).alu64('and', R5, imm(TRUNCATE_CHUNK - 1)).jmp('jeq', R5, imm(0), fold);
+    // r2 = position, r5 = end: end - position bytes (fewer than a chunk) are left. `jle 0`, not
+    // `jeq 0`: both skip an empty tail, but only an unsigned bound tells a verifier before 6.8
+    // (Debian 12's 6.1) that the load's size is at least 1 ("invalid zero-sized read").
+    a.label(tail).alu64('sub', R5, R2).alu64('and', R5, imm(TRUNCATE_CHUNK - 1)).jmp('jle', R5, imm(0), fold);
     for (let off = 0; off < TRUNCATE_CHUNK; off += 8) a.st(8, FP, SLOT_CUT_BUF + off, 0);
     a.mov64(R4, R5).mov64(R1, CTXR).mov64(R3, FP).alu64('add', R3, imm(SLOT_CUT_BUF)).call(load);
     a.jmp('jne', R0, imm(0), fold);
