@@ -4,7 +4,7 @@ import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { kernelTest, uniqueName } from '../helpers/kernel.js';
+import { kernelTest, scaled, uniqueName } from '../helpers/kernel.js';
 import { listNamespaces, run } from '../../src/lab/run.js';
 import { statePath, type LabState } from '../../src/lab/state.js';
 import { assertLabGone, macsIn, netmangle, netmangleBin } from './lab-helpers.js';
@@ -143,7 +143,8 @@ kernelTest('netmangle demo finishes in under 30 s, exits 0 and leaves nothing be
   const name = `demo${child.pid!.toString(36)}`;
   try {
     assert.equal(code, 0, `demo failed:\n${out}\n${err}`);
-    assert.ok(seconds < 30, `demo took ${seconds} s`);
+    // 30 s on the machines it is meant for; an emulated one (NETMANGLE_SLOW) gets its factor.
+    assert.ok(seconds < scaled(30_000) / 1000, `demo took ${seconds} s`);
     assert.match(out, /TTL of ping replies at h1 +64 \(all 10\)/);
     assert.match(out, /PSH among data segments at h2 +\d+\.\d% \(\d+\/\d+\)/);
     // Either both experiments ran with the rule, or the demo says plainly that they could not.
