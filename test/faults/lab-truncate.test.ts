@@ -8,7 +8,7 @@
 import assert from 'node:assert/strict';
 import { Lab } from '../../src/lab/index.js';
 import { nstatSnapshot } from '../../src/lab/measure.js';
-import { kernelTest, uniqueName } from '../helpers/kernel.js';
+import { kernelTest, scaled, uniqueName } from '../helpers/kernel.js';
 import { CHECKSUM_LAB, startRun } from './lab-support.js';
 
 const COUNT = 100;
@@ -17,14 +17,15 @@ const TOPOLOGY = CHECKSUM_LAB;
 /** Sends COUNT 100-byte datagrams h1 → h2:9999 under the rule; returns the sizes h2's socket received and the counters. */
 async function underRule(lab: Lab, extra: string[]): Promise<{ sizes: number[]; counters: Record<string, number> }> {
   const h2 = lab.address('h2');
-  const receiver = `import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(('${h2}',9999))\ns.settimeout(1.5)\nout=[]\ntry:\n  while True: out.append(len(s.recv(2000)))\nexcept socket.timeout: pass\nprint(' '.join(map(str,out)))\n`;
+  const receiver = `import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(('${h2}',9999))\ns.settimeout(${scaled(1500) / 1000})\nout=[]\ntry:\n  while True: out.append(len(s.recv(2000)))\nexcept socket.timeout: pass\nprint(' '.join(map(str,out)))\n`;
   const sender = `import socket,time\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\nfor i in range(${COUNT}):\n  s.sendto(bytes(range(100)),('${h2}',9999))\n  time.sleep(0.001)\n`;
   const run = await startRun(['--netns', lab.netns('h1'), '--dev', 'eth0', '--hook', 'egress', 'udp.dstport == 9999 => truncate 70', ...extra]);
   let sizes: number[] = [];
   try {
-    const received = lab.exec('h2', ['python3', '-c', receiver], { timeoutMs: 30_000 });
-    await new Promise((r) => setTimeout(r, 300));
-    const sent = await lab.exec('h1', ['python3', '-c', sender], { timeoutMs: 20_000 });
+    const received = lab.exec('h2', ['python3', '-c', receiver], { timeoutMs: scaled(30_000) });
+    // Until the receiver has bound its socket (python starts slowly on an emulated machine).
+    await new Promise((r) => setTimeout(r, scaled(300)));
+    const sent = await lab.exec('h1', ['python3', '-c', sender], { timeoutMs: scaled(20_000) });
     assert.equal(sent.code, 0, sent.stderr);
     const r = await received;
     assert.equal(r.code, 0, r.stderr);
