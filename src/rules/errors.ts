@@ -28,19 +28,34 @@ export class RuleError extends UsageError {
   }
 }
 
+/** Columns of the source line an error shows: a longer line is cut to a window around the span. */
+export const MAX_SHOWN_LINE = 120;
+
 /**
  *     unknown field "ip.tll" (did you mean ip.ttl?)
  *       icmp.type == 0 => set ip.tll = 1
  *                             ^^^^^^
- * Only the source line holding the span's start is shown; tabs count as one column.
+ * Only the source line holding the span's start is shown; tabs count as one column. A line
+ * longer than MAX_SHOWN_LINE is shown as a window around the span, cut with "…", so a huge
+ * rule never becomes a huge message.
  */
 export function renderRuleError(reason: string, source: string, span: Span, location?: string): string {
   const lineStart = source.lastIndexOf('\n', Math.max(0, span.start - 1)) + 1;
   let lineEnd = source.indexOf('\n', lineStart);
   if (lineEnd < 0) lineEnd = source.length;
-  const line = source.slice(lineStart, lineEnd).replace(/[\t\r]/g, ' ');
-  const col = Math.min(span.start, lineEnd) - lineStart;
-  const width = Math.max(1, Math.min(span.end, lineEnd) - Math.min(span.start, lineEnd));
+  let from = lineStart;
+  let to = lineEnd;
+  if (to - from > MAX_SHOWN_LINE) {
+    // Some context before the span, then as much of it and after it as fits.
+    from = Math.max(lineStart, Math.min(span.start, lineEnd) - 20);
+    to = Math.min(lineEnd, from + MAX_SHOWN_LINE);
+  }
+  const cutBefore = from > lineStart ? '…' : '';
+  const cutAfter = to < lineEnd ? '…' : '';
+  const line = cutBefore + source.slice(from, to).replace(/[\t\r]/g, ' ') + cutAfter;
+  const start = Math.min(Math.max(span.start, from), to);
+  const col = start - from + cutBefore.length;
+  const width = Math.max(1, Math.min(span.end, to) - start);
   const head = location ? `${location}: ${reason}` : reason;
   return `${head}\n  ${line}\n  ${' '.repeat(col)}${'^'.repeat(width)}`;
 }
