@@ -4,13 +4,12 @@
  * rule must also survive the formatter: its printed form parses and checks again.
  */
 import { test } from 'node:test';
-import { readFileSync } from 'node:fs';
 import type { Hook } from '../../src/rules/ast.js';
 import { formatRule } from '../../src/rules/format.js';
 import { HOOKS, parseRuleLine } from '../../src/rules/load.js';
-import { assertNoFindings, fuzz, fuzzTestOptions, judge, mutateText, repoPath, textCodec } from './engine.js';
+import { RULE_CORPUS } from './corpus.js';
+import { assertNoFindings, fuzz, fuzzTestOptions, judge, mutateText, textCodec } from './engine.js';
 
-export const RULE_CORPUS = readFileSync(repoPath('test/fixtures/fuzz/corpus/rules.txt'), 'utf8').split('\n').filter((l) => l.trim() !== '');
 
 /** A finding for one rule text at one hook, or undefined. */
 export function checkRuleText(text: string, hook: Hook): string | undefined {
