@@ -351,12 +351,12 @@ export function loadRulesText(text: string, fileName: string): LoadedRules {
   if (bytes > MAX_FILE_BYTES) throw overLimit(`rules file ${shorten(fileName)}`, bytes, MAX_FILE_BYTES, 'bytes');
   const { LineCounter, parseDocument } = yaml();
   const lines = new LineCounter();
-  const doc = deepGuard(fileName, () => parseDocument(text, { lineCounter: lines, prettyErrors: false }));
+  const doc = deepGuard(fileName, () => parseDocument(text, { lineCounter: lines, prettyErrors: false, logLevel: 'error' }));
   if (doc.errors.length > 0) {
     const e = doc.errors[0]!;
     const line = e.linePos?.[0]?.line ?? lines.linePos(e.pos[0]).line;
     if (/call stack/i.test(e.message)) deepGuard(fileName, () => { throw new RangeError(e.message); });
-    throw new UsageError(`${fileName}:${line}: ${e.message.split(' at line ')[0]!.split('\n')[0]}`, { hint: 'the file is not valid YAML' });
+    throw new UsageError(`${fileName}:${line}: ${shorten(e.message.split(' at line ')[0]!.split('\n')[0]!, 160)}`, { hint: 'the file is not valid YAML' });
   }
   const where = new Locator(doc, lines, fileName);
   checkAliases(doc, lines, fileName);

@@ -236,11 +236,32 @@ export interface FuzzReport {
 /** Replays the target's fixtures, then fuzzes for its budget; a finding's input is saved. */
 export async function fuzz<T>(target: Target<T>, opts: { budgetMs?: number; maxFindings?: number } = {}): Promise<FuzzReport> {
   const findings: string[] = [];
+  // A warning Node prints (a library's process.emitWarning) is output the user did not ask for.
+  const warnings: string[] = [];
+  const onWarning = (w: Error): void => {
+    warnings.push(`${w.name}: ${w.message}`.slice(0, 200));
+  };
+  process.on('warning', onWarning);
+  try {
+    return await fuzzWith(target, opts, findings, warnings);
+  } finally {
+    process.off('warning', onWarning);
+  }
+}
+
+async function fuzzWith<T>(target: Target<T>, opts: { budgetMs?: number; maxFindings?: number }, findings: string[], warnings: string[]): Promise<FuzzReport> {
+  const checked = async (input: T): Promise<string | undefined> => {
+    const why = await target.check(input);
+    // Warnings are emitted on the next tick: let them arrive before judging the input.
+    await new Promise((resolve) => setImmediate(resolve));
+    const w = warnings.splice(0);
+    return why ?? (w.length > 0 ? `printed a warning: ${w[0]}` : undefined);
+  };
   const dir = repoPath(`test/fixtures/fuzz/${target.name}`);
   let fixtures = 0;
   for (const f of listFixtures(dir)) {
     fixtures++;
-    const why = await target.check(target.decode(readFileSync(join(dir, f))));
+    const why = await checked(target.decode(readFileSync(join(dir, f))));
     if (why) findings.push(`fixture ${target.name}/${f}: ${why}`);
   }
   const deadline = Date.now() + (opts.budgetMs ?? budgetMs(target.name));
@@ -253,7 +274,7 @@ export async function fuzz<T>(target: Target<T>, opts: { budgetMs?: number; maxF
     for (let depth = 1 + rng.below(3); depth > 0; depth--) input = target.mutate(rng, input, target.corpus);
     // An input that hangs never returns to be saved: the one being tried is always on disk.
     writeFileSync(current, target.encode(input));
-    const why = await target.check(input);
+    const why = await checked(input);
     if (why) findings.push(`${save(target, input, n)}: ${why}`);
   }
   return { fixtures, inputs: n, findings };

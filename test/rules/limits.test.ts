@@ -131,3 +131,26 @@ test('durations of a rule: at most a year, said with the limit', () => {
   assert.equal(firstLine(err), '--for "9000h" is longer than the limit of 365 days (docs/limits.md)');
   assert.equal(parseRuleLine('ip => drop', { dev: 'veth0', hook: 'egress', for: '8760h' }).groups[0]!.rules[0]!.forNs, 8760 * 3600e9);
 });
+
+test('YAML syntax errors quote the offending text cut short', () => {
+  for (const yaml of [`dev: veth0\nhook: xdp\nrules:\n  - rule: a\n  ${' + 1'.repeat(3000)}\n`, `rules:\n  - !${'!'.repeat(3000)} x\n`, `rules:\n  - match: |1${'..1'.repeat(1000)}\n      ip\n`]) {
+    const err = refused(() => loadRulesText(yaml, 'rules.yaml'));
+    assert.ok(err.message.length < 400, `${err.message.length} characters: ${err.message.slice(0, 100)}`);
+  }
+});
+
+test('a mapping used as a key is refused without a Node warning on stderr', async () => {
+  const warnings: string[] = [];
+  const listen = (w: Error): void => {
+    warnings.push(w.message);
+  };
+  process.on('warning', listen);
+  try {
+    const err = refused(() => loadRulesText('? [{rule: "ip => drop"}]\n: 1\nrules: [{dev: veth0, hook: xdp, rule: "ip => drop"}]\n', 'rules.yaml'));
+    assert.match(firstLine(err), /unknown key/);
+    await new Promise((resolve) => setImmediate(resolve));
+    assert.deepEqual(warnings, []);
+  } finally {
+    process.off('warning', listen);
+  }
+});
