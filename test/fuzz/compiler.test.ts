@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { compileGroup } from '../../src/compiler/index.js';
 import { delayedMark } from '../../src/compiler/layout.js';
 import { loadCompiled } from '../../src/live/index.js';
-import type { Cond, Hook, Rule } from '../../src/rules/ast.js';
+import type { Hook, Rule } from '../../src/rules/ast.js';
 import { lookupField } from '../../src/rules/catalog.js';
 import { HOOKS, parseRuleLine } from '../../src/rules/load.js';
 import { MAX_NESTING, MAX_OPERATORS, MAX_SET_MEMBERS } from '../../src/rules/limits.js';
@@ -21,31 +21,29 @@ import { RULE_CORPUS } from './corpus.js';
 /** Holding devices for delay and reorder: compiled in as numbers, never used by a test run. */
 const HOLD = { rule: new Map([[0, 0x7e000001]]), follower: 0x7e0000ff, mark: delayedMark(1) };
 
-/** Whether a match can only hold for TCP, UDP, ICMP or ICMPv6 packets. */
-function requiresL4(c: Cond): boolean {
-  switch (c.kind) {
-    case 'proto':
-      return c.layer === 'tcp' || c.layer === 'udp' || c.layer === 'icmp' || c.layer === 'icmpv6';
-    case 'cmp': case 'truthy': case 'in': {
-      const fields = JSON.stringify(c, (k, v) => (k === 'span' ? undefined : v));
-      return /"layer":"(tcp|udp|icmp|icmpv6)"/.test(fields);
-    }
-    case 'and':
-      return requiresL4(c.left) || requiresL4(c.right);
-    case 'or':
-      return requiresL4(c.left) && requiresL4(c.right);
-    default:
-      return false;
-  }
-}
-
 /**
- * Known compiler bugs, excluded until their fix lands (the list the integrator removes):
- * - issue 22 item 1, fixed on branch `compiler`: `duplicate` fails the verifier ("R8 !read_ok")
- *   unless the match requires tcp/udp/icmp/icmpv6 (`ip => duplicate`).
+ * Known compiler bugs, left out until their fix lands. Each entry names its issue and the
+ * branch fixing it; delete the entry (its lines between the markers) once that branch is in.
  */
 function knownCompilerBug(rule: Rule): string | undefined {
+  // -- issue 22 item 1 (branch `compiler`): `duplicate` fails the verifier ("R8 !read_ok")
+  //    unless the match requires tcp/udp/icmp/icmpv6, as in `ip => duplicate`.
+  const requiresL4 = (c: Rule['match']): boolean => {
+    switch (c.kind) {
+      case 'proto':
+        return c.layer === 'tcp' || c.layer === 'udp' || c.layer === 'icmp' || c.layer === 'icmpv6';
+      case 'cmp': case 'truthy': case 'in':
+        return /"layer":"(tcp|udp|icmp|icmpv6)"/.test(JSON.stringify(c, (k, v) => (k === 'span' ? undefined : v)));
+      case 'and':
+        return requiresL4(c.left) || requiresL4(c.right);
+      case 'or':
+        return requiresL4(c.left) && requiresL4(c.right);
+      default:
+        return false;
+    }
+  };
   if (rule.actions.some((a) => a.kind === 'duplicate') && !requiresL4(rule.match)) return 'duplicate without an L4 match (issue 22 item 1)';
+  // -- end of issue 22 item 1
   return undefined;
 }
 
