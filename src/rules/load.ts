@@ -606,7 +606,7 @@ class Locator {
     const segs = err.instancePath.split('/').slice(1).map((s) => s.replace(/~1/g, '/').replace(/~0/g, '~'));
     const path: Array<string | number> = segs.map((s) => (/^\d+$/.test(s) ? Number(s) : s));
     const docPath = bare && path[0] === 'rules' ? path.slice(1) : path;
-    const label = path.map((s, n) => (typeof s === 'number' ? `[${s}]` : n === 0 ? s : `.${s}`)).join('');
+    const label = path.map((s, n) => (typeof s === 'number' ? `[${s}]` : n === 0 ? shorten(s) : `.${shorten(s)}`)).join('');
     const prefix = label === '' ? '' : `${label}: `;
     const p = err.params as Record<string, unknown>;
     const isRule = path.length === 2 && path[0] === 'rules';

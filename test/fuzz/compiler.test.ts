@@ -23,27 +23,10 @@ const HOLD = { rule: new Map([[0, 0x7e000001]]), follower: 0x7e0000ff, mark: del
 
 /**
  * Known compiler bugs, left out until their fix lands. Each entry names its issue and the
- * branch fixing it; delete the entry (its lines between the markers) once that branch is in.
+ * branch fixing it, between markers, and is deleted once that branch is in. None now: the one
+ * this began with (issue 22 item 1, `ip => duplicate` failing the verifier) is fixed on main.
  */
-function knownCompilerBug(rule: Rule): string | undefined {
-  // -- issue 22 item 1 (branch `compiler`): `duplicate` fails the verifier ("R8 !read_ok")
-  //    unless the match requires tcp/udp/icmp/icmpv6, as in `ip => duplicate`.
-  const requiresL4 = (c: Rule['match']): boolean => {
-    switch (c.kind) {
-      case 'proto':
-        return c.layer === 'tcp' || c.layer === 'udp' || c.layer === 'icmp' || c.layer === 'icmpv6';
-      case 'cmp': case 'truthy': case 'in':
-        return /"layer":"(tcp|udp|icmp|icmpv6)"/.test(JSON.stringify(c, (k, v) => (k === 'span' ? undefined : v)));
-      case 'and':
-        return requiresL4(c.left) || requiresL4(c.right);
-      case 'or':
-        return requiresL4(c.left) && requiresL4(c.right);
-      default:
-        return false;
-    }
-  };
-  if (rule.actions.some((a) => a.kind === 'duplicate') && !requiresL4(rule.match)) return 'duplicate without an L4 match (issue 22 item 1)';
-  // -- end of issue 22 item 1
+function knownCompilerBug(_rule: Rule): string | undefined {
   return undefined;
 }
 

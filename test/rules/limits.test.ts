@@ -154,3 +154,9 @@ test('a mapping used as a key is refused without a Node warning on stderr', asyn
     process.off('warning', listen);
   }
 });
+
+test('a schema error under a long key names the key cut short', () => {
+  const err = refused(() => loadRulesText(`dev: veth0\nhook: egress\nrules:\n  - {match: tcp, set: {${'i'.repeat(3000)}: [1]}}\n`, 'rules.yaml'));
+  assert.ok(err.message.length < 400, `${err.message.length} characters: ${err.message.slice(0, 100)}`);
+  assert.match(firstLine(err), /^rules\.yaml:4: rules\[0\]\.set\.i+… \(3000 characters\): must be/);
+});
