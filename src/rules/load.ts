@@ -5,7 +5,7 @@
  * (namespace, interface, hook) in the order they first appear: one group, one program.
  */
 import { createRequire } from 'node:module';
-import type { Ajv as AjvClass, ErrorObject, ValidateFunction } from 'ajv';
+import type { ErrorObject, ValidateFunction } from 'ajv';
 import type * as YamlModule from 'yaml';
 import type { Document, LineCounter, Node } from 'yaml';
 import { UsageError } from '../errors.js';
@@ -15,6 +15,7 @@ import { checkRule } from './check.js';
 import { RuleError } from './errors.js';
 import { MAX_ALIAS_EXPANSION, MAX_FILE_BYTES, MAX_NAME_LENGTH, MAX_RULE_DURATION_NS, MAX_RULES_PER_FILE, overLimit, overLimitMessage, shorten, shown } from './limits.js';
 import { checkAliases, deepGuard, readRulesBytes } from './file-input.js';
+import { fileValidatorFor } from './file-validator.js';
 import { checkRuleLength, parseActionsAt, parseExprAt, parseMatchAt, parseRuleText, type ParsedRule } from './parser.js';
 
 export const HOOKS: readonly Hook[] = ['xdp', 'ingress', 'egress'];
@@ -301,7 +302,8 @@ const ruleSchema = {
   },
 } as const;
 
-const fileSchema = {
+/** The rules file's schema (exported for the build, which generates its validator: see file-validator.ts). */
+export const fileSchema = {
   type: 'object',
   additionalProperties: false,
   required: ['rules'],
@@ -324,10 +326,7 @@ function yaml(): typeof YamlModule {
   return (yamlModule ??= requireLazy('yaml') as typeof YamlModule);
 }
 function validateFile(data: unknown): boolean {
-  if (!fileValidator) {
-    const { Ajv } = requireLazy('ajv') as { Ajv: typeof AjvClass };
-    fileValidator = new Ajv({ allErrors: false, strict: true, allowUnionTypes: true }).compile(fileSchema);
-  }
+  fileValidator ??= fileValidatorFor(fileSchema);
   return fileValidator(data) as boolean;
 }
 validateFile.errors = (): ErrorObject[] | null | undefined => fileValidator?.errors;
