@@ -208,13 +208,15 @@ const DURATION_UNITS: Record<string, number> = { ms: 1e6, s: 1e9, m: 60e9, h: 36
 
 /** `500ms`, `10s`, `5m`, `1h30m` (a bare number in a rules file is seconds) → nanoseconds. */
 export function checkDuration(value: unknown, what: string): number {
-  if (typeof value === 'number' && Number.isFinite(value) && value > 0) return Math.round(value * 1e9);
   const text = typeof value === 'string' ? value.trim() : '';
   const parts = [...text.matchAll(/(\d+(?:\.\d+)?)(ms|s|m|h)/g)];
-  const ns = parts.reduce((sum, p) => sum + Number(p[1]) * DURATION_UNITS[p[2]!]!, 0);
-  if (parts.length === 0 || parts.map((p) => p[0]).join('') !== text || !(ns > 0) || ns > 365 * 86400e9) {
+  const isSeconds = typeof value === 'number' && Number.isFinite(value) && value > 0;
+  const ns = isSeconds ? value * 1e9 : parts.reduce((sum, p) => sum + Number(p[1]) * DURATION_UNITS[p[2]!]!, 0);
+  if (!isSeconds && (parts.length === 0 || parts.map((p) => p[0]).join('') !== text || !(ns > 0))) {
     return fail(what, `must be a duration like 500ms, 10s, 5m, 1h or 1m30s, not ${JSON.stringify(value)}`);
   }
+  // The same limit as the command line's (cli/duration.ts MAX_DURATION_MS).
+  if (ns > 365 * 86400e9) return fail(what, `${JSON.stringify(value)} is longer than the limit of 365 days (8760h)`);
   return Math.round(ns);
 }
 

@@ -5,7 +5,7 @@
  */
 import type { Command } from 'commander';
 import { NetmangleError, UsageError, describeError } from '../../errors.js';
-import { parseDuration } from '../duration.js';
+import { parseDuration, setLongTimeout } from '../duration.js';
 
 interface LoadCliOptions {
   dev?: string;
@@ -64,7 +64,7 @@ export function register(program: Command): void {
           process.once('SIGINT', on);
           process.once('SIGTERM', on);
           process.once('SIGHUP', on);
-          if (forMs !== undefined) setTimeout(() => resolve(`--for ${forMs} ms`), forMs).unref();
+          if (forMs !== undefined) setLongTimeout(() => resolve(`--for ${forMs} ms`), forMs);
         });
       } finally {
         clearInterval(keepAlive);

@@ -13,7 +13,7 @@ import { NetmangleError, UsageError, describeError } from '../../errors.js';
 import { formatDelayStats } from '../../delay/stats.js';
 import type { LiveSession } from '../../live/index.js';
 import type { Hook, RuleGroup } from '../../rules/ast.js';
-import { parseDuration } from '../duration.js';
+import { parseDuration, setLongTimeout } from '../duration.js';
 
 export interface RuleSourceOptions {
   dev?: string;
@@ -274,7 +274,7 @@ async function runForeground(session: LiveSession, o: ForegroundOptions): Promis
       process.once('SIGINT', on);
       process.once('SIGTERM', on);
       process.once('SIGHUP', on);
-      if (o.forMs !== undefined) setTimeout(() => resolve(`--for ${o.forMs} ms`), o.forMs).unref();
+      if (o.forMs !== undefined) setLongTimeout(() => resolve(`--for ${o.forMs} ms`), o.forMs);
       void o.failure?.then(resolve);
     });
     clearInterval(timer);
