@@ -11,6 +11,7 @@ import { NetmangleError } from '../errors.js';
 import { attachProgram, type Attachment } from '../kernel/attach.js';
 import { createMap, loadProgram, VerifierError, type BpfMap, type Program } from '../kernel/index.js';
 import { linkByName } from '../kernel/iface.js';
+import { watchLink, type LinkWatch } from '../kernel/linkwatch.js';
 import { lookupField } from '../rules/catalog.js';
 import type { RuleGroup } from '../rules/ast.js';
 import { childProcess } from '../builtins.js';
@@ -112,7 +113,31 @@ export interface LiveOptions {
 
 export class LiveSession implements Disposable {
   private detached = false;
+  private watches: Array<LinkWatch | undefined> = [];
   constructor(readonly groups: AttachedGroup[]) {}
+
+  /**
+   * Starts watching the groups' interfaces (and namespaces) for `gone()`. Throws when one is
+   * gone already.
+   */
+  watch(): void {
+    if (this.watches.length > 0 || this.detached) return;
+    for (const g of this.groups) {
+      const a = g.attachment;
+      this.watches.push(watchLink(a.dev, a.ifindex, a.netns));
+    }
+    const reason = this.gone();
+    if (reason) throw new NetmangleError(`${reason}: nothing to run on`);
+  }
+
+  /** Why an interface the rules are attached to went away (deleted, moved, its namespace deleted), if one did. */
+  gone(): string | undefined {
+    for (const w of this.watches) {
+      const reason = w?.check();
+      if (reason) return reason;
+    }
+    return undefined;
+  }
 
   counters(): Array<{ group: AttachedGroup; rules: RuleCounters[]; gso: number; delay?: DelayLineStats }> {
     return this.groups.map((g) => ({ group: g, ...g.loaded.counters(), delay: g.delayLine?.stats() }));
@@ -123,7 +148,7 @@ export class LiveSession implements Disposable {
     if (this.detached) return;
     this.detached = true;
     let first: unknown;
-    for (const g of this.groups.slice().reverse()) {
+    for (const [i, g] of [...this.groups.entries()].reverse()) {
       // Each step on its own: one failing must not leave the others undone.
       const step = (fn: () => void): void => {
         try {
@@ -132,11 +157,14 @@ export class LiveSession implements Disposable {
           first ??= err;
         }
       };
+      const gone = this.watches[i]?.check() !== undefined;
       step(() => g.attachment.detach());
-      if (g.restoreGsoMaxSegs !== undefined) step(() => setGsoMaxSegs(g.attachment.dev, g.attachment.netns, g.restoreGsoMaxSegs!));
+      // A device that is gone has no setting to restore.
+      if (g.restoreGsoMaxSegs !== undefined && !gone) step(() => setGsoMaxSegs(g.attachment.dev, g.attachment.netns, g.restoreGsoMaxSegs!));
       // The line's thread stops before the maps it uses are closed.
       step(() => g.delayLine?.close());
       step(() => g.loaded.close());
+      step(() => this.watches[i]?.close());
     }
     if (first) throw first;
   }
@@ -151,6 +179,7 @@ export class LiveSession implements Disposable {
       throw new NetmangleError('delay and reorder rules cannot stay attached after exit: the delay line lives in this process', { hint: 'run them without --pin' });
     }
     this.detached = true;
+    for (const w of this.watches) w?.close();
     for (const g of this.groups) {
       g.attachment.link?.close();
       g.loaded.close();

@@ -14,6 +14,7 @@ import { formatDelayStats } from '../../delay/stats.js';
 import type { LiveSession } from '../../live/index.js';
 import type { Hook, RuleGroup } from '../../rules/ast.js';
 import { parseDuration, setLongTimeout } from '../duration.js';
+import { printable } from '../../printable.js';
 
 export interface RuleSourceOptions {
   dev?: string;
@@ -226,6 +227,9 @@ export function register(program: Command): void {
     });
 }
 
+/** How often a run looks whether its interfaces are still there. */
+const WATCH_MS = 250;
+
 interface ForegroundOptions {
   seed: number;
   seedChosen: boolean;
@@ -264,9 +268,13 @@ async function runForeground(session: LiveSession, o: ForegroundOptions): Promis
     drawn = lines.length;
   };
   let timer: NodeJS.Timeout | undefined;
+  let watchTimer: NodeJS.Timeout | undefined;
   let reason = 'error';
   let totals: ReturnType<LiveSession['counters']> = [];
   try {
+    // An interface deleted or moved, or its namespace deleted, under the run: stop (exit 1)
+    // rather than go on attached to nothing, holding a delay line's TAP in a deleted namespace.
+    session.watch();
     timer = setInterval(draw, 1000);
     draw();
     reason = await new Promise<string>((resolve) => {
@@ -276,11 +284,25 @@ async function runForeground(session: LiveSession, o: ForegroundOptions): Promis
       process.once('SIGHUP', on);
       if (o.forMs !== undefined) setLongTimeout(() => resolve(`--for ${o.forMs} ms`), o.forMs);
       void o.failure?.then(resolve);
+      watchTimer = setInterval(() => {
+        let why: string | undefined;
+        try {
+          why = session.gone();
+        } catch (err) {
+          why = `cannot watch the interfaces: ${describeError(err)}`;
+        }
+        if (!why) return;
+        process.stderr.write(`netmangle: ${printable(why)}; detaching\n`);
+        process.exitCode = 1;
+        resolve(why);
+      }, WATCH_MS);
     });
+    clearInterval(watchTimer);
     clearInterval(timer);
     draw();
     totals = session.counters();
   } finally {
+    clearInterval(watchTimer);
     clearInterval(timer);
     try {
       session.detach();
