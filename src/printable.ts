@@ -34,3 +34,12 @@ export function isPrintable(text: string): boolean {
   UNSAFE.lastIndex = 0;
   return !UNSAFE.test(text);
 }
+
+/**
+ * JSON text (JSON.stringify's, which escapes C0 controls but leaves DEL, C1 controls and the
+ * rest as they are) with those written as \u escapes: the same JSON to a parser, safe on a
+ * terminal. Its own line breaks (pretty-printing) stay.
+ */
+export function printableJson(json: string): string {
+  return json.replace(UNSAFE_KEEP_NEWLINES, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+}

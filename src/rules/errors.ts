@@ -4,6 +4,7 @@
  */
 import { UsageError } from '../errors.js';
 import type { Span } from './ast.js';
+import { printable } from '../printable.js';
 
 export class RuleError extends UsageError {
   /** The reason alone, without location or caret lines. */
@@ -32,15 +33,20 @@ export class RuleError extends UsageError {
  *     unknown field "ip.tll" (did you mean ip.ttl?)
  *       icmp.type == 0 => set ip.tll = 1
  *                             ^^^^^^
- * Only the source line holding the span's start is shown; tabs count as one column.
+ * Only the source line holding the span's start is shown; tabs count as one column, control
+ * characters as their escapes (printable.ts).
  */
 export function renderRuleError(reason: string, source: string, span: Span, location?: string): string {
   const lineStart = source.lastIndexOf('\n', Math.max(0, span.start - 1)) + 1;
   let lineEnd = source.indexOf('\n', lineStart);
   if (lineEnd < 0) lineEnd = source.length;
-  const line = source.slice(lineStart, lineEnd).replace(/[\t\r]/g, ' ');
-  const col = Math.min(span.start, lineEnd) - lineStart;
-  const width = Math.max(1, Math.min(span.end, lineEnd) - Math.min(span.start, lineEnd));
-  const head = location ? `${location}: ${reason}` : reason;
-  return `${head}\n  ${line}\n  ${' '.repeat(col)}${'^'.repeat(width)}`;
+  const raw = source.slice(lineStart, lineEnd).replace(/\t/g, ' ');
+  const from = Math.min(span.start, lineEnd) - lineStart;
+  const to = Math.max(from, Math.min(span.end, lineEnd) - lineStart);
+  // Control characters are shown escaped (ESC as \x1b): the caret goes under the escaped text.
+  const before = printable(raw.slice(0, from));
+  const marked = printable(raw.slice(from, to));
+  const line = before + marked + printable(raw.slice(to));
+  const head = printable(location ? `${location}: ${reason}` : reason);
+  return `${head}\n  ${line}\n  ${' '.repeat(before.length)}${'^'.repeat(Math.max(1, marked.length))}`;
 }

@@ -6,6 +6,7 @@
 import type { Command } from 'commander';
 import { NetmangleError, UsageError, describeError } from '../../errors.js';
 import { parseDuration, setLongTimeout } from '../duration.js';
+import { printable } from '../../printable.js';
 
 interface LoadCliOptions {
   dev?: string;
@@ -53,8 +54,8 @@ export function register(program: Command): void {
         throw err;
       }
       const where = `${attachment.dev} ${attachment.hook}${attachment.netns ? ` (netns ${attachment.netns})` : ''}`;
-      process.stdout.write(`attached ${name} (section ${chosen.section}) from ${file} to ${where} via ${attachment.path}, program id ${loaded.prog.id}\n`);
-      if (attachment.warning) process.stderr.write(`warning: ${attachment.warning}\n`);
+      process.stdout.write(`${printable(`attached ${name} (section ${chosen.section}) from ${file} to ${where} via ${attachment.path}, program id ${loaded.prog.id}`)}\n`);
+      if (attachment.warning) process.stderr.write(`warning: ${printable(attachment.warning)}\n`);
       let reason = 'error';
       // Signal listeners do not keep Node running; this timer does, until a signal or --for.
       const keepAlive = setInterval(() => {}, 1 << 30);
@@ -71,11 +72,11 @@ export function register(program: Command): void {
         try {
           attachment.detach();
         } catch (err) {
-          process.stderr.write(`netmangle: while detaching: ${describeError(err)}\n`);
+          process.stderr.write(`netmangle: while detaching: ${printable(describeError(err), { multiline: true })}\n`);
           process.exitCode = 1;
         }
         loaded.close();
       }
-      process.stdout.write(`detached (${reason})\n`);
+      process.stdout.write(`detached (${printable(reason)})\n`);
     });
 }

@@ -200,7 +200,7 @@ export function register(program: Command): void {
       const session = attachGroups(groups, {
         seed, path: opts.attach as 'auto' | 'link' | 'netlink', perSegment: opts.perSegment, maxHeld,
         onDelayLineFailure: (message, g) => {
-          process.stderr.write(`netmangle: on ${g.dev} ${g.hook}: ${message}; detaching\n`);
+          process.stderr.write(`netmangle: ${printable(`on ${g.dev} ${g.hook}: ${message}`)}; detaching\n`);
           process.exitCode = 1;
           lineFailed!('delay line failed');
         },
@@ -208,7 +208,7 @@ export function register(program: Command): void {
       if (opts.pin) {
         try {
           for (const r of registry.pinGroups(session.groups, seed)) {
-            process.stdout.write(`attached and pinned ${r.rules.length} rule${r.rules.length === 1 ? '' : 's'} on ${r.dev} ${r.hook}${r.netns ? ` (netns ${r.netns})` : ''}, program id ${r.progId}, seed ${seed}: ${r.pinDir}\n`);
+            process.stdout.write(`${printable(`attached and pinned ${r.rules.length} rule${r.rules.length === 1 ? '' : 's'} on ${r.dev} ${r.hook}${r.netns ? ` (netns ${r.netns})` : ''}, program id ${r.progId}, seed ${seed}: ${r.pinDir}`)}\n`);
           }
         } catch (err) {
           session.detach();
@@ -248,9 +248,9 @@ async function runForeground(session: LiveSession, o: ForegroundOptions): Promis
     const a = g.attachment;
     const where = `${a.dev} ${a.hook}${a.netns ? ` (netns ${a.netns})` : ''}`;
     const n = g.loaded.compiled.rules.length;
-    out.write(`attached ${n} rule${n === 1 ? '' : 's'} to ${where} via ${a.path}, program id ${g.loaded.prog.id}, seed ${o.seed}${o.seedChosen ? ' (chosen at random; pass --seed to repeat)' : ''}\n`);
-    if (a.warning) process.stderr.write(`warning: ${a.warning}\n`);
-    if (g.restoreGsoMaxSegs !== undefined) out.write(`gso_max_segs of ${a.dev} set to 1 while attached (was ${g.restoreGsoMaxSegs})\n`);
+    out.write(`attached ${n} rule${n === 1 ? '' : 's'} to ${printable(where)} via ${a.path}, program id ${g.loaded.prog.id}, seed ${o.seed}${o.seedChosen ? ' (chosen at random; pass --seed to repeat)' : ''}\n`);
+    if (a.warning) process.stderr.write(`warning: ${printable(a.warning)}\n`);
+    if (g.restoreGsoMaxSegs !== undefined) out.write(`gso_max_segs of ${printable(a.dev)} set to 1 while attached (was ${g.restoreGsoMaxSegs})\n`);
   }
   let gsoWarned = false;
   let drawn = 0;
@@ -307,17 +307,17 @@ async function runForeground(session: LiveSession, o: ForegroundOptions): Promis
     try {
       session.detach();
     } catch (err) {
-      process.stderr.write(`netmangle: while detaching: ${describeError(err)}\n`);
+      process.stderr.write(`netmangle: while detaching: ${printable(describeError(err), { multiline: true })}\n`);
       process.exitCode = 1;
     }
   }
-  out.write(`detached (${reason})\n`);
+  out.write(`detached (${printable(reason)})\n`);
   for (const s of totals) {
     s.group.loaded.compiled.rules.forEach((r, i) => {
       const c = s.rules[i]!;
-      out.write(`rule ${r.name}: matched=${c.matched} acted=${c.acted} dropped=${c.dropped}\n`);
+      out.write(`rule ${printable(r.name)}: matched=${c.matched} acted=${c.acted} dropped=${c.dropped}\n`);
     });
-    if (s.delay) out.write(`delay line ${s.group.attachment.dev}/${s.group.attachment.hook}: ${formatDelayStats(s.delay)}\n`);
+    if (s.delay) out.write(`delay line ${printable(s.group.attachment.dev)}/${s.group.attachment.hook}: ${formatDelayStats(s.delay)}\n`);
   }
 }
 
@@ -327,11 +327,11 @@ function formatTable(session: LiveSession): string[] {
     const a = s.group.attachment;
     s.group.loaded.compiled.rules.forEach((r, i) => {
       const c = s.rules[i]!;
-      rows.push([r.name, `${a.dev}/${a.hook}`, String(c.matched), String(c.acted), String(c.dropped)]);
+      rows.push([printable(r.name), printable(`${a.dev}/${a.hook}`), String(c.matched), String(c.acted), String(c.dropped)]);
     });
   }
   const widths = rows[0]!.map((_, col) => Math.max(...rows.map((r) => r[col]!.length)));
   const lines = rows.map((r) => r.map((cell, col) => (col >= 2 ? cell.padStart(widths[col]!) : cell.padEnd(widths[col]!))).join('  '));
-  for (const s of session.counters()) if (s.delay) lines.push(`delay line ${s.group.attachment.dev}/${s.group.attachment.hook}: ${formatDelayStats(s.delay)}`);
+  for (const s of session.counters()) if (s.delay) lines.push(`delay line ${printable(s.group.attachment.dev)}/${s.group.attachment.hook}: ${formatDelayStats(s.delay)}`);
   return lines;
 }

@@ -1,5 +1,6 @@
 /** `netmangle status` and `netmangle clear`: what netmangle has attached, and removing pinned rules. */
 import type { Command } from 'commander';
+import { printable, printableJson } from '../../printable.js';
 
 export function register(program: Command): void {
   program
@@ -11,7 +12,7 @@ export function register(program: Command): void {
       const { formatDelayStats } = await import('../../delay/stats.js');
       const entries = listAttached();
       if (opts.json) {
-        process.stdout.write(JSON.stringify(entries, null, 2) + '\n');
+        process.stdout.write(printableJson(JSON.stringify(entries, null, 2)) + '\n');
         return;
       }
       if (entries.length === 0) {
@@ -20,13 +21,13 @@ export function register(program: Command): void {
       }
       for (const e of entries) {
         const who = e.kind === 'pinned' ? `pinned at ${e.pinDir}` : `run by pid ${e.pid}`;
-        process.stdout.write(`${e.dev} ${e.hook}${e.netns ? ` (netns ${e.netns})` : ''} via ${e.path}, program id ${e.progId}, seed ${e.seed}, ${who}, since ${e.since}\n`);
+        process.stdout.write(`${printable(`${e.dev} ${e.hook}${e.netns ? ` (netns ${e.netns})` : ''} via ${e.path}, program id ${e.progId}, seed ${e.seed}, ${who}, since ${e.since}`)}\n`);
         e.rules.forEach((r, i) => {
           const c = e.counters?.rules[i];
           const counts = c ? `matched=${c.matched} acted=${c.acted} dropped=${c.dropped}` : 'counters unavailable';
-          process.stdout.write(`  ${r.name}: ${r.text}\n    ${counts}\n`);
+          process.stdout.write(`  ${printable(`${r.name}: ${r.text}`)}\n    ${counts}\n`);
         });
-        if (e.delay) process.stdout.write(`  delay line: ${formatDelayStats(e.delay)} (at ${e.delayAt ?? '?'})\n`);
+        if (e.delay) process.stdout.write(`  delay line: ${formatDelayStats(e.delay)} (at ${printable(e.delayAt ?? '?')})\n`);
       }
     });
   program
@@ -38,6 +39,6 @@ export function register(program: Command): void {
       const { clearPinned } = await import('../../live/registry.js');
       const removed = clearPinned(opts);
       if (removed.length === 0) process.stdout.write('nothing pinned by netmangle matched\n');
-      for (const r of removed) process.stdout.write(`removed ${r.rules.length} rule${r.rules.length === 1 ? '' : 's'} from ${r.dev} ${r.hook}${r.netns ? ` (netns ${r.netns})` : ''}\n`);
+      for (const r of removed) process.stdout.write(`${printable(`removed ${r.rules.length} rule${r.rules.length === 1 ? '' : 's'} from ${r.dev} ${r.hook}${r.netns ? ` (netns ${r.netns})` : ''}`)}\n`);
     });
 }
