@@ -5,6 +5,8 @@
  */
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { kernelTest, uniqueName } from '../helpers/kernel.js';
@@ -133,4 +135,33 @@ kernelTest('run --for 597h stays attached (setTimeout alone would fire at once),
   assert.equal(await run.exit, 0, run.err());
   assert.doesNotMatch(run.err(), /TimeoutOverflowWarning/);
   assert.match(run.out(), /^detached \(SIGINT\)/m);
+});
+
+kernelTest('load: an object attached to an interface that is then deleted → one line, exit 1', async () => {
+  using p = pair();
+  const dir = mkdtempSync(join(tmpdir(), 'nm-vanish-'));
+  try {
+    const obj = join(dir, 'ttl.o');
+    const built = spawnSync(process.execPath, [bin, 'build', 'ip => set ip.ttl = 9', '--hook', 'egress', '-o', obj, '--seed', '1'], { encoding: 'utf8' });
+    assert.equal(built.status, 0, built.stderr);
+    const child = spawn(process.execPath, [bin, 'load', obj, '--netns', p.ns, '--dev', p.dev, '--hook', 'egress'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stderr.on('data', (d) => (err += d));
+    const exit = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
+    await new Promise<void>((resolve, reject) => {
+      child.stdout.on('data', (d) => {
+        out += d;
+        if (/^attached/m.test(out)) resolve();
+      });
+      void exit.then((code) => reject(new Error(`load exited ${code}: ${err}`)));
+    });
+    ip('-n', p.ns, 'link', 'del', p.dev);
+    const code = await exitWithin({ child, out: () => out, err: () => err, exit }, 10_000);
+    assert.equal(code, 1, err);
+    assert.match(err, /^netmangle: interface v0 in namespace .* was deleted or moved to another namespace; detaching\n/m);
+    assert.doesNotMatch(err, /internal error|\n\s+at /);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });

@@ -57,18 +57,35 @@ export function register(program: Command): void {
       process.stdout.write(`${printable(`attached ${name} (section ${chosen.section}) from ${file} to ${where} via ${attachment.path}, program id ${loaded.prog.id}`)}\n`);
       if (attachment.warning) process.stderr.write(`warning: ${printable(attachment.warning)}\n`);
       let reason = 'error';
-      // Signal listeners do not keep Node running; this timer does, until a signal or --for.
-      const keepAlive = setInterval(() => {}, 1 << 30);
+      let watch: import('../../kernel/linkwatch.js').LinkWatch | undefined;
+      // Signal listeners do not keep Node running; this timer does, until a signal, --for, or
+      // the interface (or its namespace) going away, as for run.
+      let keepAlive: NodeJS.Timeout | undefined;
       try {
+        const { watchLink } = await import('../../kernel/linkwatch.js');
+        watch = watchLink(attachment.dev, attachment.ifindex, attachment.netns);
         reason = await new Promise<string>((resolve) => {
           const on = (sig: NodeJS.Signals) => resolve(sig);
           process.once('SIGINT', on);
           process.once('SIGTERM', on);
           process.once('SIGHUP', on);
           if (forMs !== undefined) setLongTimeout(() => resolve(`--for ${forMs} ms`), forMs);
+          keepAlive = setInterval(() => {
+            let why: string | undefined;
+            try {
+              why = watch!.check();
+            } catch (err) {
+              why = `cannot watch the interface: ${describeError(err)}`;
+            }
+            if (!why) return;
+            process.stderr.write(`netmangle: ${printable(why)}; detaching\n`);
+            process.exitCode = 1;
+            resolve(why);
+          }, 250);
         });
       } finally {
         clearInterval(keepAlive);
+        watch?.close();
         try {
           attachment.detach();
         } catch (err) {
