@@ -114,6 +114,7 @@ export interface LiveOptions {
 export class LiveSession implements Disposable {
   private detached = false;
   private watches: Array<LinkWatch | undefined> = [];
+  private tapWatches: LinkWatch[] = [];
   constructor(readonly groups: AttachedGroup[]) {}
 
   /**
@@ -126,13 +127,18 @@ export class LiveSession implements Disposable {
       const a = g.attachment;
       this.watches.push(watchLink(a.dev, a.ifindex, a.netns));
     }
+    // A delay line's TAP deleted by hand: its programs would send the held packets nowhere.
+    for (const g of this.groups) {
+      const tap = g.delayLine?.tap;
+      if (tap) this.tapWatches.push(watchLink(`${tap.name} (the delay line's TAP)`, tap.ifindex, tap.netns));
+    }
     const reason = this.gone();
     if (reason) throw new NetmangleError(`${reason}: nothing to run on`);
   }
 
   /** Why an interface the rules are attached to went away (deleted, moved, its namespace deleted), if one did. */
   gone(): string | undefined {
-    for (const w of this.watches) {
+    for (const w of [...this.watches, ...this.tapWatches]) {
       const reason = w?.check();
       if (reason) return reason;
     }
@@ -166,6 +172,7 @@ export class LiveSession implements Disposable {
       step(() => g.loaded.close());
       step(() => this.watches[i]?.close());
     }
+    for (const w of this.tapWatches) w.close();
     if (first) throw first;
   }
 

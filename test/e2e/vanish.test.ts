@@ -10,6 +10,9 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { kernelTest, uniqueName } from '../helpers/kernel.js';
+import { inNetns } from '../../src/kernel/netns.js';
+import { ifindexByName } from '../../src/kernel/iface.js';
+import { queryProgs } from '../../src/kernel/info.js';
 
 const bin = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'bin', 'netmangle');
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -164,4 +167,17 @@ kernelTest('load: an object attached to an interface that is then deleted → on
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+kernelTest('run: its delay line\'s TAP deleted by hand → one line, detached, exit 1', async () => {
+  using p = pair();
+  const run = await startRun(['--netns', p.ns, '--dev', p.dev, '--hook', 'egress', 'ip => delay 5ms', '--seed', '1']);
+  const [tap] = taps(p.ns);
+  assert.ok(tap, 'the delay line has a TAP');
+  ip('-n', p.ns, 'link', 'del', tap);
+  assert.equal(await exitWithin(run, 10_000), 1, run.err());
+  assert.match(run.err(), new RegExp(`^netmangle: interface ${tap} \\(the delay line's TAP\\) in namespace ${p.ns} was deleted or moved to another namespace; detaching\\n`, 'm'));
+  assert.deepEqual(statusOf(p.ns), []);
+  // The rule's program went with the run: the interface's egress is free again.
+  assert.deepEqual(inNetns(p.ns, () => queryProgs(ifindexByName(p.dev, p.ns), 'tcx_egress')).progIds, []);
 });
