@@ -142,6 +142,14 @@ kernelTest('run on an interface and namespace named with escapes: attach line, s
     for (const text of [out, err, status.stdout]) assert.doesNotMatch(text, CONTROL, JSON.stringify(text));
     assert.match(out, /^attached 1 rule to v\\x1b\[31m egress \(netns esc.*\\x1b\]0;\)/m);
     assert.match(status.stdout, /v\\x1b\[31m egress/);
+    // On a terminal (script gives it one), the live table's only escapes are its own redraws.
+    const quote = (t: string) => `'${t.replace(/'/g, `'\\''`)}'`;
+    const command = [process.execPath, bin, 'run', '--netns', ns, '--dev', dev, '--hook', 'egress', 'ip => set ip.ttl = 9', '--name', 'ttl', '--seed', '1', '--for', '2500ms'].map(quote).join(' ');
+    const tty = spawnSync('script', ['-qfec', command, '/dev/null'], { encoding: 'utf8', timeout: 30_000 });
+    assert.equal(tty.status, 0, tty.stdout);
+    assert.match(tty.stdout, /ttl +v\\x1b\[31m\/egress/, 'the table shows the escaped names');
+    const ours = tty.stdout.replace(/\x1b\[\d+A\x1b\[J/g, '').replace(/\r\n/g, '\n');
+    assert.doesNotMatch(ours, CONTROL, JSON.stringify(ours));
   } finally {
     spawnSync('ip', ['netns', 'del', ns]);
   }
