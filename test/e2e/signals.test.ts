@@ -17,6 +17,7 @@ import { kernelTest, uniqueName } from '../helpers/kernel.js';
 import { pcapGlobalHeader, pcapRecord } from '../helpers/pcap.js';
 import { Lab } from '../../src/lab/lab.js';
 import { ping } from '../../src/lab/measure.js';
+import { NETMANGLE_NODE_ARGS } from '../../src/lab/experiments.js';
 
 const bin = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'bin', 'netmangle');
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -169,4 +170,9 @@ test('NODE_OPTIONS asking for the inspector is refused with one line and exit 2'
   // Options that open nothing still work.
   const ok = spawnSync(bin, ['--version'], { encoding: 'utf8', env: { ...process.env, NODE_OPTIONS: '--max-old-space-size=200 --inspect-port=9333' } });
   assert.equal(ok.status, 0, ok.stderr);
+});
+
+test("the lab's experiments start netmangle with the shebang's own node options", () => {
+  const shebang = readFileSync(bin, 'utf8').split('\n', 1)[0]!;
+  assert.ok(shebang.endsWith(` node ${NETMANGLE_NODE_ARGS.join(' ')}`), shebang);
 });
