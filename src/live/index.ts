@@ -113,7 +113,7 @@ export interface LiveOptions {
 
 export class LiveSession implements Disposable {
   private detached = false;
-  private watches: Array<LinkWatch | undefined> = [];
+  private watches: LinkWatch[] = [];
   private tapWatches: LinkWatch[] = [];
   constructor(readonly groups: AttachedGroup[]) {}
 
@@ -163,7 +163,8 @@ export class LiveSession implements Disposable {
           first ??= err;
         }
       };
-      const gone = this.watches[i]?.check() !== undefined;
+      let gone = false;
+      step(() => (gone = this.watches[i]?.check() !== undefined));
       step(() => g.attachment.detach());
       // A device that is gone has no setting to restore.
       if (g.restoreGsoMaxSegs !== undefined && !gone) step(() => setGsoMaxSegs(g.attachment.dev, g.attachment.netns, g.restoreGsoMaxSegs!));
