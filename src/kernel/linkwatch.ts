@@ -34,11 +34,20 @@ function netnsInode(name: string): number | undefined {
 
 /** Starts watching interface `ifindex` (called `dev`) in `netns` (default: the current namespace). */
 export function watchLink(dev: string, ifindex: number, netns?: string): LinkWatch {
-  const inode = netns === undefined ? undefined : netnsInode(netns);
-  // Subscribe first, then look: a deletion in between is then seen either way.
-  const sock = inNetns(netns, () => NetlinkSocket.open(NETLINK_ROUTE, RTMGRP_LINK));
-  let gone: string | undefined;
   const where = netns ? ` in namespace ${netns}` : '';
+  const deleted = `namespace ${netns} was deleted`;
+  const inode = netns === undefined ? undefined : netnsInode(netns);
+  // Already gone (deleted since the caller attached): the first check says so.
+  if (netns !== undefined && inode === undefined) return { check: () => deleted, close: () => {}, [Symbol.dispose]: () => {} };
+  // Subscribe first, then look: a deletion in between is then seen either way.
+  let sock: NetlinkSocket;
+  try {
+    sock = inNetns(netns, () => NetlinkSocket.open(NETLINK_ROUTE, RTMGRP_LINK));
+  } catch (err) {
+    if (netns !== undefined && netnsInode(netns) !== inode) return { check: () => deleted, close: () => {}, [Symbol.dispose]: () => {} };
+    throw err;
+  }
+  let gone: string | undefined;
   try {
     if (!getLink(ifindex, sock)) gone = `interface ${dev}${where} is gone`;
   } catch (err) {
@@ -55,7 +64,7 @@ export function watchLink(dev: string, ifindex: number, netns?: string): LinkWat
     if (gone || closed) return gone;
     if (netns !== undefined) {
       const now = netnsInode(netns);
-      if (now === undefined) return (gone = `namespace ${netns} was deleted`);
+      if (now === undefined) return (gone = deleted);
       if (now !== inode) return (gone = `namespace ${netns} was deleted (a new one has its name)`);
     }
     const { messages, overflow } = sock.pollNotifications();

@@ -118,8 +118,8 @@ export class LiveSession implements Disposable {
   constructor(readonly groups: AttachedGroup[]) {}
 
   /**
-   * Starts watching the groups' interfaces (and namespaces) for `gone()`. Throws when one is
-   * gone already.
+   * Starts watching the groups' interfaces (and namespaces) for `gone()`, which reports one
+   * that is gone already too.
    */
   watch(): void {
     if (this.watches.length > 0 || this.detached) return;
@@ -132,8 +132,6 @@ export class LiveSession implements Disposable {
       const tap = g.delayLine?.tap;
       if (tap) this.tapWatches.push(watchLink(`${tap.name} (the delay line's TAP)`, tap.ifindex, tap.netns));
     }
-    const reason = this.gone();
-    if (reason) throw new NetmangleError(`${reason}: nothing to run on`);
   }
 
   /** Why an interface the rules are attached to went away (deleted, moved, its namespace deleted), if one did. */

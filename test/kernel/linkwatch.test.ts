@@ -77,3 +77,12 @@ kernelTest('watchLink: thousands of unread link events (a full queue) still tell
     assert.match(watch.check() ?? '', /w0 .*(was deleted|is gone)/);
   });
 });
+
+kernelTest('watchLink on a namespace deleted before it started: the first check says so, nothing throws', () => {
+  let ns = '';
+  withNamespace((name) => {
+    ns = name;
+  });
+  using watch = watchLink('w0', 2, ns);
+  assert.equal(watch.check(), `namespace ${ns} was deleted`);
+});

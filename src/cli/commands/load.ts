@@ -53,17 +53,24 @@ export function register(program: Command): void {
         loaded.close();
         throw err;
       }
+      // Watched from before the "attached" line, which is what scripts wait for.
+      let watch: import('../../kernel/linkwatch.js').LinkWatch;
+      try {
+        const { watchLink } = await import('../../kernel/linkwatch.js');
+        watch = watchLink(attachment.dev, attachment.ifindex, attachment.netns);
+      } catch (err) {
+        attachment.detach();
+        loaded.close();
+        throw err;
+      }
       const where = `${attachment.dev} ${attachment.hook}${attachment.netns ? ` (netns ${attachment.netns})` : ''}`;
       process.stdout.write(`${printable(`attached ${name} (section ${chosen.section}) from ${file} to ${where} via ${attachment.path}, program id ${loaded.prog.id}`)}\n`);
       if (attachment.warning) process.stderr.write(`warning: ${printable(attachment.warning)}\n`);
       let reason = 'error';
-      let watch: import('../../kernel/linkwatch.js').LinkWatch | undefined;
       // Signal listeners do not keep Node running; this timer does, until a signal, --for, or
       // the interface (or its namespace) going away, as for run.
       let keepAlive: NodeJS.Timeout | undefined;
       try {
-        const { watchLink } = await import('../../kernel/linkwatch.js');
-        watch = watchLink(attachment.dev, attachment.ifindex, attachment.netns);
         reason = await new Promise<string>((resolve) => {
           const on = (sig: NodeJS.Signals) => resolve(sig);
           process.once('SIGINT', on);
@@ -73,7 +80,7 @@ export function register(program: Command): void {
           keepAlive = setInterval(() => {
             let why: string | undefined;
             try {
-              why = watch!.check();
+              why = watch.check();
             } catch (err) {
               why = `cannot watch the interface: ${describeError(err)}`;
             }
@@ -85,7 +92,7 @@ export function register(program: Command): void {
         });
       } finally {
         clearInterval(keepAlive);
-        watch?.close();
+        watch.close();
         try {
           attachment.detach();
         } catch (err) {

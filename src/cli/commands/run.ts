@@ -244,6 +244,15 @@ interface ForegroundOptions {
 async function runForeground(session: LiveSession, o: ForegroundOptions): Promise<void> {
   const out = process.stdout;
   const tty = out.isTTY === true;
+  // An interface deleted or moved, or its namespace deleted, under the run: stop (exit 1)
+  // rather than go on attached to nothing, holding a delay line's TAP in a deleted namespace.
+  // Watched from before the "attached" line, which is what scripts wait for.
+  try {
+    session.watch();
+  } catch (err) {
+    session.detach();
+    throw err;
+  }
   for (const g of session.groups) {
     const a = g.attachment;
     const where = `${a.dev} ${a.hook}${a.netns ? ` (netns ${a.netns})` : ''}`;
@@ -272,9 +281,6 @@ async function runForeground(session: LiveSession, o: ForegroundOptions): Promis
   let reason = 'error';
   let totals: ReturnType<LiveSession['counters']> = [];
   try {
-    // An interface deleted or moved, or its namespace deleted, under the run: stop (exit 1)
-    // rather than go on attached to nothing, holding a delay line's TAP in a deleted namespace.
-    session.watch();
     timer = setInterval(draw, 1000);
     draw();
     reason = await new Promise<string>((resolve) => {
