@@ -6,8 +6,8 @@
  *
  *   npm run bench -- --only delay    one section (or several, comma-separated) alone
  *
- * Options: --out FILE (default BENCHMARKS.md in the repository), --only cost,many,attach,replay,live,delay
- * (6. delay: the user-space delay line's own overhead, issue 9), --no-install (do not apt-get missing
+ * Options: --out FILE (default BENCHMARKS.md in the repository), --only cost,many,attach,replay,live,delay,service
+ * (6. delay: the user-space delay line's own overhead, issue 9; 7. service: fault created through `netmangle serve`, issue 14), --no-install (do not apt-get missing
  * tools). Needs root (it loads programs and builds labs).
  *
  * Every figure is a ratio against an anchor measured in the same rounds; a section that fails
@@ -29,6 +29,7 @@ import { measureAttach } from './sections/attach.js';
 import { measureReplay } from './sections/replay.js';
 import { measureLive } from './sections/live.js';
 import { measureDelay } from './sections/delay.js';
+import { measureService } from './sections/service.js';
 
 interface Section {
   key: string;
@@ -43,6 +44,7 @@ const SECTIONS: Section[] = [
   { key: 'replay', title: '4. Offline replay', run: measureReplay },
   { key: 'live', title: '5. Live throughput', run: measureLive },
   { key: 'delay', title: '6. Delay line', run: measureDelay },
+  { key: 'service', title: '7. Fault created → attached, through the service', run: measureService },
 ];
 
 interface Options {
@@ -55,7 +57,7 @@ interface Options {
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 
 function usage(): string {
-  return 'usage: npm run bench [-- --quick] [--out FILE] [--only cost,many,attach,replay,live,delay] [--no-install]\n';
+  return 'usage: npm run bench [-- --quick] [--out FILE] [--only cost,many,attach,replay,live,delay,service] [--no-install]\n';
 }
 
 function parseArgs(argv: string[]): Options {

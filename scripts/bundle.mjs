@@ -9,7 +9,8 @@
 //                              it was built from (size, mtime, sha256), so bin/netmangle can
 //                              tell a bundle older than dist/ and fall back to dist/src.
 //
-// koffi (a native addon) stays external and is required at run time. Each module's
+// koffi (a native addon) stays external and is required at run time, and so do fastify and its
+// plugins (the service's HTTP server): 0.9 MB that only `serve` loads, kept out of all.cjs. Each module's
 // import.meta.url becomes the URL of its own file under dist/src, so code that finds files
 // next to itself (the delay line's worker, bin/netmangle, createRequire) keeps working.
 import { createHash } from 'node:crypto';
@@ -74,7 +75,7 @@ for (const t of targets) {
       format: 'cjs',
       target: 'node20',
       outfile,
-      external: ['koffi'],
+      external: ['koffi', 'fastify', '@fastify/*'],
       banner: { js: banner },
       plugins: [importMetaPlugin],
       metafile: true,

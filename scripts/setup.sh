@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(iproute2 iputils-ping iperf3 tcpdump ethtool llvm clang libbpf-dev bpftool tshark tcpreplay python3-scapy)
+packages=(iproute2 iputils-ping iperf3 tcpdump ethtool llvm clang libbpf-dev bpftool tshark tcpreplay python3-scapy python3-pytest)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -22,6 +22,24 @@ export class UsageError extends NetmangleError {
   }
 }
 
+/** A network namespace or an interface that is not there (the target of an attach). */
+export class NotFoundError extends NetmangleError {}
+
+/** A hook that already holds a program netmangle did not attach (it never replaces one). */
+export class HookBusyError extends NetmangleError {}
+
+/**
+ * The kernel's verifier refused a program netmangle generated: a netmangle bug, reported with
+ * the end of the verifier's log in the message and the whole log in `verifierLog`.
+ */
+export class ProgramRejectedError extends NetmangleError {
+  readonly verifierLog: string;
+  constructor(message: string, verifierLog: string, opts: { hint?: string; exitCode?: number; cause?: unknown } = {}) {
+    super(message, opts);
+    this.verifierLog = verifierLog;
+  }
+}
+
 /** Formats any thrown value as the one or two lines the CLI prints. */
 export function describeError(err: unknown): string {
   if (err instanceof NetmangleError) {

@@ -39,8 +39,8 @@ import type { Action, Cond, Expr, FieldDef, Hook, Layer, Rule, RuleGroup } from 
 import { HEADER_SIZE } from '../rules/catalog.js';
 import { NetmangleError } from '../errors.js';
 import {
-  BPF_F_INGRESS, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST, DELAYED_MARK_BASE, DELAYED_MARK_MASK, HELD_MAP, DUPLICATE_TC_INDEX, CONN_KEY, CONN_KEY_SIZE, CTX, EVERY_MAP, HELPER, LAYER_BIT, SEED_SECTION, SKB,
-  STATE_GSO, STATE_MAP, STATE_PRNG, TIME_MAP, connMapName, timeStartOffset, timeTatOffset, progKindOf, ruleCounterOffset, verdicts, type ProgKind,
+  BPF_F_INGRESS, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST, DELAYED_MARK_BASE, DELAYED_MARK_MASK, HELD_MAP, DUPLICATE_TC_INDEX, CONN_KEY, CONN_KEY_SIZE, CTX, CONN_MAP, CONN_ZERO_MAP, EVERY_MAP, HELPER, LAYER_BIT, SEED_SECTION, SKB,
+  STATE_GSO, STATE_MAP, STATE_PRNG, TIME_MAP, connCountOffset, timeStartOffset, timeTatOffset, progKindOf, ruleCounterOffset, verdicts, type ProgKind,
 } from './layout.js';
 import { probabilityThreshold } from './prng.js';
 
@@ -127,6 +127,8 @@ const FRAGMENT_BIT = 1 << 8;
 const RAW_IP_MF_BYTE = 0x20;
 /** IPv6 extension headers walked before the L4 header, at most this many. */
 const IPV6_EXT_MAX = 6;
+/** A `pass` block is placed before the first rule that starts this many instructions after the first jump to it: a 16-bit jump reaches 32,767, which leaves room for the rule then being compiled. */
+const PASS_ISLAND_REACH = 16_000;
 
 /** Resolves the two halves of an `either` field (`ip.addr` → ip.src, ip.dst). */
 export type FieldLookup = (name: string) => FieldDef | undefined;
@@ -178,7 +180,7 @@ export interface GenResult {
   asm: Assembler;
   /** Whether the program uses the every-N map (shared match counts per rule). */
   usesEvery: boolean;
-  /** Rules (by index) whose counts are kept per connection, each in its own map (connMapName). */
+  /** Rules (by index) whose counts are kept per connection, in this order in CONN_MAP's values. */
   connRules: number[];
   /** Whether the program uses the time map (TIME_MAP: start times and rate limits per rule). */
   usesTime: boolean;
@@ -361,15 +363,43 @@ class Gen {
     }
     this.parse();
     if (this.cacheMaps) a.st(8, FP, SLOT_STATE, 0).st(8, FP, SLOT_EVERY, 0);
-    rules.forEach((rule, i) => this.compileRule(rule, i));
+    rules.forEach((rule, i) => {
+      this.passIslandIfFar();
+      this.compileRule(rule, i);
+    });
     a.label('verdict_none');
     if (this.usesHeld) this.followHeld();
     a.movImm(R0, this.v.none).exit();
-    if (this.usesHeld) {
-      a.label('verdict_pass');
-      this.followHeld();
-      a.movImm(R0, this.v.pass).exit();
-    }
+    if (this.passIsland) this.emitPassIsland();
+  }
+
+  /**
+   * Where `pass` goes when packets may follow held ones (followHeld, then the pass verdict): a
+   * block placed after the rules that jump to it, and before they get further from it than a
+   * 16-bit jump reaches. `pass` rules jump to the current one; when the code has grown
+   * PASS_ISLAND_REACH instructions since its first jump, it is emitted (jumped over) and the
+   * next `pass` starts another.
+   */
+  private passIsland?: { label: string; from: number };
+
+  private passTarget(): string {
+    this.passIsland ??= { label: this.fresh('verdict_pass'), from: this.a.length };
+    return this.passIsland.label;
+  }
+
+  private passIslandIfFar(): void {
+    if (!this.passIsland || this.a.length - this.passIsland.from < PASS_ISLAND_REACH) return;
+    const over = this.fresh('after_pass');
+    this.a.ja(over);
+    this.emitPassIsland();
+    this.a.label(over);
+  }
+
+  private emitPassIsland(): void {
+    this.a.label(this.passIsland!.label);
+    this.passIsland = undefined;
+    this.followHeld();
+    this.a.movImm(R0, this.v.pass).exit();
   }
 
   /**
@@ -781,7 +811,7 @@ class Gen {
     if (final?.kind === 'reject') {
       const answer = final.with ?? 'default';
       if (answer === 'tcp-reset' && !known.has('tcp')) {
-        throw new CompileError(`rule "${rule.name}": reject with tcp-reset answers TCP only, and this match does not need tcp`, { hint: 'add tcp to the match, or reject with an ICMP code' });
+        throw new CompileError(`rule "${rule.name}": reject with tcp-reset answers TCP only, and this match does not need tcp`, { hint: 'add tcp to the match, or reject with an ICMP code', exitCode: 2 });
       }
       const tcpToo = answer === 'default' || answer === 'tcp-reset';
       this.bumpCounter(index, 'dropped');
@@ -815,7 +845,7 @@ class Gen {
       this.bumpCounter(index, 'dropped');
       a.movImm(R0, this.v.drop).exit();
     } else if (final?.kind === 'pass') {
-      if (this.usesHeld) a.ja('verdict_pass');
+      if (this.usesHeld) a.ja(this.passTarget());
       else a.movImm(R0, this.v.pass).exit();
     }
     a.label(next);
@@ -878,7 +908,7 @@ class Gen {
     if (every !== undefined || rule.after !== undefined || rule.first !== undefined) {
       let off = 0;
       if (rule.perConnection) {
-        this.connCounter(index, skip);
+        off = this.connCounter(index, skip);
       } else {
         this.usesEvery = true;
         const have = this.fresh('have_every');
@@ -956,22 +986,26 @@ class Gen {
   }
 
   /**
-   * r0 = pointer to this packet's connection count in the rule's LRU map, the entry created
-   * (at 0) for a new connection. Jumps to `skip` if it cannot be had (the map full of
-   * entries being inserted at once on other CPUs: the packet is not counted).
+   * r0 = pointer to this packet's connection entry in CONN_MAP (one u64 per per-connection
+   * rule), the entry created (zero) for a new connection; returns the offset of this rule's
+   * count in it. Jumps to `skip` if it cannot be had (the map full of entries being inserted
+   * at once on other CPUs: the packet is not counted).
    */
-  private connCounter(index: number, skip: string): void {
+  private connCounter(index: number, skip: string): number {
     if (!this.connRules.includes(index)) this.connRules.push(index);
     this.connKey();
-    this.connEntry(connMapName(index), skip);
+    this.connEntry(CONN_MAP, skip, CONN_ZERO_MAP);
+    return connCountOffset(this.connRules.indexOf(index));
   }
 
   /**
-   * r0 = pointer to the u64 of the connection key at fp-480 in hash map `map`, the entry
-   * created (at 0) when new. Jumps to `skip` if it cannot be had (the map full, or full of
-   * entries being inserted at once on other CPUs).
+   * r0 = pointer to the value of the connection key at fp-480 in hash map `map`, the entry
+   * created (zero) when new. Jumps to `skip` if it cannot be had (the map full, or full of
+   * entries being inserted at once on other CPUs). The zero value to insert is a u64 on the
+   * stack, or with `zeroMap` that array map's one value (one u64 per rule of CONN_MAP is more
+   * than the stack has room for).
    */
-  private connEntry(map: string, skip: string): void {
+  private connEntry(map: string, skip: string, zeroMap?: string): void {
     const a = this.a;
     const have = this.fresh('have_conn');
     const lookup = (): void => {
@@ -979,9 +1013,15 @@ class Gen {
     };
     lookup();
     a.jmp('jne', R0, imm(0), have);
-    // A new connection: insert a zero count unless another CPU just did, then look it up again.
-    a.st(8, FP, SLOT_CONN_VALUE, 0).ldMap(R1, map).mov64(R2, FP).alu64('add', R2, imm(SLOT_CONN_KEY));
-    a.mov64(R3, FP).alu64('add', R3, imm(SLOT_CONN_VALUE)).movImm(R4, BPF_NOEXIST).call(HELPER.map_update_elem);
+    // A new connection: insert a zero value unless another CPU just did, then look it up again.
+    if (zeroMap) {
+      a.st(4, FP, SLOT_KEY, 0).ldMap(R1, zeroMap).mov64(R2, FP).alu64('add', R2, imm(SLOT_KEY)).call(HELPER.map_lookup_elem);
+      a.jmp('jeq', R0, imm(0), skip).mov64(R3, R0).ldMap(R1, map).mov64(R2, FP).alu64('add', R2, imm(SLOT_CONN_KEY));
+    } else {
+      a.st(8, FP, SLOT_CONN_VALUE, 0).ldMap(R1, map).mov64(R2, FP).alu64('add', R2, imm(SLOT_CONN_KEY));
+      a.mov64(R3, FP).alu64('add', R3, imm(SLOT_CONN_VALUE));
+    }
+    a.movImm(R4, BPF_NOEXIST).call(HELPER.map_update_elem);
     lookup();
     a.jmp('jeq', R0, imm(0), skip);
     a.label(have);
@@ -1095,7 +1135,9 @@ class Gen {
    */
   private duplicate(count: number): void {
     const a = this.a;
-    this.saveHeaderOffsets();
+    // Only the headers present: with no L4 layer (or no IP) r8 (r7) was never set, and the
+    // verifier refuses to read it.
+    this.savePresentHeaderOffsets();
     a.ldx(4, R1, CTXR, SKB.tcIndex).stx(8, FP, SLOT_OLD, R1);
     a.movImm(R1, DUPLICATE_TC_INDEX).stx(4, CTXR, SKB.tcIndex, R1);
     for (let i = 0; i < count; i++) {
@@ -2089,7 +2131,38 @@ class Gen {
       width = 2;
     }
     this.writeWord(f, off, width, slot, { shift, mask: f.mask, scale: f.scale }, covers, done, known);
+    // A new header length moves the end of what the header checksum covers: bytes join or
+    // leave it, which the one word's delta above cannot know.
+    if (f.name === 'ip.hdr_len' && covers.includes('ipv4-header')) this.resumIpv4Header(done, known);
     a.label(done);
+  }
+
+  /**
+   * The IPv4 header checksum summed again over the header length the header now declares
+   * (20 to 60 bytes), as a receiver checks it. When that header is not wholly in the frame (or
+   * declares less than 20 bytes, which a receiver refuses anyway), the incremental update made
+   * by the write stands. Raw little-endian words throughout: the one's complement sum does not
+   * depend on the byte order (RFC 1071).
+   */
+  private resumIpv4Header(skip: string, known: ReadonlySet<Layer>): void {
+    const a = this.a;
+    this.layerTest('ip', skip, new Set([...known, 'ip'])); // the write just made found it
+    const n = this.alloc(), sum = this.alloc(), t = this.alloc(), end = this.alloc();
+    const fold = this.fresh('ihl_fold');
+    a.ldx(1, n, L3, 0).alu64('and', n, imm(0x0f)).alu64('lsh', n, imm(2)).jmp('jlt', n, imm(20), skip);
+    a.ldx(4, end, this.ctx, CTX[this.kind].dataEnd).movImm(sum, 0);
+    for (let word = 0; word < 15; word++) {
+      if (word >= 5) {
+        a.jmp('jle', n, imm(4 * word), fold);
+        a.mov64(t, L3).alu64('add', t, imm(4 * word + 4)).jmp('jgt', t, end, skip);
+      }
+      a.ldx(4, t, L3, 4 * word).alu64('add', sum, t);
+    }
+    // Without the checksum word itself (one's complement subtraction: add its complement).
+    a.label(fold).ldx(2, t, L3, 10).alu64('xor', t, imm(0xffff)).alu64('add', sum, t);
+    for (let i = 0; i < 3; i++) a.mov64(t, sum).alu64('rsh', t, imm(16)).alu64('and', sum, imm(0xffff)).alu64('add', sum, t);
+    a.alu64('xor', sum, imm(0xffff)).stx(2, L3, 10, sum);
+    this.release(n, sum, t, end);
   }
 
   /**

@@ -43,12 +43,16 @@ export const TC_ACT_UNSPEC = -1;
 export const TC_ACT_OK = 0;
 export const TC_ACT_SHOT = 2;
 
-/** Verdicts per hook: what "no decision" (fall through), `pass` and `drop` return. */
+/**
+ * Verdicts per hook: what "no decision" (fall through), `pass` and `drop` return. At tc, `pass`
+ * ends netmangle's rules only: TC_ACT_UNSPEC hands the packet to the next program on the hook
+ * (TCX_NEXT for tcx, the next filter for cls_bpf direct-action), and passes it when there is
+ * none; TC_ACT_OK would end the hook and keep every later program from seeing the packet.
+ */
 export function verdicts(kind: ProgKind): { none: number; pass: number; drop: number } {
   return kind === 'xdp'
     ? { none: XDP_PASS, pass: XDP_PASS, drop: XDP_DROP }
-    // TC_ACT_UNSPEC lets a later program on the same hook decide (TCX_NEXT); it passes when last.
-    : { none: TC_ACT_UNSPEC, pass: TC_ACT_OK, drop: TC_ACT_SHOT };
+    : { none: TC_ACT_UNSPEC, pass: TC_ACT_UNSPEC, drop: TC_ACT_SHOT };
 }
 
 export const HELPER = {
@@ -97,6 +101,12 @@ export const STATE_GSO = 8;
 export const STATE_RULES = 16;
 export const RULE_COUNTERS = 24;
 export const stateValueSize = (rules: number): number => STATE_RULES + RULE_COUNTERS * rules;
+/** The largest per-CPU map value the kernel allocates (PCPU_MIN_UNIT_SIZE): the state value must fit. */
+export const PERCPU_VALUE_MAX = 32768;
+/** Rules one program holds: their counters fill the state map's per-CPU value (1364). */
+export const MAX_RULES = Math.floor((PERCPU_VALUE_MAX - STATE_RULES) / RULE_COUNTERS);
+/** Instructions the kernel loads in one program at most (BPF_COMPLEXITY_LIMIT_INSNS, for CAP_BPF). */
+export const MAX_PROGRAM_INSNS = 1_000_000;
 export const ruleCounterOffset = (rule: number, which: 'matched' | 'acted' | 'dropped'): number =>
   STATE_RULES + RULE_COUNTERS * rule + (which === 'matched' ? 0 : which === 'acted' ? 8 : 16);
 
@@ -114,14 +124,20 @@ export const EVERY_MAP = 'nm_every';
 export const BPF_NOEXIST = 1;
 
 /**
- * Per-connection counts (rules with `perConnection`): one LRU hash map per such rule, named
- * connMapName(rule), of `connections` entries; key CONN_KEY_SIZE bytes laid out as CONN_KEY
- * (raw network-order bytes; the endpoint that sorts first is A), value one u64: the number of
- * matching packets of that connection so far. An evicted connection starts again from 0.
+ * Per-connection counts (rules with `perConnection`): one LRU hash map, CONN_MAP, for all such
+ * rules of a program, of as many entries as the largest `connections` among them; key
+ * CONN_KEY_SIZE bytes laid out as CONN_KEY (raw network-order bytes; the endpoint that sorts
+ * first is A), value one u64 per such rule (connCountOffset, in GenResult.connRules order): the
+ * number of matching packets of that connection so far. An evicted connection starts again
+ * from 0 for every rule. CONN_ZERO_MAP is an array of one zero value of the same size, which a
+ * new connection's entry is inserted from. One map rather than one per rule: a program may
+ * use at most 64 maps, and the entries' headers and keys are paid once.
  */
+export const CONN_MAP = 'nm_conn';
+export const CONN_ZERO_MAP = 'nm_conn_zero';
 export const CONN_KEY_SIZE = 40;
 export const CONN_KEY = { addrA: 0, addrB: 16, portA: 32, portB: 34, proto: 36, family: 37 } as const;
-export const connMapName = (rule: number): string => `nm_conn${rule}`;
+export const connCountOffset = (position: number): number => 8 * position;
 
 /**
  * Connections with packets held by `reorder` (shared by the group's reorder rules), key

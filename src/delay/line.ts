@@ -50,6 +50,28 @@ const EFD_CLOEXEC = 0o2000000;
 const START_MS = 10_000;
 const STOP_MS = 2_000;
 
+/**
+ * The parent's Node options without the code it was started to run (`node -e CODE`, `-p`) and
+ * `--input-type`, which a worker inherits by default: it would run that code instead of its file.
+ */
+function workerExecArgv(): string[] {
+  const out: string[] = [];
+  const argv = process.execArgv;
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (a === '-e' || a === '--eval' || a === '-p' || a === '--print' || a === '--input-type') {
+      i++;
+      continue;
+    }
+    if (/^(--eval|--print|--input-type)=/.test(a) || a === '-pe') {
+      if (a === '-pe') i++;
+      continue;
+    }
+    out.push(a);
+  }
+  return out;
+}
+
 /** worker.js next to this module (from a bundle, import.meta.url names this module's place in dist/src). */
 function workerFile(): string {
   const here = fileURLToPath(new URL('./worker.js', import.meta.url));
@@ -81,7 +103,7 @@ export class DelayLine {
       limits: this.opts.limits ?? DEFAULT_HOLD_LIMITS,
       shared: this.shared,
     };
-    const worker = new (workerThreads().Worker)(workerFile(), { workerData: init });
+    const worker = new (workerThreads().Worker)(workerFile(), { workerData: init, execArgv: workerExecArgv() });
     this.worker = worker;
     worker.on('error', (err) => {
       if (this.stopped || this.failed) return;

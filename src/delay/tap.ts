@@ -7,7 +7,7 @@ import { childProcess } from '../builtins.js';
 import { NetmangleError } from '../errors.js';
 import { errno, errnoName, libc } from '../kernel/ffi.js';
 import { ifindexByName } from '../kernel/iface.js';
-import { inNetns } from '../kernel/netns.js';
+import { inNetns, ipCommand, netnsCommandPrefix } from '../kernel/netns.js';
 
 /** _IOW('T', 202, int) from linux/if_tun.h. */
 const TUNSETIFF = 0x400454ca;
@@ -56,8 +56,8 @@ export function createTap(netns: string | undefined): Tap {
   };
   try {
     // No IPv6 on the TAP: its own neighbour discovery would come out of the delay line.
-    const ns = netns ? ['ip', 'netns', 'exec', netns] : [];
-    childProcess().spawnSync(ns[0] ?? 'sysctl', [...ns.slice(1), ...(netns ? ['sysctl'] : []), '-qw', `net.ipv6.conf.${name}.disable_ipv6=1`], { encoding: 'utf8' });
+    const [cmd, ...args] = [...netnsCommandPrefix(netns), 'sysctl', '-qw', `net.ipv6.conf.${name}.disable_ipv6=1`];
+    childProcess().spawnSync(cmd!, args, { encoding: 'utf8' });
     // A long transmit queue: frames wait there (instead of being dropped) while the line's
     // thread is kept off the CPU for a few milliseconds.
     ip(netns, ['link', 'set', 'dev', name, 'addrgenmode', 'none', 'txqueuelen', String(TAP_QUEUE_LEN), 'up']);
@@ -70,7 +70,8 @@ export function createTap(netns: string | undefined): Tap {
 }
 
 function ip(netns: string | undefined, args: string[]): void {
-  const r = childProcess().spawnSync('ip', [...(netns ? ['-n', netns] : []), ...args], { encoding: 'utf8' });
+  const [cmd, ...rest] = ipCommand(netns, args);
+  const r = childProcess().spawnSync(cmd!, rest, { encoding: 'utf8' });
   if (r.status !== 0) throw new NetmangleError(`ip ${args.join(' ')}: ${(r.stderr ?? '').trim()}`);
 }
 

@@ -12,10 +12,10 @@
  * Every kernel call runs inside `inNetns(netns)`, so the interface is found (and the program
  * attached) in that namespace.
  */
-import { NetmangleError, UsageError } from '../errors.js';
+import { HookBusyError, NetmangleError, UsageError } from '../errors.js';
 import { programInfo, queryProgs } from './info.js';
-import { createTcxLink, createXdpLink, tryDetachLink, type Link } from './link.js';
-import { inNetns, netnsExists, requireNetns } from './netns.js';
+import { createTcxLink, createXdpLink, tryDetachLink, updateLink, type Link } from './link.js';
+import { inNetns, ipCommand, netnsExists, requireNetns } from './netns.js';
 import { NetlinkError } from './netlink.js';
 import { probeFeaturesCached, type ProbeResult } from './probe.js';
 import type { Program } from './program.js';
@@ -32,7 +32,7 @@ export interface AttachOptions {
   /** Interface name, as `ip link` shows it inside `netns`. */
   dev: string;
   hook: Hook;
-  /** Network namespace name (`ip netns`); default: the current one. */
+  /** Network namespace: an `ip netns` name or a path (`/proc/PID/ns/net`); default: the current one. */
   netns?: string;
   /**
    * 'auto' (default): BPF links where this kernel has them (probed once), else netlink.
@@ -65,6 +65,11 @@ export interface Attachment extends Disposable {
   readonly detached: boolean;
   /** Removes the program from the hook (and a clsact qdisc this attachment added). Idempotent. */
   detach(): void;
+  /**
+   * Link paths only: puts `prog` on the hook in place of `current` (the attached program) in one
+   * step, so no packet passes unseen in between. Throws for netlink attachments.
+   */
+  replace(prog: Program, current: Program): void;
 }
 
 let probed: ProbeResult | undefined;
@@ -107,14 +112,14 @@ function foreignXdpError(dev: string, netns: string | undefined, state: XdpState
   const ids = [...new Set([state.progId, state.drvProgId, state.skbProgId, state.hwProgId].filter((x): x is number => x !== undefined))];
   const mode = state.attached === 'multi' ? 'several modes' : `${state.attached} mode`;
   const which = ids.length ? ids.map(describeProgram).join(' and ') : 'a program';
-  const nsFlag = netns === undefined ? '' : `-n ${netns} `;
+  const ipLinkOff = ipCommand(netns, ['link', 'set', 'dev', dev, 'xdp', 'off']).join(' ');
   if (ids.length === 1 && ids[0] === ownId) {
     return new NetmangleError(`XDP program ${which} is already attached to ${where(dev, netns)}`, {
       hint: 'detach the earlier attachment first',
     });
   }
-  return new NetmangleError(`${where(dev, netns)} already holds XDP program ${which} (${mode})`, {
-    hint: `netmangle does not replace programs it did not attach: remove it first (\`ip ${nsFlag}link set dev ${dev} xdp off\`, or close its owner's link)`,
+  return new HookBusyError(`${where(dev, netns)} already holds XDP program ${which} (${mode})`, {
+    hint: `netmangle does not replace programs it did not attach: remove it first (\`${ipLinkOff}\`, or close its owner's link)`,
   });
 }
 
@@ -124,7 +129,7 @@ function foreignTcxError(dev: string, netns: string | undefined, dir: TcDirectio
     const ids = queryProgs(ifindex, dir === 'ingress' ? 'tcx_ingress' : 'tcx_egress').progIds;
     if (ids.length) which = `program${ids.length > 1 ? 's' : ''} ${ids.map(describeProgram).join(', ')}`;
   } catch { /* keep the generic wording */ }
-  return new NetmangleError(`cannot attach at tcx ${dir} of ${where(dev, netns)}: it already holds ${which}`, {
+  return new HookBusyError(`cannot attach at tcx ${dir} of ${where(dev, netns)}: it already holds ${which}`, {
     hint: 'detach the other program first, or attach with path netlink',
     cause,
   });
@@ -175,8 +180,16 @@ class AttachmentImpl implements Attachment {
     readonly hook: Hook,
     readonly netns: string | undefined,
     readonly path: AttachPath,
-    readonly progId: number,
+    public progId: number,
   ) {}
+
+  replace(prog: Program, current: Program): void {
+    if (this.detached) throw new NetmangleError(`program ${this.progId} on ${where(this.dev, this.netns)} is already detached`);
+    if (!this.link) throw new NetmangleError(`a program attached through netlink on ${where(this.dev, this.netns)} cannot be replaced in one step`);
+    checkProgramType(prog, this.hook);
+    updateLink(this.link, prog, current);
+    this.progId = prog.id;
+  }
 
   detach(): void {
     if (this.detached) return;
@@ -316,7 +329,7 @@ function attachIn(prog: Program, opts: AttachOptions, path: AttachPath): Attachm
         const prio = opts.tcPriority ?? 1;
         const other = listClsBpfFilters(ifindex, hook).find((f) => f.prio === prio);
         const which = other?.progId !== undefined ? `program ${describeProgram(other.progId)}` : 'another filter';
-        throw new NetmangleError(`tc ${hook} of ${where(dev, netns)} already holds ${which} at priority ${prio}`, {
+        throw new HookBusyError(`tc ${hook} of ${where(dev, netns)} already holds ${which} at priority ${prio}`, {
           hint: 'remove it first, or choose another priority', cause: err,
         });
       }

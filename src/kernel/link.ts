@@ -137,6 +137,19 @@ export function createTcxLink(prog: Program, ifindex: number, direction: 'ingres
 }
 
 /**
+ * Puts `prog` in place of the link's program in one step (BPF_LINK_UPDATE, XDP links 5.9+,
+ * tcx links 6.6+): every packet meets either the old program or the new one, never neither.
+ * With `expected`, fails (EPERM) unless the link still holds that program.
+ */
+export function updateLink(link: Link | { fd: number; id?: number }, prog: Program, expected?: Program): void {
+  const attr = new Attr()
+    .u32(Off.linkUpdate.linkFd, link.fd)
+    .u32(Off.linkUpdate.newProgFd, prog.fd);
+  if (expected) attr.u32(Off.linkUpdate.flags, Flags.REPLACE).u32(Off.linkUpdate.oldProgFd, expected.fd);
+  bpfCall(Cmd.LINK_UPDATE, attr, `put program '${prog.name}' (id ${prog.id}) in`, `link ${link.id ?? `fd ${link.fd}`}`);
+}
+
+/**
  * Detaches the link's program from its hook now (BPF_LINK_DETACH, 5.9+), even while other
  * references (pins, other processes) keep the link object itself alive. The fd stays open.
  */

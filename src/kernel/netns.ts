@@ -1,5 +1,7 @@
 /**
- * Network namespaces named the way `ip netns` names them (bind mounts under /run/netns).
+ * Network namespaces, named the way `ip netns` names them (bind mounts under /run/netns), or
+ * given as a path to a namespace file: `/proc/PID/ns/net` (a container's process), a bind mount
+ * such as `/run/netns/X` or `/var/run/docker/netns/…`. A value starting with `/` is a path.
  *
  * setns() moves only the calling thread, and koffi makes every libc call on Node's main thread,
  * so a namespace switch here affects exactly the syscalls made (and the sockets created) until
@@ -7,7 +9,7 @@
  * event loop, still in the foreign namespace, to unrelated code.
  */
 import { closeSync, existsSync, openSync, readdirSync, statSync } from 'node:fs';
-import { NetmangleError } from '../errors.js';
+import { NetmangleError, NotFoundError } from '../errors.js';
 import { printable } from '../printable.js';
 import { errno, errnoName, libc } from './ffi.js';
 
@@ -32,7 +34,21 @@ function originalFd(): number {
   return originalNetnsFd;
 }
 
+/** Whether `netns` is given as a path (`/proc/PID/ns/net`) rather than an `ip netns` name. */
+export function isNetnsPath(netns: string): boolean {
+  return netns.startsWith('/');
+}
+
+/** The file to open for a namespace name or path. */
+function netnsFile(netns: string): string {
+  return isNetnsPath(netns) ? netns : `${NETNS_RUN_DIR}/${netns}`;
+}
+
 function checkName(name: string): void {
+  if (isNetnsPath(name)) {
+    if (name.includes('\0')) throw new NetmangleError(`invalid network namespace path "${name.replace(/\0/g, '\\0')}"`);
+    return;
+  }
   if (name === '' || name === '.' || name === '..' || name.includes('/') || name.includes('\0')) {
     throw new NetmangleError(`invalid network namespace name "${name}"`, {
       hint: 'use a name as `ip netns list` prints it',
@@ -41,16 +57,21 @@ function checkName(name: string): void {
 }
 
 function missingNetns(name: string): NetmangleError {
-  return new NetmangleError(`no network namespace ${name} (see \`ip netns list\`)`, {
+  if (isNetnsPath(name)) {
+    return new NotFoundError(`no network namespace at ${name}`, {
+      hint: 'give /proc/PID/ns/net of a running process, or a bind mount such as /run/netns/NAME',
+    });
+  }
+  return new NotFoundError(`no network namespace ${name} (see \`ip netns list\`)`, {
     hint: `create it with \`ip netns add ${name}\`, or leave out the namespace to use the current one`,
   });
 }
 
-/** Opens /run/netns/NAME read-only; a missing namespace becomes a NetmangleError. */
+/** Opens /run/netns/NAME (or the path) read-only; a missing namespace becomes a NetmangleError. */
 function openNetns(name: string): number {
   checkName(name);
   try {
-    return openSync(`${NETNS_RUN_DIR}/${name}`, 'r');
+    return openSync(netnsFile(name), 'r');
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     if (code === 'ENOENT' || code === 'ENOTDIR') throw missingNetns(name);
@@ -67,7 +88,7 @@ function switchTo(fd: number, what: string): void {
     const name = errnoName(e);
     throw new NetmangleError(`cannot enter network namespace ${what}: ${name}`, {
       hint: name === 'EPERM' ? 'entering a namespace needs CAP_SYS_ADMIN: run netmangle as root'
-        : name === 'EINVAL' ? `${what} is not a network namespace (see \`ip netns list\`)` : undefined,
+        : name === 'EINVAL' ? `${what} is not a network namespace${isNetnsPath(what) ? '' : ' (see `ip netns list`)'}` : undefined,
     });
   }
 }
@@ -119,10 +140,26 @@ function refusePromise<T>(result: T): T {
   return result;
 }
 
-/** True when `ip netns` knows a namespace called `name`. */
+/** True when `ip netns` knows a namespace called `name` (or, for a path, when the file exists). */
 export function netnsExists(name: string): boolean {
   checkName(name);
-  return existsSync(`${NETNS_RUN_DIR}/${name}`);
+  return existsSync(netnsFile(name));
+}
+
+/**
+ * The words that run a command inside `netns`: `ip netns exec NAME` for a name (which also
+ * remounts /sys for it), `nsenter --net=PATH` for a path, nothing for the current namespace.
+ */
+export function netnsCommandPrefix(netns: string | undefined): string[] {
+  if (netns === undefined) return [];
+  checkName(netns);
+  return isNetnsPath(netns) ? ['nsenter', `--net=${netns}`] : ['ip', 'netns', 'exec', netns];
+}
+
+/** `ip` with its arguments, run in `netns` (`ip -n NAME`, which knows names only, or through nsenter). */
+export function ipCommand(netns: string | undefined, args: readonly string[]): string[] {
+  if (netns === undefined) return ['ip', ...args];
+  return isNetnsPath(netns) ? [...netnsCommandPrefix(netns), 'ip', ...args] : ['ip', '-n', netns, ...args];
 }
 
 /** The names `ip netns list` shows (unsorted by creation; sorted by name here). */

@@ -14,7 +14,7 @@ import { closeFd, sanitizeObjectName } from './fd.js';
 import { programInfoByFd, type ProgramInfo } from './info.js';
 import type { BpfMap } from './map.js';
 import {
-  ATTACH_TYPES, Attr, BpfError, Cmd, EACCES, EAGAIN, EINTR, EINVAL, ENOSPC, OBJ_NAME_LEN, Off, PROG_TYPES, bpfTry,
+  ATTACH_TYPES, Attr, BpfError, Cmd, E2BIG, EACCES, EAGAIN, EFAULT, EINTR, EINVAL, ENOMEM, ENOSPC, OBJ_NAME_LEN, Off, PROG_TYPES, bpfTry,
   cString, errnoName, type AttachType, type ProgramType,
 } from './sys.js';
 
@@ -41,19 +41,55 @@ export interface LoadProgramOptions {
   flags?: number;
 }
 
-/** The verifier refused the program; `log` holds its whole log. */
+/**
+ * A limit of the verifier that a program reached (it gave up, rather than found a fault):
+ * 'insns', more than 1,000,000 instructions processed over all paths; 'jumps', more than
+ * 8,192 branches pending at once on one path.
+ */
+export interface VerifierLimit {
+  kind: 'insns' | 'jumps';
+  /** The verifier's own words, e.g. "BPF program is too large. Processed 1000001 insn". */
+  line: string;
+}
+
+const LIMIT_LINES: Array<[VerifierLimit['kind'], RegExp]> = [
+  ['insns', /BPF program is too large\. Processed \d+ insn/],
+  ['jumps', /The sequence of \d+ jumps is too complex/],
+];
+
+/** The verifier limit a log ends with (its last lines), if any. */
+export function verifierLimit(log: string): VerifierLimit | undefined {
+  const lines = log.split('\n').map((l) => l.trim()).filter((l) => l.length > 0).slice(-8);
+  for (const line of lines.reverse()) {
+    for (const [kind, re] of LIMIT_LINES) {
+      const m = re.exec(line);
+      if (m) return { kind, line: m[0] };
+    }
+  }
+  return undefined;
+}
+
+/** The verifier refused the program; `log` holds its whole log (its end, when `truncated`). */
 export class VerifierError extends BpfError {
   readonly log: string;
   /** True when the log was still cut short at the largest buffer tried. */
   readonly truncated: boolean;
+  /** Set when the verifier gave up at one of its limits instead of finding a fault. */
+  readonly limit?: VerifierLimit;
   constructor(object: string, errno: number, log: string, truncated: boolean) {
     const tail = lastLines(log, 6);
+    const limit = verifierLimit(log);
     super('load', object, errno, {
-      message: `the kernel's verifier rejected ${object} (${errnoName(errno)}):\n${tail.replace(/^/gm, '    ')}`,
-      hint: `these are the last lines of the verifier's log; the whole log (${log.split('\n').length} lines) is in VerifierError.log`,
+      message: limit
+        ? `the kernel's verifier gave up on ${object} at its limit: ${limit.line}`
+        : `the kernel's verifier rejected ${object} (${errnoName(errno)}):\n${tail.replace(/^/gm, '    ')}`,
+      hint: limit
+        ? 'make the program simpler: fewer branches, or split it into several programs'
+        : `these are the last lines of the verifier's log; the whole log (${log.split('\n').length} lines) is in VerifierError.log`,
     });
     this.log = log;
     this.truncated = truncated;
+    if (limit) this.limit = limit;
   }
 }
 
@@ -132,6 +168,10 @@ function resolveMaps(insns: readonly Insn[], refs: readonly MapRef[], maps: Reco
 }
 
 const LOG_START = 64 * 1024;
+/** log_level bit: only the verifier's messages and its statistics, not every instruction. */
+const BPF_LOG_STATS = 4;
+/** Loads again after EAGAIN or EINTR (a signal during verification) at most this many times. */
+const LOAD_RETRIES = 5;
 /** The kernel takes up to UINT32_MAX >> 2 bytes of log (16 MiB - 1 before 6.4); stop well below. */
 const LOG_MAX = 256 * 1024 * 1024;
 
@@ -181,9 +221,11 @@ export function loadProgram(opts: LoadProgramOptions): Program {
     if (log) {
       attr.u32(Off.progLoad.logLevel, logLevel).u32(Off.progLoad.logSize, log.length).ptr(Off.progLoad.logBuf, log);
     }
+    // A signal during a long verification makes the load fail with EAGAIN: load again, as
+    // libbpf does (a few times, so that a stream of signals still ends).
     for (let i = 0; ; i++) {
       const ret = bpfTry(Cmd.PROG_LOAD, attr);
-      if ((ret === -EAGAIN || ret === -EINTR) && i < 5) continue;
+      if ((ret === -EAGAIN || ret === -EINTR) && i < LOAD_RETRIES) continue;
       return { ret, attr };
     }
   };
@@ -199,11 +241,23 @@ export function loadProgram(opts: LoadProgramOptions): Program {
   };
 
   const wantLog = (opts.logLevel ?? 0) > 0;
+  let firstErrno = 0;
   if (!wantLog) {
     const { ret } = attempt(0, null);
     if (ret >= 0) return wrap(ret);
-    // Only a verifier refusal is worth a second load with a log.
-    if (ret !== -EACCES && ret !== -EINVAL && ret !== -ENOSPC) throw new BpfError('load', object, -ret);
+    // Only a verifier refusal is worth a second load with a log: a fault (EACCES, EINVAL), or
+    // a limit (E2BIG: too many instructions processed; jumps too complex: E2BIG, or EFAULT and
+    // ENOMEM on older kernels), which only the log tells apart.
+    if (![EACCES, EINVAL, ENOSPC, E2BIG, EFAULT, ENOMEM].includes(-ret)) throw new BpfError('load', object, -ret);
+    firstErrno = -ret;
+    // First a log of the verifier's messages and statistics only (BPF_LOG_STATS): it names a
+    // limit at the cost of one more verification, where a full log of a million processed
+    // instructions takes many times longer to write.
+    const brief = Buffer.alloc(LOG_START);
+    const again = attempt(BPF_LOG_STATS, brief);
+    if (again.ret >= 0) return wrap(again.ret);
+    const text = readLog(brief);
+    if (verifierLimit(text)) throw new VerifierError(object, firstErrno, text, false);
   }
 
   const level = wantLog ? opts.logLevel! : 1;
@@ -214,6 +268,9 @@ export function loadProgram(opts: LoadProgramOptions): Program {
     const text = readLog(log);
     if (ret >= 0) return wrap(ret, wantLog ? text : undefined);
     const trueSize = attr.getU32(Off.progLoad.logTrueSize);
+    // 6.4+ keeps the log's end when it overflows: a limit is said there, and a log of a
+    // million instructions is not worth another load with a buffer to hold it.
+    if (ret === -ENOSPC && !wantLog && verifierLimit(text)) throw new VerifierError(object, firstErrno || E2BIG, text, true);
     if (ret === -ENOSPC && size < LOG_MAX) {
       // 6.4+ says how big the log really is; older kernels only say "too small".
       size = trueSize > size ? Math.min(LOG_MAX, trueSize + 1024) : Math.min(LOG_MAX, size * 4);

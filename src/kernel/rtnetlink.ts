@@ -7,7 +7,8 @@
  *
  * Constants follow include/uapi/linux/{rtnetlink,if_link,pkt_sched,pkt_cls}.h.
  */
-import { NetmangleError } from '../errors.js';
+import { NetmangleError, NotFoundError } from '../errors.js';
+import { ipCommand } from './netns.js';
 import {
   MessageBuilder, NLM_F, NetlinkError, NetlinkSocket, attrMap, attrString, attrU32, attrU8,
   type NetlinkMessage,
@@ -428,7 +429,7 @@ export function listClsBpfFilters(ifindex: number, direction: TcDirection, sock?
 /** "no interface X in namespace Y" / "in this namespace", one line with a hint. */
 export function noInterface(name: string, netns: string | undefined): NetmangleError {
   const where = netns === undefined ? 'in this namespace' : `in namespace ${netns}`;
-  return new NetmangleError(`no interface ${name} ${where}`, {
-    hint: netns === undefined ? 'list interfaces with `ip link`' : `list them with \`ip -n ${netns} link\``,
+  return new NotFoundError(`no interface ${name} ${where}`, {
+    hint: netns === undefined ? 'list interfaces with `ip link`' : `list them with \`${ipCommand(netns, ['link']).join(' ')}\``,
   });
 }

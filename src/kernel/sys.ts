@@ -149,7 +149,7 @@ export const Flags = {
   EXIST: 2,
   // BPF_MAP_CREATE
   NO_PREALLOC: 1 << 0,
-  // mprog (tcx) attach position
+  // mprog (tcx) attach position; BPF_LINK_UPDATE's BPF_F_REPLACE has the same value
   REPLACE: 1 << 2,
   BEFORE: 1 << 3,
   AFTER: 1 << 4,
@@ -184,6 +184,7 @@ export const Off = {
   btfLoad: { btf: 0, logBuf: 8, size: 16, logSize: 20, logLevel: 24, logTrueSize: 28 },
   linkCreate: { progFd: 0, targetFd: 4, targetIfindex: 4, attachType: 8, flags: 12, relativeFd: 16, relativeId: 16, expectedRevision: 24 },
   linkDetach: { linkFd: 0 },
+  linkUpdate: { linkFd: 0, newProgFd: 4, flags: 8, oldProgFd: 12 },
   enableStats: { type: 0 },
 } as const;
 
@@ -289,7 +290,7 @@ function hintFor(code: number, operation: string): string | undefined {
     case EBUSY:
       return 'another program already holds this hook: detach it first (`netmangle detach`, or `ip link set dev DEV xdp off`), or attach in another mode';
     case E2BIG:
-      return 'too large for this kernel (program size, map size or an attribute the kernel does not know): make it smaller or upgrade the kernel';
+      return 'too large for this kernel (program size, map size, or an attribute it does not know): make it smaller';
     case ENOMEM:
       return 'the kernel is out of memory for BPF objects, or RLIMIT_MEMLOCK is too low (`ulimit -l unlimited`)';
     case ENOENT:

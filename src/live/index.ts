@@ -3,15 +3,14 @@
  * counters read back, everything undone on detach. Either the whole set of groups ends up
  * attached or nothing stays behind.
  */
-import { writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { compileGroup, readCounters, STATE_MAP, type CompiledProgram, type RuleCounters } from '../compiler/index.js';
 import { NetmangleError } from '../errors.js';
 import { attachProgram, type Attachment } from '../kernel/attach.js';
-import { createMap, loadProgram, VerifierError, type BpfMap, type Program } from '../kernel/index.js';
+import { createMap, type BpfMap, type Program } from '../kernel/index.js';
+import { loadWithReport } from './load-report.js';
 import { linkByName } from '../kernel/iface.js';
 import { watchLink, type LinkWatch } from '../kernel/linkwatch.js';
+import { ipCommand } from '../kernel/netns.js';
 import { lookupField } from '../rules/catalog.js';
 import type { RuleGroup } from '../rules/ast.js';
 import { childProcess } from '../builtins.js';
@@ -69,23 +68,6 @@ export function readStateCounters(rules: number, state: BpfMap): { rules: RuleCo
   const values: Uint8Array[] = [];
   for (let cpu = 0; cpu < state.cpus; cpu++) values.push(raw.subarray(cpu * state.valueStride, cpu * state.valueStride + state.valueSize));
   return readCounters(rules, values);
-}
-
-function loadWithReport(compiled: CompiledProgram, maps: Record<string, BpfMap>): Program {
-  try {
-    return loadProgram({ type: compiled.kind, insns: compiled.insns, maps, mapRefs: compiled.mapRefs, name: compiled.name });
-  } catch (err) {
-    if (!(err instanceof VerifierError)) throw err;
-    // A program netmangle generated and the verifier refused is netmangle's bug: say so, keep the log.
-    const file = join(tmpdir(), `netmangle-verifier-${process.pid}-${Date.now()}.log`);
-    const rules = compiled.rules.map((r) => `# rule ${r.name}: ${r.text}`).join('\n');
-    writeFileSync(file, `${rules}\n\n${err.log}`);
-    const tail = err.log.trim().split('\n').slice(-4).map((l) => `    ${l}`).join('\n');
-    throw new NetmangleError(
-      `the kernel's verifier rejected the program for ${compiled.rules.map((r) => `"${r.text}"`).join(', ')} (a netmangle bug):\n${tail}`,
-      { hint: `the whole verifier log is in ${file}; please report it with the rule`, cause: err },
-    );
-  }
 }
 
 export interface AttachedGroup {
@@ -173,6 +155,53 @@ export class LiveSession implements Disposable {
     }
     for (const w of this.tapWatches) w.close();
     if (first) throw first;
+  }
+
+  /**
+   * Puts programs compiled from `groups` in place of the attached ones, each in one step on its
+   * hook (BPF_LINK_UPDATE), so no packet meets neither the old rules nor the new. Possible when
+   * the groups are for the same (namespace, interface, hook) set as the attached ones, all on
+   * BPF links, and no rule old or new holds packets (a delay line's programs are bound to it);
+   * otherwise returns false and changes nothing. The new programs count from zero.
+   * @throws when compiling or loading the new programs fails (nothing changed then either).
+   */
+  replaceInPlace(groups: RuleGroup[], seed: number): boolean {
+    if (this.detached || groups.length !== this.groups.length) return false;
+    const keyOf = (g: { dev: string; hook: string; netns?: string }) => `${g.netns ?? ''}\0${g.dev}\0${g.hook}`;
+    const byKey = new Map(this.groups.map((g) => [keyOf(g.attachment), g] as const));
+    const pairs = groups.map((g) => ({ group: g, old: byKey.get(keyOf(g)) }));
+    if (pairs.some((p) => !p.old || !p.old.attachment.link || p.old.delayLine || holdPlan(p.group).specs.length > 0)) return false;
+    if (new Set(pairs.map((p) => p.old)).size !== pairs.length) return false;
+    const loaded: LoadedProgram[] = [];
+    try {
+      for (const p of pairs) loaded.push(loadCompiled(compileGroup(p.group, { seed, lookupField })));
+    } catch (err) {
+      for (const l of loaded) l.close();
+      throw err;
+    }
+    const done: number[] = [];
+    try {
+      pairs.forEach((p, i) => {
+        p.old!.attachment.replace(loaded[i]!.prog, p.old!.loaded.prog);
+        done.push(i);
+      });
+    } catch (err) {
+      // Put back what was already replaced, so the session stays as it was.
+      for (const i of done.reverse()) {
+        try {
+          pairs[i]!.old!.attachment.replace(pairs[i]!.old!.loaded.prog, loaded[i]!.prog);
+        } catch {
+          // The hook keeps the new program; closing our handle to it below does not detach it.
+        }
+      }
+      for (const l of loaded) l.close();
+      throw err;
+    }
+    pairs.forEach((p, i) => {
+      p.old!.loaded.close();
+      p.old!.loaded = loaded[i]!;
+    });
+    return true;
   }
 
   /**
@@ -296,13 +325,15 @@ export function holdPlan(group: RuleGroup): { specs: HoldSpec[]; ruleSpec: Map<n
 /** The device's gso_max_segs (IFLA_GSO_MAX_SEGS), read through `ip -d link` in its namespace. */
 export function gsoMaxSegs(dev: string, netns?: string): number {
   linkByName(dev, netns); // a clear error for a missing namespace or interface
-  const r = childProcess().spawnSync('ip', [...(netns ? ['-n', netns] : []), '-d', 'link', 'show', 'dev', dev], { encoding: 'utf8' });
+  const [cmd, ...args] = ipCommand(netns, ['-d', 'link', 'show', 'dev', dev]);
+  const r = childProcess().spawnSync(cmd!, args, { encoding: 'utf8' });
   const m = /gso_max_segs (\d+)/.exec(r.stdout ?? '');
   if (r.status !== 0 || !m) throw new NetmangleError(`cannot read gso_max_segs of ${dev}: ${(r.stderr ?? '').trim()}`);
   return Number(m[1]);
 }
 
 export function setGsoMaxSegs(dev: string, netns: string | undefined, value: number): void {
-  const r = childProcess().spawnSync('ip', [...(netns ? ['-n', netns] : []), 'link', 'set', 'dev', dev, 'gso_max_segs', String(value)], { encoding: 'utf8' });
+  const [cmd, ...args] = ipCommand(netns, ['link', 'set', 'dev', dev, 'gso_max_segs', String(value)]);
+  const r = childProcess().spawnSync(cmd!, args, { encoding: 'utf8' });
   if (r.status !== 0) throw new NetmangleError(`cannot set gso_max_segs of ${dev} to ${value}: ${(r.stderr ?? '').trim()}`);
 }

@@ -4,7 +4,7 @@
  * - A pinned rule set (`run --pin`) lives in bpffs under /sys/fs/bpf/netmangle/<netns>/<dev>/<hook>/
  *   (`link` when attached through a BPF link, `prog`, `state`), with a record of its rules in
  *   /run/netmangle/pinned/<netns>.<dev>.<hook>.json.
- * - A foreground `run` records itself in /run/netmangle/runs/<pid>.<n>.json (program and state
+ * - A foreground `run` (or a library fault) records itself in /run/netmangle/runs/<pid>.<run>.<n>.json (program and state
  *   map ids) and removes the record on exit; records of dead processes are ignored and swept.
  */
 import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmdirSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
@@ -69,9 +69,13 @@ export interface RunRecord {
   remove(): void;
 }
 
+/** Runs recorded by this process so far: a process (a test using the library) may hold several at once. */
+let runsRecorded = 0;
+
 export function recordRun(groups: AttachedGroup[], seed: number): RunRecord {
   mkdirSync(RUNS_DIR, { recursive: true });
-  const records = groups.map((g, i) => ({ g, file: join(RUNS_DIR, `${process.pid}.${i}.json`), rec: { ...recordOf(g, seed), pid: process.pid } }));
+  const run = runsRecorded++;
+  const records = groups.map((g, i) => ({ g, file: join(RUNS_DIR, `${process.pid}.${run}.${i}.json`), rec: { ...recordOf(g, seed), pid: process.pid } }));
   const write = (file: string, rec: AttachmentRecord): void => {
     // Whole or not at all for a status reading it at the same moment.
     const tmp = `${file}.tmp`;

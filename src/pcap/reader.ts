@@ -224,16 +224,22 @@ export class CaptureReader extends CaptureReaderBase implements AsyncIterableIte
     const parser = this.parser;
     const pkt = parser.packet;
     let n = 0;
+    // An error thrown by fn is the caller's (a program fault, a full disk), not the capture's.
+    let inCallback = false;
     try {
       if (this.pending) {
         this.pending = false;
         n += 1;
+        inCallback = true;
         if (fn(pkt) === false) return n;
+        inCallback = false;
       }
       while (!this.finished) {
         while (parser.next()) {
           n += 1;
+          inCallback = true;
           if (fn(pkt) === false) return n;
+          inCallback = false;
         }
         if (parser.eof) {
           parser.finish();
@@ -242,7 +248,7 @@ export class CaptureReader extends CaptureReaderBase implements AsyncIterableIte
         await this.refill();
       }
     } catch (err) {
-      throw this.readError(err);
+      throw inCallback ? err : this.readError(err);
     } finally {
       this.finished = true;
       await this.close();
@@ -372,16 +378,22 @@ export class CaptureReaderSync extends CaptureReaderBase implements IterableIter
     const parser = this.parser;
     const pkt = parser.packet;
     let n = 0;
+    // An error thrown by fn is the caller's (a program fault, a full disk), not the capture's.
+    let inCallback = false;
     try {
       if (this.pending) {
         this.pending = false;
         n += 1;
+        inCallback = true;
         if (fn(pkt) === false) return n;
+        inCallback = false;
       }
       while (!this.finished) {
         while (parser.next()) {
           n += 1;
+          inCallback = true;
           if (fn(pkt) === false) return n;
+          inCallback = false;
         }
         if (parser.eof) {
           parser.finish();
@@ -390,7 +402,7 @@ export class CaptureReaderSync extends CaptureReaderBase implements IterableIter
         this.refill();
       }
     } catch (err) {
-      throw this.readError(err);
+      throw inCallback ? err : this.readError(err);
     } finally {
       this.finished = true;
       this.close();

@@ -7,7 +7,8 @@
  * are reused, and nothing is allocated per packet on the path of a packet that no rule changes.
  */
 import { compileGroup, type CompiledProgram } from '../compiler/index.js';
-import { UsageError } from '../errors.js';
+import { NetmangleError, UsageError } from '../errors.js';
+import { VmError } from '../vm/index.js';
 import type { Hook, RuleGroup } from '../rules/ast.js';
 import { lookupField } from '../rules/catalog.js';
 import { openCaptureSync, type CaptureWriter } from '../pcap/index.js';
@@ -195,6 +196,18 @@ const copyOf = (bytes: Uint8Array, off: number, len: number): Uint8Array => Uint
 const CLOCK_START_NS = 86_400e9;
 
 /** Compiles the groups, replays the capture through them, and writes the packets that leave. */
+/**
+ * A compiled program that stops in the VM (it reads what the kernel's verifier would refuse)
+ * is netmangle's fault, not the capture's: said so, with the packet it stopped on.
+ */
+function programFault(err: unknown, c: CompiledProgram, packet: number, input: string): unknown {
+  if (!(err instanceof VmError)) return err;
+  const rules = c.rules.length === 1 ? `rule "${c.rules[0]!.text}"` : `${c.rules.length} rules`;
+  return new NetmangleError(`the program compiled from the ${c.hook} ${rules} stopped in the VM on packet ${packet} of ${input}: ${err.message}`, {
+    hint: 'a netmangle bug (the kernel would refuse this program too): please report it with the rules', cause: err,
+  });
+}
+
 export async function replayCapture(opts: ReplayOptions): Promise<ReplaySummary> {
   const format = opts.format ?? formatForPath(opts.output);
   if (opts.groups.length === 0) throw new UsageError('no rules to replay');
@@ -274,7 +287,12 @@ export async function replayCapture(opts: ReplayOptions): Promise<ReplaySummary>
           continue;
         }
         const runner = stage.runner;
-        const rv = runner.run(buf, off, len, ktime);
+        let rv: number | undefined;
+        try {
+          rv = runner.run(buf, off, len, ktime);
+        } catch (err) {
+          throw programFault(err, runner.compiled, summary.packetsIn, opts.input);
+        }
         if (rv === undefined) {
           summary.notRun.kernelRefused++;
           continue;

@@ -162,6 +162,27 @@ export interface RateLimit {
 }
 
 export const DEFAULT_CONNECTIONS = 65536;
+/** The most connections one per-connection map may remember (about 117 MB of kernel memory for one rule). */
+export const MAX_CONNECTIONS = 1 << 20;
+/**
+ * Kernel memory the per-connection map of `rules` per-connection rules (of `entries`
+ * connections) locks, as the kernel counts it (the map's memlock in fdinfo, 6.18): an LRU hash
+ * map allocates every entry up front, each a 48-byte element header, the 40-byte key and a u64
+ * per rule, plus a 16-byte bucket per entry rounded up to a power of two. compiler/layout.ts
+ * lays the map out.
+ */
+export function connectionMapBytes(entries: number, rules = 1): number {
+  const buckets = 2 ** Math.ceil(Math.log2(Math.max(1, entries)));
+  return entries * (48 + 40 + 8 * rules) + 16 * buckets;
+}
+
+/** Bytes as people say them: 117 MB, 1.9 GB (powers of 1000, as free(1) -h does not, but as the bytes are sold). */
+export function formatBytes(n: number): string {
+  if (n >= 1e9) return `${(n / 1e9).toFixed(1)} GB`;
+  if (n >= 1e6) return `${Math.round(n / 1e6)} MB`;
+  if (n >= 1e3) return `${Math.round(n / 1e3)} kB`;
+  return `${n} B`;
+}
 
 /** Rules that share one (interface, hook, namespace): compiled into one program. */
 export interface RuleGroup {

@@ -23,6 +23,11 @@ export class RuleError extends UsageError {
     this.location = opts.location;
   }
 
+  /** 1-based column of the span's start in its line of `source` (what an editor shows). */
+  get column(): number {
+    return this.span.start - (this.source.lastIndexOf('\n', Math.max(0, this.span.start - 1)) + 1) + 1;
+  }
+
   /** The same error, located in a file. */
   at(location: string): RuleError {
     return new RuleError(this.reason, this.source, this.span, { hint: this.hint, location });

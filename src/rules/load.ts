@@ -10,7 +10,7 @@ import type { Ajv as AjvClass, ErrorObject, ValidateFunction } from 'ajv';
 import type * as YamlModule from 'yaml';
 import type { Document, LineCounter, Node } from 'yaml';
 import { UsageError } from '../errors.js';
-import { DEFAULT_CONNECTIONS, type Action, type Hook, type RateLimit, type Rule, type RuleGroup } from './ast.js';
+import { connectionMapBytes, DEFAULT_CONNECTIONS, formatBytes, MAX_CONNECTIONS, type Action, type Hook, type RateLimit, type Rule, type RuleGroup } from './ast.js';
 import { editDistance, fieldCatalog } from './catalog.js';
 import { checkRule } from './check.js';
 import { RuleError } from './errors.js';
@@ -50,6 +50,11 @@ export interface RuleLineOptions {
   for?: string;
   startAfter?: string;
   lengths?: string;
+  /**
+   * How messages name the options: `cli` (default) as command-line options (`--every`), `api`
+   * as the library's option names (`every`).
+   */
+  optionStyle?: 'cli' | 'api';
 }
 
 /** The trigger options a rule takes, in both forms; each value as given. */
@@ -67,11 +72,12 @@ interface TriggerValues {
 /** Option names of each trigger in the two forms, for messages. */
 const TRIGGER_NAMES = {
   line: { after: '--after', first: '--first', perConnection: '--per-connection', connections: '--connections', limit: '--limit', for: '--for', startAfter: '--start-after', lengths: '--lengths', every: '--every' },
+  api: { after: 'after', first: 'first', perConnection: 'perConnection', connections: 'connections', limit: 'limit', for: 'for', startAfter: 'startAfter', lengths: 'lengths', every: 'every' },
   file: { after: 'after:', first: 'first:', perConnection: 'per-connection:', connections: 'connections:', limit: 'limit:', for: 'for:', startAfter: 'start-after:', lengths: 'lengths:', every: 'every:' },
 } as const;
 
 /** Checks the trigger values and sets them on the rule. */
-function applyTriggers(rule: Rule, v: TriggerValues, names: (typeof TRIGGER_NAMES)['line' | 'file']): void {
+function applyTriggers(rule: Rule, v: TriggerValues, names: (typeof TRIGGER_NAMES)['line' | 'api' | 'file']): void {
   if (v.after !== undefined) rule.after = checkCount(v.after, names.after, 0, 'after: 100 skips the first 100 matching packets');
   if (v.first !== undefined) rule.first = checkCount(v.first, names.first, 1, 'first: 1 acts on the first matching packet only');
   if (v.perConnection !== undefined && v.perConnection !== false) {
@@ -84,7 +90,7 @@ function applyTriggers(rule: Rule, v: TriggerValues, names: (typeof TRIGGER_NAME
   }
   if (v.connections !== undefined) {
     if (!rule.perConnection) fail(names.connections, `sizes the map of ${names.perConnection}, which is not given`);
-    rule.connections = checkCount(v.connections, names.connections, 1, 'connections: 65536 (the default) remembers that many connections', MAX_CONNECTIONS);
+    rule.connections = checkConnections(v.connections, names.connections);
   }
   if (v.limit !== undefined) rule.limit = checkRate(v.limit, names.limit);
   if (v.startAfter !== undefined) rule.startAfterNs = checkDuration(v.startAfter, names.startAfter);
@@ -99,23 +105,25 @@ export function parseRuleLine(text: string, opts: RuleLineOptions): LoadedRules 
   if (text.trim() === '') {
     throw new UsageError('the rule is empty', { hint: "write MATCH => ACTION, for example 'icmp.type == 8 => drop'" });
   }
-  const hook = checkHook(opts.hook, '--hook');
-  const dev = checkDev(opts.dev, '--dev');
-  const netns = opts.netns === undefined ? undefined : checkNetns(opts.netns, '--netns');
-  const name = opts.name === undefined ? 'rule-1' : checkName(opts.name, '--name');
+  const api = opts.optionStyle === 'api';
+  const o = (name: string): string => (api ? name : `--${name}`);
+  const hook = checkHook(opts.hook, o('hook'));
+  const dev = checkDev(opts.dev, o('dev'));
+  const netns = opts.netns === undefined ? undefined : checkNetns(opts.netns, o('netns'));
+  const name = opts.name === undefined ? 'rule-1' : checkName(opts.name, o('name'));
   const rule: Rule = {
     name,
     text,
     ...checkRule(parseRuleText(text), text, hook),
-    checksum: opts.checksum === undefined ? 'fix' : checkChecksum(opts.checksum, '--checksum'),
+    checksum: opts.checksum === undefined ? 'fix' : checkChecksum(opts.checksum, o('checksum')),
   };
-  if (opts.probability !== undefined) rule.probability = checkProbability(opts.probability, '--probability');
-  if (opts.every !== undefined) rule.every = checkEvery(opts.every, '--every');
-  applyTriggers(rule, opts, TRIGGER_NAMES.line);
+  if (opts.probability !== undefined) rule.probability = checkProbability(opts.probability, o('probability'));
+  if (opts.every !== undefined) rule.every = checkEvery(opts.every, o('every'));
+  applyTriggers(rule, opts, api ? TRIGGER_NAMES.api : TRIGGER_NAMES.line);
   const group: RuleGroup = { dev, hook, rules: [rule] };
   if (netns !== undefined) group.netns = netns;
   const out: LoadedRules = { groups: [group] };
-  if (opts.seed !== undefined) out.seed = checkSeed(opts.seed, '--seed');
+  if (opts.seed !== undefined) out.seed = checkSeed(opts.seed, o('seed'));
   return out;
 }
 
@@ -139,8 +147,13 @@ export function checkDev(value: unknown, what: string): string {
   return value;
 }
 
+/** An `ip netns` name, or an absolute path to a namespace file (`/proc/PID/ns/net`, `/run/netns/X`). */
 export function checkNetns(value: unknown, what: string): string {
   if (typeof value !== 'string' || value === '') return fail(what, 'must name a network namespace');
+  if (value.startsWith('/')) {
+    if (/[\s\0]/.test(value) || value.split('/').includes('..')) fail(what, `"${value}" is not a valid namespace path`);
+    return value;
+  }
   if (value.includes('/') || value === '.' || value === '..' || /\s/.test(value)) fail(what, `"${value}" is not a valid namespace name`);
   return value;
 }
@@ -179,8 +192,17 @@ export function checkEvery(value: unknown, what: string): number {
   return n;
 }
 
-/** Per-connection maps: at most this many entries (each about 100 bytes of kernel memory). */
-export const MAX_CONNECTIONS = 1 << 24;
+export { MAX_CONNECTIONS };
+
+/** --connections / connections: a whole number up to MAX_CONNECTIONS; beyond, the refusal says the memory it would lock. */
+function checkConnections(value: unknown, what: string): number {
+  const n = typeof value === 'string' && /^\s*\d+\s*$/.test(value) ? Number(value) : value;
+  if (typeof n === 'number' && Number.isInteger(n) && n > MAX_CONNECTIONS) {
+    return fail(what, `must be at most ${MAX_CONNECTIONS}, not ${n}: that many connections would lock about ${formatBytes(connectionMapBytes(n))} of kernel memory (${MAX_CONNECTIONS} lock about ${formatBytes(connectionMapBytes(MAX_CONNECTIONS))})`,
+      'when the map is full the connection used longest ago is forgotten, so fewer usually do');
+  }
+  return checkCount(value, what, 1, 'connections: 65536 (the default) remembers that many connections', MAX_CONNECTIONS);
+}
 
 /** A whole number from `min` to `max` (numbers, or digits in a string). */
 export function checkCount(value: unknown, what: string, min: number, example: string, max = MAX_EVERY): number {
@@ -263,7 +285,7 @@ const ruleSchema = {
     after: { type: 'integer', minimum: 0, maximum: MAX_EVERY },
     first: { type: 'integer', minimum: 1, maximum: MAX_EVERY },
     'per-connection': { type: 'boolean' },
-    connections: { type: 'integer', minimum: 1, maximum: MAX_CONNECTIONS },
+    connections: { type: 'integer', minimum: 1 }, // the maximum is checked with the memory it would lock (checkConnections)
     limit: { type: 'string' },
     for: { type: ['string', 'number'] },
     'start-after': { type: ['string', 'number'] },

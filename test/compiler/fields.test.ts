@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { FIELDS } from '../../src/rules/catalog.js';
 import type { FieldDef, Hook } from '../../src/rules/ast.js';
 import { kernelTest } from '../helpers/kernel.js';
-import { diffHex, expectedAfterSets, ipv4Bytes, ipv6Bytes, macBytes, type FieldWrite } from '../helpers/packets.js';
+import { decode, diffHex, expectedAfterSets, ipv4Bytes, ipv6Bytes, macBytes, onesSum, type FieldWrite } from '../helpers/packets.js';
 import { run, verdictsAt, withRules } from './harness.js';
 import { shapesFor } from './shapes.js';
 
@@ -68,4 +68,31 @@ for (const hook of HOOKS) {
       assert.ok(changed > 0, 'at least one packet was changed');
     });
   }
+}
+
+// A new header length changes what the header checksum covers: the checksum must be right
+// over the header the packet now declares, as a receiver checks it (issue: `set ip.hdr_len = 24`
+// left it wrong on every packet).
+for (const hook of ['xdp', 'ingress', 'egress'] as const) {
+  kernelTest(`${hook}: set ip.hdr_len = 24 leaves a header checksum right over the 24 bytes declared`, () => {
+    const f = FIELDS.find((x) => x.name === 'ip.hdr_len')!;
+    const failures: string[] = [];
+    let checked = 0;
+    withRules(hook, 'ip => set ip.hdr_len = 24', (p) => {
+      for (const [name, pkt] of shapesFor(hook)) {
+        const d = decode(pkt.frame);
+        if (d.layers.ip === undefined) continue;
+        const got = run(p, pkt.frame);
+        const want = expectedAfterSets(pkt, [{ field: f, value: 24 }]);
+        if (Buffer.compare(got.data, want) !== 0) failures.push(`${name}: ${diffHex(got.data, want)}`);
+        const ip = d.layers.ip;
+        if (ip + 24 > got.data.length) continue;
+        checked++;
+        assert.equal(got.data[ip]! & 0x0f, 6, name);
+        if (onesSum(got.data.subarray(ip, ip + 24)) !== 0xffff) failures.push(`${name}: header checksum wrong over 24 bytes`);
+      }
+    });
+    assert.deepEqual(failures, []);
+    assert.ok(checked >= 5, `${checked} IPv4 packets checked`);
+  });
 }

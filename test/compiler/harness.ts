@@ -17,9 +17,9 @@ export const TC_ACT_UNSPEC = -1;
 export const TC_ACT_OK = 0;
 export const TC_ACT_SHOT = 2;
 
-/** What the compiled program returns at a hook when no rule decided, for `pass`, for `drop`. */
+/** What the compiled program returns at a hook when no rule decided, for `pass` (the next program on the hook decides), for `drop`. */
 export function verdictsAt(hook: Hook): { none: number; pass: number; drop: number } {
-  return hook === 'xdp' ? { none: XDP_PASS, pass: XDP_PASS, drop: XDP_DROP } : { none: TC_ACT_UNSPEC, pass: TC_ACT_OK, drop: TC_ACT_SHOT };
+  return hook === 'xdp' ? { none: XDP_PASS, pass: XDP_PASS, drop: XDP_DROP } : { none: TC_ACT_UNSPEC, pass: TC_ACT_UNSPEC, drop: TC_ACT_SHOT };
 }
 
 export type RuleOptions = Partial<Pick<Rule, 'probability' | 'every' | 'checksum' | 'name'>>;

@@ -91,7 +91,7 @@ for (const rule of ['ip => set ip.ttl = 9', 'ip => delay 5ms']) {
     if (rule.includes('delay')) assert.equal(taps(p.ns).length, 1, 'the delay line has its TAP');
     ip('-n', p.ns, 'link', 'del', p.dev);
     assert.equal(await exitWithin(run, 10_000), 1, run.err());
-    assert.match(run.err(), new RegExp(`^netmangle: interface v0 in namespace ${p.ns} was deleted or moved to another namespace; detaching\\n`, 'm'));
+    assert.match(run.err(), new RegExp(`^netmangle: interface v0 in namespace ${p.ns} was deleted or moved to another namespace; detached\\n`, 'm'));
     assert.doesNotMatch(run.err(), /internal error|\n\s+at /);
     assert.match(run.out(), /^detached \(interface v0 /m);
     assert.deepEqual(taps(p.ns), [], 'the TAP is gone');
@@ -103,7 +103,7 @@ for (const rule of ['ip => set ip.ttl = 9', 'ip => delay 5ms']) {
     const run = await startRun(['--netns', p.ns, '--dev', p.dev, '--hook', 'egress', rule, '--seed', '1']);
     ip('netns', 'del', p.ns);
     assert.equal(await exitWithin(run, 10_000), 1, run.err());
-    assert.match(run.err(), new RegExp(`^netmangle: namespace ${p.ns} was deleted; detaching\\n`, 'm'));
+    assert.match(run.err(), new RegExp(`^netmangle: namespace ${p.ns} was deleted; detached\\n`, 'm'));
     assert.doesNotMatch(run.err(), /internal error|\n\s+at /);
     assert.deepEqual(statusOf(p.ns), [], 'status lists nothing');
     // Nothing of ours keeps the deleted namespace alive (the TAP did): it is freed, and the
@@ -122,7 +122,7 @@ kernelTest('run: the interface moved to another namespace counts as gone (netlin
   const run = await startRun(['--netns', p.ns, '--dev', p.dev, '--hook', 'ingress', 'ip => drop', '--attach', 'netlink', '--seed', '1']);
   ip('-n', p.ns, 'link', 'set', p.dev, 'netns', p.other);
   assert.equal(await exitWithin(run, 10_000), 1, run.err());
-  assert.match(run.err(), /was deleted or moved to another namespace; detaching/);
+  assert.match(run.err(), /was deleted or moved to another namespace; detached/);
   assert.deepEqual(statusOf(p.ns), []);
 });
 
@@ -176,7 +176,7 @@ kernelTest('run: its delay line\'s TAP deleted by hand → one line, detached, e
   assert.ok(tap, 'the delay line has a TAP');
   ip('-n', p.ns, 'link', 'del', tap);
   assert.equal(await exitWithin(run, 10_000), 1, run.err());
-  assert.match(run.err(), new RegExp(`^netmangle: interface ${tap} \\(the delay line's TAP\\) in namespace ${p.ns} was deleted or moved to another namespace; detaching\\n`, 'm'));
+  assert.match(run.err(), new RegExp(`^netmangle: interface ${tap} \\(the delay line's TAP\\) in namespace ${p.ns} was deleted or moved to another namespace; detached\\n`, 'm'));
   assert.deepEqual(statusOf(p.ns), []);
   // The rule's program went with the run: the interface's egress is free again.
   assert.deepEqual(inNetns(p.ns, () => queryProgs(ifindexByName(p.dev, p.ns), 'tcx_egress')).progIds, []);

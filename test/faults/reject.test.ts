@@ -6,11 +6,18 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { CompileError } from '../../src/compiler/index.js';
 import { buildPacket, checksumsValid, decode } from '../helpers/packets.js';
 import { kernelTest } from '../helpers/kernel.js';
 import { shapesFor } from '../compiler/shapes.js';
 import { compileRules, faultRule, runEverywhere, vmEngine } from './support.js';
+
+const NETMANGLE = fileURLToPath(new URL('../../../bin/netmangle', import.meta.url));
 
 const rd16 = (b: Uint8Array, o: number): number => (b[o]! << 8) | b[o + 1]!;
 const rd32 = (b: Uint8Array, o: number): number => ((b[o]! << 24) | (b[o + 1]! << 16) | (b[o + 2]! << 8) | b[o + 3]!) >>> 0;
@@ -19,6 +26,21 @@ test('reject: TCP resets compile; tcp-reset needs a TCP match', () => {
   assert.ok(compileRules('xdp', [faultRule('tcp.dstport == 80 => reject', 'xdp')]).insns.length > 0);
   assert.ok(compileRules('egress', [faultRule('tcp => reject with tcp-reset', 'egress')]).insns.length > 0);
   assert.throws(() => compileRules('ingress', [faultRule('udp => reject with tcp-reset', 'ingress')]), (e: unknown) => e instanceof CompileError && /answers TCP only/.test((e as Error).message));
+});
+
+test('reject with tcp-reset on a UDP match is a usage error: one line and a hint, exit 2', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'nm-reject-'));
+  try {
+    const r = spawnSync(NETMANGLE, ['build', '--hook', 'egress', 'udp => reject with tcp-reset', '-o', join(dir, 'x.o')], { encoding: 'utf8' });
+    assert.equal(r.status, 2, r.stderr);
+    const lines = r.stderr.trimEnd().split('\n');
+    assert.equal(lines.length, 2, r.stderr);
+    assert.match(lines[0]!, /^netmangle: rule "rule-1": reject with tcp-reset answers TCP only/);
+    assert.match(lines[1]!, /add tcp to the match/);
+    assert.equal(existsSync(join(dir, 'x.o')), false);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 kernelTest('reject: kernel = VM on every TCP shape; the answer is the RST the segment asks for', () => {

@@ -5,6 +5,10 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import { readFileSync } from 'node:fs';
+import { connectionMapBytesOf, connectionMemoryNote } from '../../src/compiler/index.js';
+import { UsageError } from '../../src/errors.js';
+import { loadCompiled } from '../../src/live/index.js';
 import { parseRuleLine, loadRulesText } from '../../src/rules/load.js';
 import { buildPacket, type PacketSpec } from '../helpers/packets.js';
 import { kernelTest } from '../helpers/kernel.js';
@@ -123,4 +127,51 @@ test('--limit, --for and --start-after are checked, then compiled with the time 
   }
   assert.ok(!compile('xdp', [parseRuleLine('udp => drop', { dev: 'd', hook: 'xdp' }).groups[0]!.rules[0]!]).maps.some((m) => m.name === 'nm_time'));
   void CompileError;
+});
+
+kernelTest('100 --per-connection rules in one program: one map for all (not one per rule), each rule counting on its own (kernel = VM)', () => {
+  // Rule i acts on the (i + 1)th matching packet of each connection only; all match every TCP packet.
+  const rules = Array.from({ length: 100 }, (_, i) => ({ ...faultRule('tcp => set ip.ttl = ip.ttl + 1', 'egress', { after: i, first: 1, perConnection: true }), name: `r${i}` }));
+  const compiled = compileRules('egress', rules);
+  assert.deepEqual(compiled.maps.filter((m) => m.type === 'lru_hash').map((m) => [m.name, m.valueSize, m.maxEntries]), [['nm_conn', 800, 65536]]);
+  assert.ok(compiled.maps.length <= 5, `${compiled.maps.length} maps`);
+  // Connection A: 3 packets (both directions), B: 1 packet.
+  const frames = [TCP(40000, 80, ACK), TCP(80, 40000, ACK, '198.18.0.2', '198.18.0.1'), TCP(40001, 80, ACK), TCP(40000, 80, ACK)].map((s) => buildPacket(s).frame);
+  const { outcomes, counters } = runEverywhere(compiled, frames);
+  // Each packet is the nth of its connection and so gets exactly one rule's +1.
+  const ttl = (f: Uint8Array): number => f[14 + 8]!;
+  assert.deepEqual(outcomes.map((o, i) => ttl(o.data) - ttl(frames[i]!)), [1, 1, 1, 1]);
+  assert.deepEqual(counters.slice(0, 4).map((c) => c.acted), [2, 1, 1, 0]);
+  assert.ok(counters.every((c) => c.matched === 4));
+});
+
+test('--connections beyond 1048576 is refused with the memory it would lock (exit 2); the program says a large map', () => {
+  for (const load of [
+    () => parseRuleLine('tcp => drop', { dev: 'd', hook: 'egress', first: 1, perConnection: true, connections: '16777216' }),
+    () => loadRulesText('dev: d\nhook: egress\nrules:\n  - rule: tcp => drop\n    first: 1\n    per-connection: true\n    connections: 16777216\n', 'r.yaml'),
+  ]) {
+    assert.throws(load, (err: unknown) => {
+      assert.ok(err instanceof UsageError);
+      assert.equal(err.exitCode, 2);
+      assert.match(err.message, /connections:? must be at most 1048576, not 16777216: that many connections would lock about 1\.9 GB of kernel memory \(1048576 lock about 117 MB\)$/);
+      return true;
+    });
+  }
+  const big = faultRule('tcp => drop', 'egress', { first: 1, perConnection: true, connections: 1 << 20 });
+  assert.equal(connectionMemoryNote(compileRules('egress', [big])), 'the per-connection map of egress of x (1048576 connections, 1 rule) locks about 117 MB of kernel memory');
+  assert.equal(connectionMemoryNote(compileRules('egress', [faultRule('tcp => drop', 'egress', { first: 1, perConnection: true })])), undefined);
+});
+
+kernelTest('the memory said for the per-connection map is what the kernel locks for it (memlock in fdinfo)', () => {
+  const rules = [1, 2, 3].map((i) => ({ ...faultRule('tcp => drop', 'egress', { after: i, first: 1, perConnection: true, connections: 200000 }), name: `r${i}` }));
+  const compiled = compileRules('egress', rules);
+  const loaded = loadCompiled(compiled);
+  try {
+    const fdinfo = readFileSync(`/proc/self/fdinfo/${loaded.maps.nm_conn!.fd}`, 'utf8');
+    const memlock = Number(/^memlock:\s+(\d+)/m.exec(fdinfo)?.[1]);
+    const said = connectionMapBytesOf(compiled)!;
+    assert.ok(Math.abs(memlock - said) / memlock < 0.01, `kernel ${memlock}, said ${said}`);
+  } finally {
+    loaded.close();
+  }
 });

@@ -614,8 +614,12 @@ export function expectedAfterSets(pkt: BuiltPacket, writes: FieldWrite[], checks
   if (wrote && checksum === 'fix') {
     const ip = seen.layers.ip;
     if (ip !== undefined && full.l3HeaderLen !== undefined) {
+      // Over the header length the header declares after the writes (a receiver's view), when
+      // that header is 20 bytes or more and in the frame the program sees; else over the old one.
+      const declared = (whole[ip]! & 0x0f) * 4;
+      const len = declared >= 20 && ip + declared <= pkt.frame.length ? declared : full.l3HeaderLen;
       wr16(whole, ip + 10, 0);
-      wr16(whole, ip + 10, internetChecksum(whole.subarray(ip, ip + full.l3HeaderLen)));
+      wr16(whole, ip + 10, internetChecksum(whole.subarray(ip, ip + len)));
     }
     const kind = (['tcp', 'udp', 'icmp', 'icmpv6'] as const).find((k) => seen.layers[k] !== undefined);
     if (kind) {

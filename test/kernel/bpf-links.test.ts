@@ -6,7 +6,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { pathToFileURL } from 'node:url';
 import {
   BpfError, createMap, createTcxLink, createXdpLink, detachLink, linkInfo, listLinks, loadProgram, openPinnedLink, pinDir,
-  programFdById, queryProgs, closeFd,
+  programFdById, queryProgs, closeFd, updateLink,
 } from '../../src/kernel/index.js';
 import { inNetns } from '../../src/kernel/netns.js';
 import { kernelTest } from '../helpers/kernel.js';
@@ -196,6 +196,45 @@ kernelTest('kill -9 of a process holding XDP and tcx links leaves no program on 
     assert.ok(progGone, 'the orphaned program is unloaded');
   } finally {
     if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    lab.destroy();
+  }
+});
+
+kernelTest('updateLink swaps the program of a tcx link and of an XDP link in place; a stale expectedOld is refused', () => {
+  const lab = createVethLab();
+  try {
+    using oldCounts = counterMap('nm_old_cnt');
+    using newCounts = counterMap('nm_new_cnt');
+    const tc = (counts: ReturnType<typeof counterMap>, name: string) => {
+      const code = countingProgram(TC_ACT_OK);
+      return loadProgram({ type: 'sched_cls', insns: code.insns, mapRefs: code.mapRefs, maps: { counts }, name });
+    };
+    using oldProg = tc(oldCounts, 'nm_old');
+    using newProg = tc(newCounts, 'nm_new');
+    using link = inNetns(lab.nsA, () => createTcxLink(oldProg, lab.ifindexA, 'egress'));
+    updateLink(link, newProg, oldProg);
+    assert.equal(linkInfo(link.id).progId, newProg.id);
+    const onHook = inNetns(lab.nsA, () => queryProgs(lab.ifindexA, 'tcx_egress'));
+    assert.deepEqual(onHook.progIds, [newProg.id], 'one program on the hook: the new one');
+    assert.deepEqual(onHook.linkIds, [link.id], 'the same link');
+    const before = [count(oldCounts), count(newCounts)];
+    assert.ok(lab.ping(2));
+    assert.equal(count(oldCounts), before[0], 'the old program sees nothing after the update');
+    assert.ok(count(newCounts) - before[1]! >= 2n, 'the new program counts the pings');
+    // The link no longer holds oldProg: an update that expects it must fail and change nothing.
+    assert.throws(() => updateLink(link, oldProg, oldProg), (err: unknown) => err instanceof BpfError && err.errno === 1 /* EPERM */);
+    assert.equal(linkInfo(link.id).progId, newProg.id);
+
+    const xdpCode = countingProgram(XDP_PASS);
+    using xdpA = loadProgram({ type: 'xdp', insns: xdpCode.insns, mapRefs: xdpCode.mapRefs, maps: { counts: oldCounts }, name: 'nm_xdp_a' });
+    using xdpB = loadProgram({ type: 'xdp', insns: xdpCode.insns, mapRefs: xdpCode.mapRefs, maps: { counts: newCounts }, name: 'nm_xdp_b' });
+    using xdpLink = inNetns(lab.nsB, () => createXdpLink(xdpA, lab.ifindexB, { mode: 'skb' }));
+    updateLink(xdpLink, xdpB);
+    assert.equal(linkInfo(xdpLink.id).progId, xdpB.id);
+    // A program of another type cannot take the place of an XDP program.
+    assert.throws(() => updateLink(xdpLink, newProg), (err: unknown) => err instanceof BpfError);
+    assert.equal(linkInfo(xdpLink.id).progId, xdpB.id);
+  } finally {
     lab.destroy();
   }
 });

@@ -13,7 +13,10 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'no
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { buildObjectFromGroups } from '../../src/elf/build.js';
+import { Assembler, R0, R1, R2, R3, R8, imm } from '../../src/bpf/index.js';
+import { compileGroup } from '../../src/compiler/index.js';
+import { buildObject, buildObjectFromGroups } from '../../src/elf/build.js';
+import { lookupField } from '../../src/rules/catalog.js';
 import { parseObject } from '../../src/elf/object.js';
 import { createPcapWriter, readAllPackets } from '../../src/pcap/index.js';
 import {
@@ -356,4 +359,22 @@ clangTest('netmangle replay OBJ.o: summary names the program, --json has its cou
   const rulesWithSection = cli(['replay', 'udp => drop', input, '-o', join(dir, 'd.pcap'), '--hook', 'xdp', '--section', 'xdp']);
   assert.equal(rulesWithSection.status, 2);
   assert.match(rulesWithSection.stderr, /--section chooses a program of a BPF object/);
+});
+
+test('a program that faults in the VM is reported as the program\'s error on its packet, not as a capture that cannot be read', async () => {
+  // Reads r8 (never written) once the frame is longer than 14 bytes: the VM stops at run time.
+  const a = new Assembler().ldx(4, R2, R1, 76).ldx(4, R3, R1, 80).mov64(R0, R2).alu64('add', R0, imm(15)).jmp('jgt', R0, R3, 'out');
+  a.mov64(R0, R8).exit().label('out').movImm(R0, -1).exit();
+  const code = a.assemble();
+  const base = compileGroup(parseRuleLine('ip => pass', { dev: 'x', hook: 'egress' }).groups[0]!, { seed: 1, lookupField, selfSeed: true });
+  const built = buildObject([{ ...base, insns: code.insns, mapRefs: code.mapRefs, maps: [] }]);
+  const dir = tempDir();
+  const obj = join(dir, 'faulty.o');
+  writeFileSync(obj, built.bytes);
+  await mixedCapture(join(dir, 'in.pcap'));
+  const r = cli(['replay', obj, join(dir, 'in.pcap'), '-o', join(dir, 'out.pcap'), '--hook', 'egress']);
+  assert.equal(r.status, 1, r.stderr);
+  const first = r.stderr.split('\n')[0]!;
+  assert.doesNotMatch(r.stderr, /cannot read/);
+  assert.match(first, /^netmangle: .*faulty\.o: program nm_egress stopped in the VM on packet 1: insn 5 \(r0 = r8\): reads r8, which holds nothing/);
 });

@@ -58,5 +58,10 @@ export function register(program: Command): void {
       writeFileSync(opts.output!, text ?? built.bytes);
       const what = built.programs.map((p) => `${p.symbol} (section ${p.section})`).join(', ');
       process.stderr.write(`${printable(`wrote ${opts.output}: ${what}`)}; seed ${seed}${seedChosen ? ' (chosen at random; pass --seed to repeat)' : ''}\n`);
+      const { connectionMemoryNote } = await import('../../compiler/index.js');
+      for (const p of built.programs) {
+        const note = connectionMemoryNote(p.compiled);
+        if (note) process.stderr.write(`note: when loaded, ${note}\n`);
+      }
     });
 }

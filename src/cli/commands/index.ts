@@ -22,6 +22,7 @@ export const commandFiles: Record<string, string> = {
   build: 'build.js',
   load: 'load.js',
   lab: 'lab.js',
+  serve: 'serve.js',
 };
 
 export const commandModules: Record<string, () => Promise<{ register: RegisterCommand }>> = Object.fromEntries(

@@ -25,7 +25,7 @@ export function register(program: Command): void {
     .requiredOption('--dev <dev>', 'interface to attach to')
     .requiredOption('--hook <hook>', 'xdp, ingress or egress')
     .option('--section <name>', 'program to load: a section name or a function name (needed when several fit the hook)')
-    .option('--netns <name>', 'network namespace of the interface (like ip -n)')
+    .option('--netns <name>', 'network namespace of the interface: a name as ip netns lists it, or a path such as /proc/PID/ns/net')
     .option('--for <duration>', 'detach after this long (e.g. 30s, 5m)')
     .option('--attach <path>', 'auto (default), link (XDP link / tcx) or netlink (legacy IFLA_XDP / cls_bpf)', 'auto')
     .action(async (file: string, opts: LoadCliOptions) => {

@@ -11,7 +11,7 @@ import type { Command } from 'commander';
 import { randomSeed } from '../../compiler/prng.js';
 import { NetmangleError, UsageError, describeError } from '../../errors.js';
 import { formatDelayStats } from '../../delay/stats.js';
-import type { LiveSession } from '../../live/index.js';
+import type { Fault, FaultCounters } from '../../api/fault.js';
 import type { Hook, RuleGroup } from '../../rules/ast.js';
 import { parseDuration, setLongTimeout } from '../duration.js';
 import { printable } from '../../printable.js';
@@ -157,7 +157,7 @@ export function register(program: Command): void {
     .argument('<rule>', "a one-line rule 'MATCH => ACTION[, ACTION]...' or a rules file (.yaml)")
     .option('--dev <dev>', 'interface to attach to (one-line rule)')
     .option('--hook <hook>', 'xdp, ingress or egress (one-line rule)')
-    .option('--netns <name>', 'network namespace of the interface (like ip -n)')
+    .option('--netns <name>', 'network namespace of the interface: a name as ip netns lists it, or a path such as /proc/PID/ns/net')
     .option('--probability <p>', 'act on a matching packet with this probability (0 < p <= 1)')
     .option('--every <n>', 'act on the Nth, 2Nth ... matching packet');
   addTriggerOptions(cmd)
@@ -192,20 +192,10 @@ export function register(program: Command): void {
           hint: 'run it with sudo, or try the rule offline first',
         });
       }
-      const { attachGroups } = await import('../../live/index.js');
-      const registry = await import('../../live/registry.js');
-      // A delay line that stops by itself leaves its programs sending packets nowhere: detach.
-      let lineFailed: ((reason: string) => void) | undefined;
-      const lineFailure = new Promise<string>((resolve) => (lineFailed = resolve));
-      const session = attachGroups(groups, {
-        seed, path: opts.attach as 'auto' | 'link' | 'netlink', perSegment: opts.perSegment, maxHeld,
-        onDelayLineFailure: (message, g) => {
-          process.stderr.write(`netmangle: ${printable(`on ${g.dev} ${g.hook}: ${message}`)}; detaching\n`);
-          process.exitCode = 1;
-          lineFailed!('delay line failed');
-        },
-      });
       if (opts.pin) {
+        const { attachGroups } = await import('../../live/index.js');
+        const registry = await import('../../live/registry.js');
+        const session = attachGroups(groups, { seed, path: opts.attach as 'auto' | 'link' | 'netlink' });
         try {
           for (const r of registry.pinGroups(session.groups, seed)) {
             process.stdout.write(`${printable(`attached and pinned ${r.rules.length} rule${r.rules.length === 1 ? '' : 's'} on ${r.dev} ${r.hook}${r.netns ? ` (netns ${r.netns})` : ''}, program id ${r.progId}, seed ${seed}: ${r.pinDir}`)}\n`);
@@ -218,68 +208,62 @@ export function register(program: Command): void {
         process.stdout.write('they stay attached after this command; see them with netmangle status, remove them with netmangle clear\n');
         return;
       }
-      const record = registry.recordRun(session.groups, seed);
-      try {
-        await runForeground(session, { seed, seedChosen, forMs, perSegment: !!opts.perSegment, refresh: () => record.refresh(), failure: lineFailure });
-      } finally {
-        record.remove();
-      }
+      // The foreground run is the library's attach(): it records itself for `netmangle status`.
+      const { attach } = await import('../../api/fault.js');
+      // A delay line that stops by itself leaves its programs sending packets nowhere, and an
+      // interface deleted or moved (or its namespace deleted) leaves them attached to nothing:
+      // the fault has detached by then, and the run ends (exit 1).
+      let lineFailed: ((reason: string) => void) | undefined;
+      const lineFailure = new Promise<string>((resolve) => (lineFailed = resolve));
+      const fault = await attach({ groups, seed }, undefined, {
+        seed, path: opts.attach as 'auto' | 'link' | 'netlink', perSegment: opts.perSegment, maxHeld,
+        onFailure: (message) => {
+          process.stderr.write(`netmangle: ${printable(message)}; detached\n`);
+          process.exitCode = 1;
+          lineFailed!(message);
+        },
+      });
+      await runForeground(fault, { seed, seedChosen, forMs, perSegment: !!opts.perSegment, failure: lineFailure });
     });
 }
-
-/** How often a run looks whether its interfaces are still there. */
-const WATCH_MS = 250;
 
 interface ForegroundOptions {
   seed: number;
   seedChosen: boolean;
   forMs?: number;
   perSegment: boolean;
-  /** Called about every second: the run record takes the delay lines' counters. */
-  refresh?: () => void;
   /** Settles (with the reason) when the run must stop on its own, e.g. a delay line failed. */
   failure?: Promise<string>;
 }
 
-async function runForeground(session: LiveSession, o: ForegroundOptions): Promise<void> {
+async function runForeground(fault: Fault, o: ForegroundOptions): Promise<void> {
   const out = process.stdout;
   const tty = out.isTTY === true;
-  // An interface deleted or moved, or its namespace deleted, under the run: stop (exit 1)
-  // rather than go on attached to nothing, holding a delay line's TAP in a deleted namespace.
-  // Watched from before the "attached" line, which is what scripts wait for.
-  try {
-    session.watch();
-  } catch (err) {
-    session.detach();
-    throw err;
-  }
-  for (const g of session.groups) {
-    const a = g.attachment;
+  for (const a of fault.attachments) {
     const where = `${a.dev} ${a.hook}${a.netns ? ` (netns ${a.netns})` : ''}`;
-    const n = g.loaded.compiled.rules.length;
-    out.write(`attached ${n} rule${n === 1 ? '' : 's'} to ${printable(where)} via ${a.path}, program id ${g.loaded.prog.id}, seed ${o.seed}${o.seedChosen ? ' (chosen at random; pass --seed to repeat)' : ''}\n`);
+    const n = a.rules.length;
+    out.write(`attached ${n} rule${n === 1 ? '' : 's'} to ${printable(where)} via ${a.path}, program id ${a.programId}, seed ${o.seed}${o.seedChosen ? ' (chosen at random; pass --seed to repeat)' : ''}\n`);
     if (a.warning) process.stderr.write(`warning: ${printable(a.warning)}\n`);
-    if (g.restoreGsoMaxSegs !== undefined) out.write(`gso_max_segs of ${printable(a.dev)} set to 1 while attached (was ${g.restoreGsoMaxSegs})\n`);
+    if (a.memoryNote) process.stderr.write(`note: ${printable(a.memoryNote)}\n`);
+    if (a.gsoMaxSegsWas !== undefined) out.write(`gso_max_segs of ${printable(a.dev)} set to 1 while attached (was ${a.gsoMaxSegsWas})\n`);
   }
   let gsoWarned = false;
   let drawn = 0;
   const draw = () => {
-    const snap = session.counters();
-    if (!o.perSegment && !gsoWarned && snap.some((s) => s.gso > 0)) {
+    // Reading the counters also refreshes the delay lines' counters in the run record (status shows them).
+    const snap = fault.counters();
+    if (!o.perSegment && !gsoWarned && snap.gsoPackets > 0) {
       gsoWarned = true;
       process.stderr.write('note: matched packets include GSO super-packets that the kernel cuts into segments after the hook (flags like PSH end up on the last one only); --per-segment makes each segment meet the rules on its own\n');
     }
-    if (snap.some((s) => s.delay)) o.refresh?.();
     if (!tty) return;
-    const lines = formatTable(session);
+    const lines = formatTable(snap);
     if (drawn > 0) out.write(`\x1b[${drawn}A\x1b[J`);
     out.write(lines.join('\n') + '\n');
     drawn = lines.length;
   };
   let timer: NodeJS.Timeout | undefined;
-  let watchTimer: NodeJS.Timeout | undefined;
   let reason = 'error';
-  let totals: ReturnType<LiveSession['counters']> = [];
   try {
     timer = setInterval(draw, 1000);
     draw();
@@ -290,54 +274,30 @@ async function runForeground(session: LiveSession, o: ForegroundOptions): Promis
       process.once('SIGHUP', on);
       if (o.forMs !== undefined) setLongTimeout(() => resolve(`--for ${o.forMs} ms`), o.forMs);
       void o.failure?.then(resolve);
-      watchTimer = setInterval(() => {
-        let why: string | undefined;
-        try {
-          why = session.gone();
-        } catch (err) {
-          why = `cannot watch the interfaces: ${describeError(err)}`;
-        }
-        if (!why) return;
-        process.stderr.write(`netmangle: ${printable(why)}; detaching\n`);
-        process.exitCode = 1;
-        resolve(why);
-      }, WATCH_MS);
     });
-    clearInterval(watchTimer);
     clearInterval(timer);
-    draw();
-    totals = session.counters();
+    if (fault.attached) draw();
   } finally {
-    clearInterval(watchTimer);
     clearInterval(timer);
     try {
-      session.detach();
+      await fault.detach();
     } catch (err) {
       process.stderr.write(`netmangle: while detaching: ${printable(describeError(err), { multiline: true })}\n`);
       process.exitCode = 1;
     }
   }
   out.write(`detached (${printable(reason)})\n`);
-  for (const s of totals) {
-    s.group.loaded.compiled.rules.forEach((r, i) => {
-      const c = s.rules[i]!;
-      out.write(`rule ${printable(r.name)}: matched=${c.matched} acted=${c.acted} dropped=${c.dropped}\n`);
-    });
-    if (s.delay) out.write(`delay line ${printable(s.group.attachment.dev)}/${s.group.attachment.hook}: ${formatDelayStats(s.delay)}\n`);
-  }
+  // The counters as they were when the programs came off their hooks.
+  const totals = fault.counters();
+  for (const r of totals.rules) out.write(`rule ${printable(r.name)}: matched=${r.matched} acted=${r.acted} dropped=${r.dropped}\n`);
+  for (const d of totals.delayLines) out.write(`delay line ${printable(d.dev)}/${d.hook}: ${formatDelayStats(d)}\n`);
 }
 
-function formatTable(session: LiveSession): string[] {
+function formatTable(snap: FaultCounters): string[] {
   const rows: string[][] = [['rule', 'where', 'matched', 'acted', 'dropped']];
-  for (const s of session.counters()) {
-    const a = s.group.attachment;
-    s.group.loaded.compiled.rules.forEach((r, i) => {
-      const c = s.rules[i]!;
-      rows.push([printable(r.name), printable(`${a.dev}/${a.hook}`), String(c.matched), String(c.acted), String(c.dropped)]);
-    });
-  }
+  for (const r of snap.rules) rows.push([printable(r.name), printable(`${r.dev}/${r.hook}`), String(r.matched), String(r.acted), String(r.dropped)]);
   const widths = rows[0]!.map((_, col) => Math.max(...rows.map((r) => r[col]!.length)));
   const lines = rows.map((r) => r.map((cell, col) => (col >= 2 ? cell.padStart(widths[col]!) : cell.padEnd(widths[col]!))).join('  '));
-  for (const s of session.counters()) if (s.delay) lines.push(`delay line ${printable(s.group.attachment.dev)}/${s.group.attachment.hook}: ${formatDelayStats(s.delay)}`);
+  for (const d of snap.delayLines) lines.push(`delay line ${printable(d.dev)}/${d.hook}: ${formatDelayStats(d)}`);
   return lines;
 }
