@@ -3,8 +3,11 @@
  * running process, and the C workflow (clang, then `tc filter add`), interleaved.
  */
 import { spawn, spawnSync } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { NetmangleError } from '../../src/errors.js';
+import { createPcapWriter } from '../../src/pcap/index.js';
+import { buildPacket } from '../../test/helpers/packets.js';
 import { attachGroups } from '../../src/live/index.js';
 import { parseRuleLine } from '../../src/rules/load.js';
 import { ANCHOR_DIR, clangArgv } from '../lib/anchors.js';
@@ -22,11 +25,34 @@ function runArgs(l: BenchLab): string[] {
   return ['run', pshRule.text, '--dev', DEV, '--hook', 'egress', '--netns', l.senderNs, '--probability', String(pshRule.probability), '--seed', String(BENCH_SEED)];
 }
 
+/** The same rule, interface and seed as runArgs, as a rules file (`netmangle run FILE`). */
+function rulesFileText(l: BenchLab): string {
+  return [
+    `seed: ${BENCH_SEED}`,
+    'rules:',
+    '  - name: psh',
+    `    dev: ${DEV}`,
+    `    netns: ${l.senderNs}`,
+    '    hook: egress',
+    `    rule: ${pshRule.text}`,
+    `    probability: ${pshRule.probability}`,
+    '',
+  ].join('\n');
+}
+
+/** A capture of one TCP segment with PSH (pcap). */
+async function writeOnePacketCapture(path: string): Promise<void> {
+  const frame = buildPacket({ l3: { kind: 'ipv4' }, l4: { kind: 'tcp', flags: 0x018, payload: new Uint8Array(20) } }).frame;
+  const w = createPcapWriter(path);
+  w.write({ data: frame, tsSec: 1_700_000_000, tsNsec: 0 });
+  await w.close();
+}
+
 /** Starts `netmangle run`, returns the ms until its "attached" line, then stops it (SIGINT) and waits for it to detach. */
-function timeCli(bin: string, l: BenchLab, env?: NodeJS.ProcessEnv): Promise<number> {
+function timeCli(bin: string, l: BenchLab, env?: NodeJS.ProcessEnv, argv: string[] = runArgs(l)): Promise<number> {
   return new Promise((resolve, reject) => {
     const t0 = process.hrtime.bigint();
-    const child = spawn(bin, runArgs(l), { stdio: ['ignore', 'pipe', 'pipe'], env });
+    const child = spawn(bin, argv, { stdio: ['ignore', 'pipe', 'pipe'], env });
     let out = '';
     let err = '';
     let attachedMs: number | undefined;
@@ -93,6 +119,20 @@ export async function measureAttach(ctx: BenchContext): Promise<SectionResult> {
     const envWithoutCa = { ...process.env };
     delete envWithoutCa.NODE_EXTRA_CA_CERTS;
     const help = [bin, '--help'];
+    // Start-up of the other commands: the same rule from a rules file, built to an object, and
+    // replayed on a capture of one packet.
+    const rulesFile = join(ctx.tmp, 'attach-rules.yaml');
+    writeFileSync(rulesFile, rulesFileText(l));
+    const fileArgs = ['run', rulesFile];
+    const build = [bin, 'build', pshRule.text, '--hook', 'egress', '--probability', String(pshRule.probability), '--seed', String(BENCH_SEED), '-o', join(ctx.tmp, 'attach-build.o')];
+    const onePacket = join(ctx.tmp, 'attach-one.pcap');
+    await writeOnePacketCapture(onePacket);
+    const replay = [bin, 'replay', pshRule.text, onePacket, '-o', join(ctx.tmp, 'attach-one-out.pcap'), '--hook', 'egress',
+      '--probability', String(pshRule.probability), '--seed', String(BENCH_SEED), '--no-progress'];
+    // Warm-up of each, untimed.
+    await timeCli(bin, l, undefined, fileArgs);
+    timed(build, 'netmangle build');
+    timed(replay, 'netmangle replay');
     const clangParts: number[] = [];
     const tcParts: number[] = [];
     ctx.log(`attach: ${rounds} rounds of netmangle run, the library call, clang + tc filter add`);
@@ -102,6 +142,9 @@ export async function measureAttach(ctx: BenchContext): Promise<SectionResult> {
       ['nodeNoCa', () => (extraCa ? timed(node, 'node', envWithoutCa) : 0)],
       ['cliNoCa', () => (extraCa ? timeCli(bin, l, envWithoutCa) : 0)],
       ['help', () => timed(help, 'netmangle --help')],
+      ['file', () => timeCli(bin, l, undefined, fileArgs)],
+      ['build', () => timed(build, 'netmangle build')],
+      ['replay', () => timed(replay, 'netmangle replay')],
       ['lib', () => timeLibrary(l)],
       ['c', () => {
         const a = timed(clang, 'clang');
@@ -124,10 +167,14 @@ export async function measureAttach(ctx: BenchContext): Promise<SectionResult> {
       ['for scale: `node -e \'\'` (Node.js starting and exiting)', range(m.node), ratio(medianRatio(m.node, clangParts)), ratio(medianRatio(m.node, m.c))],
       ...(extraCa ? [['for scale: `node -e \'\'` without NODE_EXTRA_CA_CERTS (set here; Node.js reads that file at every start)', range(m.nodeNoCa), ratio(medianRatio(m.nodeNoCa, clangParts)), ratio(medianRatio(m.nodeNoCa, m.c))]] : []),
       ['for scale: `netmangle --help` (Node.js and the CLI\'s start)', range(m.help), ratio(medianRatio(m.help, clangParts)), ratio(medianRatio(m.help, m.c))],
+      ['start-up: `netmangle run RULES.yaml` (the same rule from a rules file) until "attached"', range(m.file), ratio(medianRatio(m.file, clangParts)), ratio(medianRatio(m.file, m.c))],
+      ['start-up: `netmangle build \'…\' -o OBJ.o` (the same rule to an ELF object)', range(m.build), ratio(medianRatio(m.build, clangParts)), ratio(medianRatio(m.build, m.c))],
+      ['start-up: `netmangle replay \'…\'` on a capture of one packet', range(m.replay), ratio(medianRatio(m.replay, clangParts)), ratio(medianRatio(m.replay, m.c))],
       ['anchor: `clang -O2 -target bpf …` alone', range(clangParts), '1.00×', ratio(medianRatio(clangParts, m.c))],
       ['anchor: `tc filter add … bpf da obj … sec tc` alone', range(tcParts), ratio(medianRatio(tcParts, clangParts)), ratio(medianRatio(tcParts, m.c))],
       ['anchor: clang + tc filter add', range(m.c), ratio(medianRatio(m.c, clangParts)), '1.00×'],
     ];
+    const fileVsLine = medianRatio(m.file, m.cli);
     const md = [
       '## 3. From rule to attached program',
       '',
@@ -142,6 +189,8 @@ export async function measureAttach(ctx: BenchContext): Promise<SectionResult> {
       '',
       table(['variant', 'ms', 'ratio to clang alone', 'ratio to clang + tc'], rows, ['l', 'r', 'r', 'r']),
       '',
+      `A rules file starts in ${ratio(fileVsLine)} of the time of the same rule on the command line (goal ≤ 1.1× — ${verdict(fileVsLine <= 1.1)}).`,
+      '',
       `Goal: the CLI below clang alone — ${verdict(cliVsClang < 1)} (ratio ${ratio(cliVsClang)}). ` +
         `Node.js alone takes ${ms(median(m.node))} to start and exit here, ${ratio(medianRatio(m.node, clangParts))} of clang` +
         (extraCa
@@ -153,6 +202,7 @@ export async function measureAttach(ctx: BenchContext): Promise<SectionResult> {
       markdown: md,
       headlines: [
         `rule to attached: \`netmangle run\` cold start / clang alone = ${ratio(cliVsClang)} (goal < 1); / clang + tc = ${ratio(cliVsC)}`,
+        `start-up: \`run\` from a rules file / the same rule on the command line = ${ratio(fileVsLine)} (goal ≤ 1.1); \`--help\` ${ms(median(m.help))}, \`build\` ${ms(median(m.build))}, one-packet \`replay\` ${ms(median(m.replay))}`,
         `rule to attached: library call in a running process / clang + tc = ${ratio(libVsC)}`,
       ],
     };

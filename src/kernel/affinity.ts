@@ -3,8 +3,7 @@
  * caller's CPU (BPF_F_TEST_RUN_ON_CPU is for raw tracepoints only), so a caller that needs
  * every run on one CPU, such as one reading per-CPU PRNG state, pins its thread first.
  */
-import koffi from 'koffi';
-import { errno, SyscallError } from './ffi.js';
+import { errno, koffi, SyscallError } from './ffi.js';
 
 const MASK_BYTES = 128; // 1024 CPUs, glibc's cpu_set_t
 
@@ -12,7 +11,7 @@ let calls: { get: (pid: number, size: number, mask: Buffer) => number; set: (pid
 
 function affinityCalls(): NonNullable<typeof calls> {
   if (!calls) {
-    const lib = koffi.load('libc.so.6');
+    const lib = koffi().load('libc.so.6');
     calls = {
       get: lib.func('int sched_getaffinity(int pid, size_t size, _Out_ uint8_t *mask)') as unknown as NonNullable<typeof calls>['get'],
       set: lib.func('int sched_setaffinity(int pid, size_t size, const uint8_t *mask)') as unknown as NonNullable<typeof calls>['set'],

@@ -7,10 +7,9 @@
  * union (it zero-fills the rest) and a longer one if the extra bytes are zero, so every attr
  * here is a zeroed buffer of ATTR_SIZE bytes with only the fields a command needs.
  */
-import koffi from 'koffi';
 import { getSystemErrorMap } from 'node:util';
 import { NetmangleError } from '../errors.js';
-import { SYS, errno as lastErrno, errnoName as libcErrnoName, syscall } from './ffi.js';
+import { SYS, errno as lastErrno, errnoName as libcErrnoName, koffi, syscall } from './ffi.js';
 
 /** enum bpf_cmd */
 export const Cmd = {
@@ -232,7 +231,7 @@ export class Attr {
 
 /** The address of a Buffer's first byte, for pointer fields. */
 export function addressOf(data: Buffer): bigint {
-  return BigInt(koffi.address(data) as bigint | number);
+  return BigInt(koffi().address(data) as bigint | number);
 }
 
 /** A C string in its own buffer. */

@@ -373,8 +373,12 @@ export class CaptureReaderSync extends CaptureReaderBase implements IterableIter
     return DONE;
   }
 
-  /** Calls `fn` for every remaining packet (stop early by returning false); returns how many. */
-  forEach(fn: PacketCallback): number {
+  /**
+   * Calls `fn` for every remaining packet (stop early by returning false); returns how many.
+   * `beforeRefill` is called before each read that reuses the buffer packets' bytes lie in
+   * (for a consumer that keeps referring to the bytes of past packets, e.g. a writer's appendRecords).
+   */
+  forEach(fn: PacketCallback, beforeRefill?: () => void): number {
     const parser = this.parser;
     const pkt = parser.packet;
     let n = 0;
@@ -399,6 +403,7 @@ export class CaptureReaderSync extends CaptureReaderBase implements IterableIter
           parser.finish();
           break;
         }
+        beforeRefill?.();
         this.refill();
       }
     } catch (err) {

@@ -160,6 +160,9 @@ export interface CaptureWriter {
   /** The allocation-free form of write(): the packet is bytes[offset, offset + length). */
   writeBytes(bytes: Uint8Array, offset: number, length: number, tsSec: number, tsNsec: number, origLen: number,
     interfaceId?: number, comment?: string): boolean;
+  /** See BufferedWriter.appendRecords: records already encoded by this writer's rules, gathered and copied in one go. */
+  appendRecords(bytes: Uint8Array, start: number, end: number, packets: number): boolean;
+  commitRecords(): void;
   /** Writes out what is buffered. */
   flush(): boolean;
   /** Resolves when a stream destination is ready for more (immediately for files). */
@@ -196,6 +199,7 @@ abstract class BufferedWriter implements CaptureWriter {
 
   /** Makes room for `n` more bytes and returns the offset to write them at. */
   protected reserve(n: number): number {
+    if (this.recBytes !== null) this.commitRecords();
     if (this.pos + n > this.out.length) {
       this.flush();
       if (n > this.out.length) this.replaceBuffer(n);
@@ -218,11 +222,23 @@ abstract class BufferedWriter implements CaptureWriter {
       copyBytes.call(bytes, this.out, at, offset, offset + length);
       return;
     }
-    if (bytes !== this.sourceBytes) {
-      this.sourceBytes = bytes;
-      this.sourceView = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    // Two sources cached: a replay alternates between the reader's buffer (packets it left alone) and the VM's (packets it changed).
+    let src: DataView;
+    if (bytes === this.sourceBytes) src = this.sourceView;
+    else if (bytes === this.otherBytes) src = this.otherView;
+    else {
+      this.otherBytes = bytes;
+      this.otherView = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+      src = this.otherView;
     }
-    const src = this.sourceView;
+    if (bytes !== this.sourceBytes) {
+      // The most recent source first, next time.
+      this.otherBytes = this.sourceBytes;
+      const v = this.otherView;
+      this.otherView = this.sourceView;
+      this.sourceBytes = bytes;
+      this.sourceView = v;
+    }
     const dst = this.view;
     let j = 0;
     for (; j + 4 <= length; j += 4) dst.setUint32(at + j, src.getUint32(offset + j, true), true);
@@ -231,6 +247,8 @@ abstract class BufferedWriter implements CaptureWriter {
   }
   private sourceBytes: Uint8Array | null = null;
   private sourceView: DataView = new DataView(new ArrayBuffer(0));
+  private otherBytes: Uint8Array | null = null;
+  private otherView: DataView = this.sourceView;
 
   protected checkOpen(): void {
     if (this.sink === null) throw new CaptureError(this.name, 'write after close');
@@ -248,8 +266,51 @@ abstract class BufferedWriter implements CaptureWriter {
   abstract writeBytes(bytes: Uint8Array, offset: number, length: number, tsSec: number, tsNsec: number, origLen: number,
     interfaceId?: number, comment?: string): boolean;
 
+  /**
+   * Appends `packets` whole records already encoded as this writer would encode them, the
+   * bytes[start, end) of another buffer: a pcap reader's own records of packets a replay left
+   * alone. Adjacent records of one buffer are gathered and copied in one go by the next other
+   * write, flush or commitRecords; until then `bytes` must stay as it is (call commitRecords
+   * before reusing it).
+   */
+  appendRecords(bytes: Uint8Array, start: number, end: number, packets: number): boolean {
+    if (bytes !== this.recBytes || start !== this.recEnd) {
+      this.checkOpen();
+      this.commitRecords();
+      this.recBytes = bytes;
+      this.recStart = start;
+    }
+    this.recEnd = end;
+    this.packetCount += packets;
+    return this.writable;
+  }
+
+  /** Copies the records appendRecords gathered into the output buffer (writing it out as it fills). */
+  commitRecords(): void {
+    const bytes = this.recBytes;
+    if (bytes === null) return;
+    this.recBytes = null;
+    let s = this.recStart;
+    const end = this.recEnd;
+    while (s < end) {
+      if (this.pos === this.out.length) this.writeOut();
+      const n = Math.min(end - s, this.out.length - this.pos);
+      copyBytes.call(bytes, this.out, this.pos, s, s + n);
+      this.pos += n;
+      s += n;
+    }
+  }
+  private recBytes: Uint8Array | null = null;
+  private recStart = 0;
+  private recEnd = -1;
+
   flush(): boolean {
     this.checkOpen();
+    this.commitRecords();
+    return this.writeOut();
+  }
+
+  private writeOut(): boolean {
     if (this.pos > 0) {
       const r = this.sink!.write(this.out, this.pos);
       this.ok = r.ok;

@@ -11,7 +11,7 @@ import { NetmangleError, UsageError } from '../errors.js';
 import { VmError } from '../vm/index.js';
 import type { Hook, RuleGroup } from '../rules/ast.js';
 import { lookupField } from '../rules/catalog.js';
-import { openCaptureSync, type CaptureWriter } from '../pcap/index.js';
+import { LINKTYPE_ETHERNET, openCaptureSync, PcapWriter, type CaptureWriter } from '../pcap/index.js';
 import { EthernetFrames, formatForPath, openReplayWriter, sameBytes, sameFile, tcCanSee, type CaptureFileFormat } from './capture-io.js';
 import { changedFields, differingBytes, formatChanges } from './fields.js';
 import type { ObjectProgramSummary } from './object.js';
@@ -187,6 +187,32 @@ interface Passage {
   notes: string[];
   /** Whether some stage ran its program on it. */
   ran: boolean;
+  /**
+   * Capture time (ns after the first packet) of this passage through the stages, and the
+   * timestamp it is written with. (Fields, not arguments of passOn: a double passed to a
+   * function that is not inlined is boxed, an allocation per packet.)
+   */
+  relNs: number;
+  tsSec: number;
+  tsNsec: number;
+  /** Whether its bytes may differ from the input's (some stage's program wrote to it, or it was held). */
+  wrote: boolean;
+  /**
+   * Where its record starts in inBytes when the writer would write that record again byte for
+   * byte if the packet leaves unchanged (pcap to pcap, see rawRecords); else -1.
+   */
+  record: number;
+}
+
+/**
+ * Whether buf[off, off + len) is the passage's input, byte for byte, knowing that only
+ * [writtenLow, writtenHigh) of it may differ (writtenHigh Infinity: any of it).
+ */
+function sameInput(buf: Uint8Array, off: number, len: number, p: Passage, writtenLow: number, writtenHigh: number): boolean {
+  if (writtenHigh === Infinity || len !== p.inLen) return sameBytes(buf, off, len, p.inBytes, p.inOff, p.inLen);
+  if (writtenLow >= writtenHigh) return true;
+  const n = writtenHigh - writtenLow;
+  return sameBytes(buf, off + writtenLow, n, p.inBytes, p.inOff + writtenLow, n);
 }
 
 /** A copy of bytes[off, off + len): Uint8Array's slice, since a Buffer's slice is a view (and the reader's buffer is reused). */
@@ -261,24 +287,19 @@ export async function replayCapture(opts: ReplayOptions): Promise<ReplaySummary>
     };
 
     /**
-     * Runs a frame through stages [from, n) at capture time relNs (written with timestamp
-     * tsSec.tsNsec): it leaves (written), is dropped, or is held by a stage (written when it
+     * Runs a frame through stages [from, n) at capture time p.relNs (written with timestamp
+     * p.tsSec.p.tsNsec): it leaves (written), is dropped, or is held by a stage (written when it
      * leaves the hold, then going on through the stages after that one).
      */
-    const passOn = (frame: Uint8Array, frameOff: number, frameLen: number, from: number, relNs: number, tsSec: number, tsNsec: number, p: Passage): void => {
+    const passOn = (frame: Uint8Array, frameOff: number, frameLen: number, from: number, p: Passage): void => {
+      const relNs = p.relNs, tsSec = p.tsSec, tsNsec = p.tsNsec;
       const ktime = Math.max(0, CLOCK_START_NS + relNs);
       let buf = frame, off = frameOff, len = frameLen;
+      let wrote = p.wrote;
+      // The part of the frame stages' writes may have changed (see ProgramRunner.writtenLow).
+      let writtenLow = wrote ? 0 : Infinity, writtenHigh = wrote ? Infinity : 0;
       let dropped = false;
       let followed: Array<{ stage: number; flow: string }> | undefined;
-      /** The held packets of earlier stages' connections this packet was the Nth follower of leave right after it. */
-      const freeFollowed = (): void => {
-        if (!followed) return;
-        for (const f of followed) {
-          const hold = stages[f.stage]!.hold!;
-          for (const r of hold.queue.follow(f.flow, relNs)) leave(f.stage, r, 'overtaken', relNs, tsSec, tsNsec);
-        }
-        followed = undefined;
-      };
       for (let s = from; s < stages.length; s++) {
         actedN[s] = 0;
         const stage = stages[s]!;
@@ -313,9 +334,14 @@ export async function replayCapture(opts: ReplayOptions): Promise<ReplaySummary>
           dropped = true;
           break;
         }
-        buf = runner.outBytes;
-        off = runner.outOffset;
-        len = runner.outLength;
+        if (runner.wrote) {
+          wrote = true;
+          if (runner.writtenLow < writtenLow) writtenLow = runner.writtenLow;
+          if (runner.writtenHigh > writtenHigh) writtenHigh = runner.writtenHigh;
+          buf = runner.outBytes;
+          off = runner.outOffset;
+          len = runner.outLength;
+        }
         const hold = stage.hold;
         if (hold === undefined) continue;
         const target = hold.targetOf(runner, rv, n > 0 ? acted[s]![n - 1]! : -1);
@@ -337,7 +363,7 @@ export async function replayCapture(opts: ReplayOptions): Promise<ReplaySummary>
         if (hold.queue.hold(item, len, spec, relNs, flow)) {
           hold.counts[spec.kind === 'delay' ? 'delayed' : 'reordered'][rule]!++;
           // It went by an earlier stage's line as a follower before this stage held it.
-          freeFollowed();
+          if (followed) freeFollowed(followed, relNs, tsSec, tsNsec);
           return;
         }
         // The line is full: the packet goes on at once, counted (and off its connection's count).
@@ -350,23 +376,23 @@ export async function replayCapture(opts: ReplayOptions): Promise<ReplaySummary>
       } else {
         let comment: string | undefined;
         const parts: string[] | undefined = comments && p.notes.length > 0 ? [] : undefined;
-        if (p.ran && !sameBytes(buf, off, len, p.inBytes, p.inOff, p.inLen)) {
+        if (p.ran && wrote && !sameInput(buf, off, len, p, writtenLow, writtenHigh)) {
           summary.changed++;
-          const names: string[] = [];
+          const names: string[] | undefined = comments ? [] : undefined;
           for (let k = 0; k < p.acted.length; k += 2) {
             const stage = stages[p.acted[k]!]!;
             stage.changed[p.acted[k + 1]!]!++;
-            if (comments) names.push(stage.runner.compiled.rules[p.acted[k + 1]!]!.name);
+            names?.push(stage.runner.compiled.rules[p.acted[k + 1]!]!.name);
           }
           for (let s = from; s < stages.length; s++) {
             const stage = stages[s]!;
             for (let k = 0; k < actedN[s]!; k++) {
               const r = acted[s]![k]!;
               stage.changed[r]!++;
-              if (comments) names.push(stage.runner.compiled.rules[r]!.name);
+              names?.push(stage.runner.compiled.rules[r]!.name);
             }
           }
-          if (comments) {
+          if (names) {
             const before = p.inBytes.subarray(p.inOff, p.inOff + p.inLen);
             const after = buf.subarray(off, off + len);
             const changes = changedFields(before, after);
@@ -379,12 +405,28 @@ export async function replayCapture(opts: ReplayOptions): Promise<ReplaySummary>
           parts.push(...p.notes);
           comment = parts.join('; ');
         }
-        // The wire length grows or shrinks with the frame.
-        const origLen = Math.max(len, p.wireExtra + len);
-        out.writeBytes(buf, off, len, tsSec, tsNsec, origLen, 0, comment);
+        if (!wrote && p.record >= 0 && comment === undefined) {
+          // Left alone: the input's own record, gathered with its unchanged neighbours into one copy.
+          out.appendRecords(p.inBytes, p.record, p.inOff + p.inLen, 1);
+        } else {
+          // The wire length grows or shrinks with the frame.
+          const origLen = Math.max(len, p.wireExtra + len);
+          out.writeBytes(buf, off, len, tsSec, tsNsec, origLen, 0, comment);
+        }
         summary.packetsOut++;
       }
-      freeFollowed();
+      if (followed) freeFollowed(followed, relNs, tsSec, tsNsec);
+    };
+
+    /**
+     * The held packets of earlier stages' connections a packet was the Nth follower of leave
+     * right after it. (Not a closure inside passOn: one made per packet costs an allocation.)
+     */
+    const freeFollowed = (followed: Array<{ stage: number; flow: string }>, relNs: number, tsSec: number, tsNsec: number): void => {
+      for (const f of followed) {
+        const hold = stages[f.stage]!.hold!;
+        for (const r of hold.queue.follow(f.flow, relNs)) leave(f.stage, r, 'overtaken', relNs, tsSec, tsNsec);
+      }
     };
 
     /** A held packet leaves stage s's hold at relNs: off its connection's count, on through the later stages. */
@@ -393,8 +435,8 @@ export async function replayCapture(opts: ReplayOptions): Promise<ReplaySummary>
       hold.left(r.spec, r.flow);
       const item = r.item;
       if (comments) item.notes.push(holdNote(stages[s]!.runner.compiled.rules[item.rule]!.name, r, how));
-      passOn(item.frame, 0, item.frame.length, s + 1, relNs, tsSec, tsNsec, {
-        inBytes: item.original, inOff: 0, inLen: item.original.length, wireExtra: item.wireExtra, acted: item.acted, notes: item.notes, ran: true,
+      passOn(item.frame, 0, item.frame.length, s + 1, {
+        relNs, tsSec, tsNsec, inBytes: item.original, inOff: 0, inLen: item.original.length, wireExtra: item.wireExtra, acted: item.acted, notes: item.notes, ran: true, wrote: true, record: -1,
       });
     };
 
@@ -417,7 +459,12 @@ export async function replayCapture(opts: ReplayOptions): Promise<ReplaySummary>
       }
     };
 
-    const passage: Passage = { inBytes: new Uint8Array(0), inOff: 0, inLen: 0, wireExtra: 0, acted: [], notes: [], ran: false };
+    const passage: Passage = { inBytes: new Uint8Array(0), inOff: 0, inLen: 0, wireExtra: 0, acted: [], notes: [], ran: false, wrote: false, record: -1, relNs: 0, tsSec: 0, tsNsec: 0 };
+    // Whether the writer encodes a record of an unchanged packet as the reader found it: pcap to
+    // pcap, both little-endian with the same timestamp unit (openReplayWriter keeps it), Ethernet.
+    const pcapOut = out instanceof PcapWriter ? out : undefined;
+    const rawRecords = pcapOut !== undefined && reader.format === 'pcap' && reader.byteOrder === 'little'
+      && pcapOut.byteOrder === 'little' && pcapOut.nanosecond === reader.nanosecond && pcapOut.linkType === LINKTYPE_ETHERNET;
     reader.forEach((pkt) => {
       summary.packetsIn++;
       if (firstSec === undefined) {
@@ -434,16 +481,24 @@ export async function replayCapture(opts: ReplayOptions): Promise<ReplaySummary>
       p.inLen = frames.length;
       p.wireExtra = pkt.origLen - frames.length;
       p.ran = false;
+      p.wrote = false;
+      // Per packet: an Ethernet frame (not converted), whole on the wire (origLen ≥ caplen), within
+      // the writer's snapshot length, with a sub-second value the writer takes as it is.
+      p.record = rawRecords && frames.bytes === pkt.bytes && pkt.origLen >= pkt.caplen && pkt.caplen <= pcapOut!.snaplen
+        && pkt.tsNsec <= 0xffffffff ? pkt.offset - 16 : -1;
       if (p.notes.length > 0) p.notes = [];
       if (p.inLen < 14) {
         summary.notRun.tooShort++;
         out.writeBytes(p.inBytes, p.inOff, p.inLen, pkt.tsSec, pkt.tsNsec, Math.max(p.inLen, pkt.origLen), 0, undefined);
         summary.packetsOut++;
       } else {
-        passOn(p.inBytes, p.inOff, p.inLen, 0, relNs, pkt.tsSec, pkt.tsNsec, p);
+        p.relNs = relNs;
+        p.tsSec = pkt.tsSec;
+        p.tsNsec = pkt.tsNsec;
+        passOn(p.inBytes, p.inOff, p.inLen, 0, p);
       }
       if (opts.onProgress && summary.packetsIn % progressEvery === 0) opts.onProgress(pkt.fileOffset, summary.packetsIn);
-    });
+    }, rawRecords ? () => out.commitRecords() : undefined);
     // The end of the capture: what is still held leaves at its release time.
     if (anyHold && firstSec !== undefined) releaseDue(Number.POSITIVE_INFINITY);
   } finally {

@@ -103,6 +103,8 @@ export interface ObjectRunner {
   readonly outBytes: Uint8Array;
   readonly outOffset: number;
   readonly outLength: number;
+  /** Whether the last run may have changed the packet (false: certainly not; see ProgramRunner.wrote). */
+  readonly wrote: boolean;
   close(): void;
 }
 
@@ -183,6 +185,10 @@ export class ObjectVmRunner implements ObjectRunner {
     return this.vm.machine.pktEnd - this.vm.machine.pktStart;
   }
 
+  get wrote(): boolean {
+    return this.vm.machine.written;
+  }
+
   close(): void {}
 }
 
@@ -193,6 +199,7 @@ export class ObjectVmRunner implements ObjectRunner {
 export class ObjectKernelRunner implements ObjectRunner {
   private out: Uint8Array = new Uint8Array(0);
   readonly outOffset = 0;
+  readonly wrote = true;
 
   private constructor(
     readonly linked: LinkedProgram,
@@ -330,6 +337,7 @@ export async function replayObject(opts: ObjectReplayOptions): Promise<ReplaySum
       const inBytes = frames.bytes, inOff = frames.offset, inLen = frames.length;
       let buf = inBytes, off = inOff, len = inLen;
       let rv: number | undefined;
+      let wrote = false;
       if (inLen < 14) {
         summary.notRun.tooShort++;
       } else if (hook !== 'xdp' && !tcCanSee(inBytes, inOff, inLen)) {
@@ -353,6 +361,7 @@ export async function replayObject(opts: ObjectReplayOptions): Promise<ReplaySum
           buf = run.outBytes;
           off = run.outOffset;
           len = run.outLength;
+          wrote = run.wrote;
         }
       }
       if (rv !== undefined && isDropVerdict(hook, rv)) {
@@ -360,7 +369,7 @@ export async function replayObject(opts: ObjectReplayOptions): Promise<ReplaySum
         program.dropped++;
       } else {
         let comment: string | undefined;
-        const changed = rv !== undefined && !sameBytes(buf, off, len, inBytes, inOff, inLen);
+        const changed = rv !== undefined && wrote && !sameBytes(buf, off, len, inBytes, inOff, inLen);
         if (changed) {
           summary.changed++;
           program.changed++;

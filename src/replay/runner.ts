@@ -38,6 +38,19 @@ export interface ProgramRunner {
   readonly outOffset: number;
   readonly outLength: number;
   /**
+   * Whether the last run may have changed the packet. False only when it certainly did not
+   * (the VM saw no write to it): the output is then the input's own bytes, with no need to
+   * compare them.
+   */
+  readonly wrote: boolean;
+  /**
+   * When it wrote: the part of the packet it may have changed, [writtenLow, writtenHigh) as
+   * offsets in it; 0 and Infinity when that is not known (a helper wrote, the packet moved or
+   * changed length). Outside it the packet is its input, byte for byte.
+   */
+  readonly writtenLow: number;
+  readonly writtenHigh: number;
+  /**
    * Indices of the rules whose `acted` counter rose since the previous call, written into
    * `into` (reused); returns how many.
    */
@@ -121,6 +134,18 @@ export class VmRunner implements ProgramRunner {
     return this.vm.machine.pktEnd - this.vm.machine.pktStart;
   }
 
+  get wrote(): boolean {
+    return this.vm.machine.written;
+  }
+
+  get writtenLow(): number {
+    return this.vm.machine.writtenLow;
+  }
+
+  get writtenHigh(): number {
+    return this.vm.machine.writtenHigh;
+  }
+
   actedSinceLast(into: Int32Array): number {
     const w = this.stateWords, last = this.lastActed, at = this.actedWord;
     let k = 0;
@@ -200,6 +225,10 @@ export class KernelRunner implements ProgramRunner {
   }
 
   readonly outOffset = 0;
+  /** The test run hands back a new buffer every time, changed or not. */
+  readonly wrote = true;
+  readonly writtenLow = 0;
+  readonly writtenHigh = Infinity;
 
   heldMap(): HeldCounts | undefined {
     return this.loaded.maps[HELD_MAP];

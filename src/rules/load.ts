@@ -6,7 +6,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import type { Ajv as AjvClass, ErrorObject, ValidateFunction } from 'ajv';
+import type { ErrorObject, ValidateFunction } from 'ajv';
 import type * as YamlModule from 'yaml';
 import type { Document, LineCounter, Node } from 'yaml';
 import { UsageError } from '../errors.js';
@@ -14,6 +14,7 @@ import { connectionMapBytes, DEFAULT_CONNECTIONS, formatBytes, MAX_CONNECTIONS, 
 import { editDistance, fieldCatalog } from './catalog.js';
 import { checkRule } from './check.js';
 import { RuleError } from './errors.js';
+import { fileValidatorFor } from './file-validator.js';
 import { parseActionsAt, parseExprAt, parseMatchAt, parseRuleText, type ParsedRule } from './parser.js';
 
 export const HOOKS: readonly Hook[] = ['xdp', 'ingress', 'egress'];
@@ -293,7 +294,8 @@ const ruleSchema = {
   },
 } as const;
 
-const fileSchema = {
+/** The rules file's schema (exported for the build, which generates its validator: see file-validator.ts). */
+export const fileSchema = {
   type: 'object',
   additionalProperties: false,
   required: ['rules'],
@@ -316,10 +318,7 @@ function yaml(): typeof YamlModule {
   return (yamlModule ??= requireLazy('yaml') as typeof YamlModule);
 }
 function validateFile(data: unknown): boolean {
-  if (!fileValidator) {
-    const { Ajv } = requireLazy('ajv') as { Ajv: typeof AjvClass };
-    fileValidator = new Ajv({ allErrors: false, strict: true, allowUnionTypes: true }).compile(fileSchema);
-  }
+  fileValidator ??= fileValidatorFor(fileSchema);
   return fileValidator(data) as boolean;
 }
 validateFile.errors = (): ErrorObject[] | null | undefined => fileValidator?.errors;

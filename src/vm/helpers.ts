@@ -90,8 +90,8 @@ def(3, ALL, false, (m, pc, name) => {
 
 /** The VM's clock: the run's `ktimeNs` (the same for every call in a run). */
 function ktime(m: Machine): void {
-  m.lo[0] = m.ktimeLo;
-  m.hi[0] = m.ktimeHi;
+  m.lo[0] = m.ktime[0]!;
+  m.hi[0] = m.ktime[1]!;
   m.tag[0] = T_SCALAR;
 }
 def(5, ALL, false, ktime); // ktime_get_ns

@@ -103,7 +103,8 @@ function generate(prog: PreparedProgram): string {
   out.push(`'use strict';
 return function run(m) {
   const lo = m.lo, hi = m.hi, tag = m.tag, HI = I64.HI;
-  const pv = m.pktView, sv = m.stackView, cv = m.ctxView, spill = m.stackSpill;
+  const sv = m.stackView, cv = m.ctxView, spill = m.stackSpill;
+  let pv = m.pktView;
   let ps = m.pktStart, pe = m.pktEnd;
   let ${regDecl};
   let pc = 0, v = 0, a = 0, vb = m.pkt;
@@ -369,14 +370,16 @@ function emitStore(prog: PreparedProgram, pc: number): string {
   const lines = [`a = ${L(d)} + ${insn.off};`];
   const packetWritable = prog.type !== 'socket_filter';
   lines.push(
-    `${packetWritable ? `if (${scalar}${T(d)} === ${T_PACKET} && ${inRange('pe - ps')}) { ${writeView('pv', 'ps + a', size, vl, vh)} }\nelse ` : ''}` +
+    // The first store to the packet moves it into the machine's own buffer (Machine.makeWritable);
+    // every store widens the range of bytes written (Machine.writtenLow/High).
+    `${packetWritable ? `if (${scalar}${T(d)} === ${T_PACKET} && ${inRange('pe - ps')}) { if (!m.written) { m.makeWritable(); pv = m.pktView; ps = m.pktStart; pe = m.pktEnd; } if (a < m.writtenLow) m.writtenLow = a; if (a + ${size} > m.writtenHigh) m.writtenHigh = a + ${size}; ${writeView('pv', 'ps + a', size, vl, vh)} }\nelse ` : ''}` +
       `if (${scalar}${T(d)} === ${T_STACK} && ${inRange('m.stackLimit')}) { if (a < m.stackLow) m.stackLow = a; spill[a >> 3] = 0; spill[${last} >> 3] = 0; ${writeView('sv', 'a', size, vl, vh)} }`,
     // A pointer spilled whole to an aligned stack slot: the slot remembers its tag.
     !isImm && size === 8
       ? `else if (${vt} !== ${T_UNINIT} && ${T(d)} === ${T_STACK} && ${inRange('m.stackLimit')} && (a & 7) === 0) { if (a < m.stackLow) m.stackLow = a; spill[a >> 3] = ${vt}; ${writeView('sv', 'a', size, vl, vh)} }`
       : '',
     `else if (${scalar}${T(d)} >= ${T_VALUE} && ${inRange(`(vb = m.values[${T(d)} - ${T_VALUE}]).length`)}) { ${writeValueBytes(size, vl, vh)} }`,
-    `else m.store(${pc}, ${T(d)}, ${H(d)}, ${L(d)}, ${insn.off}, ${size}, ${vt}, ${vh}, ${vl});`,
+    `else { m.store(${pc}, ${T(d)}, ${H(d)}, ${L(d)}, ${insn.off}, ${size}, ${vt}, ${vh}, ${vl}); pv = m.pktView; ps = m.pktStart; pe = m.pktEnd; }`,
   );
   return lines.filter(Boolean).join('\n');
 }
@@ -456,7 +459,8 @@ function emitJump(prog: PreparedProgram, pc: number, is64: boolean): string {
       `${sync(touched)}`,
       `m.callHelper(${pc}, ${insn.imm});`,
       `${reload(h.changesPacket ? [0, 6, 7, 8, 9] : [0])} r1t = r2t = r3t = r4t = r5t = ${T_UNINIT};`,
-      h.changesPacket ? 'ps = m.pktStart; pe = m.pktEnd;' : '',
+      // Any helper may have moved the packet into the machine's buffer (one writing into it through a pointer argument too).
+      'pv = m.pktView; ps = m.pktStart; pe = m.pktEnd;',
       lookupInline ? '}' : '',
     ].filter(Boolean).join('\n');
   }

@@ -60,11 +60,33 @@ export class Machine {
   depth = 0;
   private readonly frames = new Int32Array(MAX_FRAMES * FRAME_WORDS);
 
-  readonly pkt = new Uint8Array(HEADROOM + MAX_PACKET + 64);
-  readonly pktView = new DataView(this.pkt.buffer);
-  /** The buffer beginAt last copied a small packet from, and a view of it (replay passes one buffer again and again). */
-  private copySrc: Uint8Array | undefined;
-  private copySrcView: DataView | undefined;
+  /**
+   * The buffer the packet is in: pkt[pktStart, pktEnd). A run starts on the caller's own
+   * bytes, read in place; the first write to the packet (a store, or a helper that changes
+   * it) copies it into the machine's buffer (`own`, with headroom before it) and the run
+   * goes on there: see makeWritable. So the caller's bytes are never changed, and a run
+   * that writes nothing copies nothing.
+   */
+  pkt: Uint8Array;
+  pktView: DataView;
+  /** The machine's own packet buffer: HEADROOM bytes of headroom, then room for the largest packet. */
+  private readonly own = new Uint8Array(HEADROOM + MAX_PACKET + 64);
+  private readonly ownView = new DataView(this.own.buffer);
+  /** Whether this run wrote to the packet (so it is in `own`); false: pkt is still the caller's bytes, unchanged. */
+  written = false;
+  /**
+   * The packet bytes the run's stores wrote, [writtenLow, writtenHigh) as offsets from the
+   * packet's first byte, when only stores wrote it (a run that wrote nothing: empty). A helper
+   * that writes or moves the packet makes it everything: writtenLow 0, writtenHigh Infinity.
+   * Outside this range the packet holds the caller's bytes, which replay need not compare.
+   */
+  writtenLow = 0;
+  writtenHigh = 0;
+  /** The caller's buffer of the last run, and a view of it (replay passes one buffer again and again). */
+  private inBuf: Uint8Array | undefined;
+  private inView: DataView | undefined;
+  private inBuf2: Uint8Array | undefined;
+  private inView2: DataView | undefined;
   pktStart = HEADROOM;
   pktEnd = HEADROOM;
   /** Limits xdp_adjust_head/tail may move data and data_end to. */
@@ -90,8 +112,12 @@ export class Machine {
   budget = LOOP_BUDGET;
   private readonly isXdp: boolean;
   cpu = 0;
-  ktimeHi = 0;
-  ktimeLo = 0;
+  /**
+   * What bpf_ktime_get_ns returns this run, as (low, high) halves: in an Int32Array, since a
+   * field given a 32-bit value beyond the small-integer range holds a heap number, one
+   * allocation per packet in replay.
+   */
+  readonly ktime = new Int32Array(2);
   private readonly rng = new Uint32Array(4);
 
   redirectIfindex = -1;
@@ -100,6 +126,8 @@ export class Machine {
 
   constructor(prog: PreparedProgram, opts: { seed?: number; cpu?: number } = {}) {
     this.prog = prog;
+    this.pkt = this.own;
+    this.pktView = this.ownView;
     this.layout = contextLayout(prog.type);
     this.isXdp = prog.type === 'xdp';
     this.ctx = new Uint8Array(this.layout.size);
@@ -122,33 +150,28 @@ export class Machine {
 
   /** begin() for the packet bytes[offset, offset + len), without a view of them (replay's hot path). */
   beginAt(bytes: Uint8Array, offset: number, len: number, input?: RunInput): void {
-    const cap = this.isXdp ? Math.max(len, XDP_MAX_DATA) : MAX_PACKET;
     if (len > MAX_PACKET) throw new UsageError(`packet of ${len} bytes is larger than the VM's ${MAX_PACKET}-byte limit`);
-    const start = HEADROOM, end = HEADROOM + len;
-    // Outside the packet the buffer reads as zeros at the start of every run, as a fresh test-run buffer does.
-    if (this.dirtyLow < start) this.pkt.fill(0, this.dirtyLow, start);
-    if (this.dirtyHigh > end) this.pkt.fill(0, end, this.dirtyHigh);
-    if (offset === 0 && len === bytes.length) this.pkt.set(bytes, start);
-    else if (len > 128) this.pkt.set(bytes.subarray(offset, offset + len), start);
-    else {
-      // Small packets: four bytes a step through a view of the caller's buffer (made once per buffer),
-      // cheaper than a subarray per packet or a byte loop. Byte order is irrelevant: the same both ways.
-      let src = this.copySrcView;
-      if (this.copySrc !== bytes || src === undefined) {
-        this.copySrc = bytes;
-        src = this.copySrcView = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-      }
-      const dst = this.pktView;
-      let i = 0;
-      for (; i + 4 <= len; i += 4) dst.setUint32(start + i, src.getUint32(offset + i));
-      const pkt = this.pkt;
-      for (; i < len; i++) pkt[start + i] = bytes[offset + i]!;
+    // The run reads the caller's bytes where they are, until it writes (makeWritable).
+    // Views of the last two callers' buffers are kept: a second program of a replay runs on the
+    // reader's buffer or on the first program's, packet by packet.
+    let view: DataView;
+    if (bytes === this.inBuf) view = this.inView!;
+    else if (bytes === this.inBuf2) view = this.inView2!;
+    else view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    if (bytes !== this.inBuf) {
+      this.inBuf2 = this.inBuf;
+      this.inView2 = this.inView;
+      this.inBuf = bytes;
+      this.inView = view;
     }
-    this.pktStart = start;
-    this.pktEnd = end;
-    this.pktHardEnd = HEADROOM + cap;
-    this.dirtyLow = start;
-    this.dirtyHigh = end;
+    this.pkt = bytes;
+    this.pktView = view;
+    this.pktStart = offset;
+    this.pktEnd = offset + len;
+    this.pktHardEnd = offset + len;
+    this.written = false;
+    this.writtenLow = 0;
+    this.writtenHigh = 0;
 
     // Clear only the part of frame 0's stack the previous run wrote (deeper frames are cleared on call).
     const words = this.stackWords, spill = this.stackSpill;
@@ -166,7 +189,7 @@ export class Machine {
       this.ctxWords[1] = 0; // pkt_type
       this.ctxWords[4] = 0; // protocol
     }
-    this.applyDefaultContext(this.pkt, start, len);
+    this.applyDefaultContext(bytes, offset, len);
     if (input?.ctx) for (const name in input.ctx) this.setCtxField(name, input.ctx[name]!);
 
     this.valueCount = this.prog.staticValues.length;
@@ -174,15 +197,18 @@ export class Machine {
     this.redirectIfindex = -1;
     this.redirectFlags = 0;
     if (this.clones.length !== 0) this.clones.length = 0; // setting length is slow even when unchanged
-    const t = input?.ktimeNs ?? 0;
-    if (t === 0) {
-      this.ktimeLo = 0;
-      this.ktimeHi = 0;
+    // Written without `input?.ktimeNs ?? 0` and without a call: V8 boxes the double of either
+    // (a heap number per packet in replay); this way the clock stays unboxed.
+    if (input === undefined || input.ktimeNs === undefined || input.ktimeNs === 0) {
+      this.ktime[0] = 0;
+      this.ktime[1] = 0;
       return;
     }
-    if (!Number.isSafeInteger(t) || t < 0) throw new UsageError(`ktimeNs must be a non-negative safe integer, got ${t}`);
-    this.ktimeLo = I64.fromNumber(t);
-    this.ktimeHi = I64.HI[0]!;
+    const t = input.ktimeNs;
+    if (!(t >= 0 && t <= Number.MAX_SAFE_INTEGER && Math.floor(t) === t)) throw new UsageError(`ktimeNs must be a non-negative safe integer, got ${t}`);
+    const hi = Math.floor(t / 4294967296);
+    this.ktime[1] = hi;
+    this.ktime[0] = t - hi * 4294967296;
   }
 
   /** What BPF_PROG_TEST_RUN presents without a caller's context (see defaultContext), written without allocating. */
@@ -204,6 +230,48 @@ export class Machine {
       }
       v.setUint32(4, broadcast ? 1 : (packet[at]! & 1) !== 0 ? 2 : toSelf ? 0 : 3, true);
     }
+  }
+
+  /**
+   * Before the first write of a run to the packet: copies it into the machine's own buffer at
+   * HEADROOM, where helpers may grow it into the headroom or past its end, and where outside
+   * the packet reads as zeros, as a fresh test-run buffer does. Every path that writes the
+   * packet calls this first: stores (here and in the JIT) and helpers that change the packet.
+   */
+  makeWritable(): void {
+    if (this.written) return;
+    this.written = true;
+    this.writtenLow = Infinity;
+    this.writtenHigh = 0;
+    const len = this.pktEnd - this.pktStart;
+    const start = HEADROOM, end = HEADROOM + len;
+    const own = this.own;
+    // Clear what the last writing run left outside this packet's bytes.
+    if (this.dirtyLow < start) own.fill(0, this.dirtyLow, start);
+    if (this.dirtyHigh > end) own.fill(0, end, this.dirtyHigh);
+    const bytes = this.pkt, offset = this.pktStart;
+    if (len > 128) own.set(bytes.subarray(offset, offset + len), start);
+    else {
+      // Small packets: four bytes a step (cheaper than a subarray); byte order is the same both ways.
+      const src = this.pktView, dst = this.ownView;
+      let i = 0;
+      for (; i + 4 <= len; i += 4) dst.setUint32(start + i, src.getUint32(offset + i));
+      for (; i < len; i++) own[start + i] = bytes[offset + i]!;
+    }
+    this.pkt = own;
+    this.pktView = this.ownView;
+    this.pktStart = start;
+    this.pktEnd = end;
+    this.pktHardEnd = HEADROOM + (this.isXdp ? Math.max(len, XDP_MAX_DATA) : MAX_PACKET);
+    this.dirtyLow = start;
+    this.dirtyHigh = end;
+  }
+
+  /** makeWritable for a helper, which may write (or move) any of the packet. */
+  private writesAll(): void {
+    this.makeWritable();
+    this.writtenLow = 0;
+    this.writtenHigh = Infinity;
   }
 
   /** Registers at entry: r1 = context, r10 = frame pointer, the rest unwritten. The JIT keeps its own copy. */
@@ -315,6 +383,9 @@ export class Machine {
       const len = this.pktEnd - this.pktStart;
       if (h !== l >> 31 || a < 0 || a + size > len) throw this.outOfBounds(pc, 'write', size, t, h !== l >> 31, a, len);
       if (this.prog.type === 'socket_filter') throw this.fail(pc, 'socket filters may not write to the packet');
+      this.makeWritable();
+      if (a < this.writtenLow) this.writtenLow = a;
+      if (a + size > this.writtenHigh) this.writtenHigh = a + size;
       this.writeLE(this.pktView, this.pktStart + a, size, vh, vl);
       return;
     }
@@ -553,6 +624,8 @@ export class Machine {
 
   callHelper(pc: number, id: number): void {
     const h = HELPERS[id]!;
+    // A helper that changes the packet (its bytes, or where it starts and ends) works on the machine's copy.
+    if (h.changesPacket) this.writesAll();
     h.fn(this, pc);
     // The caller-saved argument registers are unreadable after a call.
     for (let r = 1; r <= 5; r++) this.tag[r] = T_UNINIT;
@@ -653,6 +726,8 @@ export class Machine {
     if (t === T_PACKET) {
       const plen = this.pktEnd - this.pktStart;
       if (h !== a >> 31 || a < 0 || a + len > plen) throw this.outOfBounds(pc, what, len, t, h !== a >> 31, a, plen);
+      // A helper writing into the packet (e.g. bpf_skb_load_bytes to a packet pointer) writes the machine's copy.
+      if (write) this.writesAll();
       this.rbuf = this.pkt;
       return this.pktStart + a;
     }

@@ -31,7 +31,10 @@ export class RunResult {
   retval = 0;
   constructor(private readonly m: Machine) {}
 
-  /** The packet as it leaves (a view, valid until the next run). */
+  /**
+   * The packet as it leaves (a view, valid until the next run): of the machine's buffer when
+   * the program wrote to the packet, else of the bytes the run was given.
+   */
   get packet(): Uint8Array {
     return this.m.pkt.subarray(this.m.pktStart, this.m.pktEnd);
   }
@@ -40,9 +43,9 @@ export class RunResult {
     return this.m.pktEnd - this.m.pktStart;
   }
 
-  /** The packet as it leaves, copied. */
+  /** The packet as it leaves, copied (Uint8Array's slice: the packet may still be in the caller's Buffer, whose slice is a view). */
   copyPacket(): Uint8Array {
-    return this.m.pkt.slice(this.m.pktStart, this.m.pktEnd);
+    return Uint8Array.prototype.slice.call(this.m.pkt, this.m.pktStart, this.m.pktEnd);
   }
 
   /** Target of the last bpf_redirect call, if any ("sent to ifindex N"). */
