@@ -4,6 +4,7 @@
  */
 import { UsageError } from '../errors.js';
 import type { Span } from './ast.js';
+import { printable } from '../printable.js';
 
 export class RuleError extends UsageError {
   /** The reason alone, without location or caret lines. */
@@ -40,9 +41,9 @@ export const MAX_SHOWN_LINE = 120;
  *     unknown field "ip.tll" (did you mean ip.ttl?)
  *       icmp.type == 0 => set ip.tll = 1
  *                             ^^^^^^
- * Only the source line holding the span's start is shown; tabs count as one column. A line
- * longer than MAX_SHOWN_LINE is shown as a window around the span, cut with "…", so a huge
- * rule never becomes a huge message.
+ * Only the source line holding the span's start is shown; tabs count as one column, control
+ * characters as their escapes (printable.ts). A line longer than MAX_SHOWN_LINE is shown as a
+ * window around the span, cut with "…", so a huge rule never becomes a huge message.
  */
 export function renderRuleError(reason: string, source: string, span: Span, location?: string): string {
   const lineStart = source.lastIndexOf('\n', Math.max(0, span.start - 1)) + 1;
@@ -57,10 +58,13 @@ export function renderRuleError(reason: string, source: string, span: Span, loca
   }
   const cutBefore = from > lineStart ? '…' : '';
   const cutAfter = to < lineEnd ? '…' : '';
-  const line = cutBefore + source.slice(from, to).replace(/[\t\r]/g, ' ') + cutAfter;
-  const start = Math.min(Math.max(span.start, from), to);
-  const col = start - from + cutBefore.length;
-  const width = Math.max(1, Math.min(span.end, to) - start);
-  const head = location ? `${location}: ${reason}` : reason;
-  return `${head}\n  ${line}\n  ${' '.repeat(col)}${'^'.repeat(width)}`;
+  const raw = source.slice(from, to).replace(/\t/g, ' ');
+  const markFrom = Math.min(Math.max(span.start, from), to) - from;
+  const markTo = Math.max(markFrom, Math.min(span.end, to) - from);
+  // Control characters are shown escaped (ESC as \x1b): the caret goes under the escaped text.
+  const before = cutBefore + printable(raw.slice(0, markFrom));
+  const marked = printable(raw.slice(markFrom, markTo));
+  const line = before + marked + printable(raw.slice(markTo)) + cutAfter;
+  const head = printable(location ? `${location}: ${reason}` : reason);
+  return `${head}\n  ${line}\n  ${' '.repeat(before.length)}${'^'.repeat(Math.max(1, marked.length))}`;
 }
