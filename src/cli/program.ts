@@ -6,6 +6,7 @@
  */
 import { Command, CommanderError } from 'commander';
 import { describeError, NetmangleError } from '../errors.js';
+import { printable } from '../printable.js';
 import type { RegisterCommand } from './commands/index.js';
 
 /**
@@ -37,7 +38,8 @@ export async function runCli(registers: readonly RegisterCommand[], argv: readon
     if (err instanceof CommanderError) {
       process.exitCode = err.exitCode;
     } else {
-      process.stderr.write(`netmangle: ${describeError(err)}\n`);
+      // Messages quote rule text, names and file names: shown escaped, never acted on by the terminal.
+      process.stderr.write(`netmangle: ${printable(describeError(err), { multiline: true })}\n`);
       if (process.env.NETMANGLE_DEBUG && err instanceof Error) process.stderr.write(`${err.stack}\n`);
       process.exitCode = err instanceof NetmangleError ? err.exitCode : 70;
     }
