@@ -5,7 +5,7 @@
  * bundles (scripts/bundle.mjs), which import exactly the register functions they need.
  */
 import { Command, CommanderError } from 'commander';
-import { describeError, NetmangleError } from '../errors.js';
+import { describeError, exitCodeOf } from '../errors.js';
 import type { RegisterCommand } from './commands/index.js';
 
 /**
@@ -39,7 +39,7 @@ export async function runCli(registers: readonly RegisterCommand[], argv: readon
     } else {
       process.stderr.write(`netmangle: ${describeError(err)}\n`);
       if (process.env.NETMANGLE_DEBUG && err instanceof Error) process.stderr.write(`${err.stack}\n`);
-      process.exitCode = err instanceof NetmangleError ? err.exitCode : 70;
+      process.exitCode = exitCodeOf(err);
     }
   }
 }

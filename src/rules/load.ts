@@ -9,7 +9,7 @@ import { createRequire } from 'node:module';
 import type { ErrorObject, ValidateFunction } from 'ajv';
 import type * as YamlModule from 'yaml';
 import type { Document, LineCounter, Node } from 'yaml';
-import { UsageError } from '../errors.js';
+import { fsUsageError, UsageError } from '../errors.js';
 import { connectionMapBytes, DEFAULT_CONNECTIONS, formatBytes, MAX_CONNECTIONS, type Action, type Hook, type RateLimit, type Rule, type RuleGroup } from './ast.js';
 import { editDistance, fieldCatalog } from './catalog.js';
 import { checkRule } from './check.js';
@@ -358,9 +358,7 @@ export function loadRulesFile(path: string): LoadedRules {
   try {
     text = readFileSync(path, 'utf8');
   } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    const why = code === 'ENOENT' ? 'no such file' : code === 'EACCES' ? 'permission denied' : code === 'EISDIR' ? 'it is a directory' : String((err as Error).message);
-    throw new UsageError(`cannot read rules file ${path}: ${why}`);
+    throw fsUsageError(err, `read rules file ${path}`);
   }
   return loadRulesText(text, path);
 }

@@ -5,7 +5,7 @@
  */
 import { writeFileSync } from 'node:fs';
 import type { Command } from 'commander';
-import { UsageError } from '../../errors.js';
+import { fsUsageError, UsageError } from '../../errors.js';
 import { addTriggerOptions, applyForOption, readRules, type RuleSourceOptions } from './run.js';
 
 interface BuildCliOptions extends RuleSourceOptions {
@@ -53,7 +53,11 @@ export function register(program: Command): void {
         process.stdout.write(text);
         return;
       }
-      writeFileSync(opts.output!, text ?? built.bytes);
+      try {
+        writeFileSync(opts.output!, text ?? built.bytes);
+      } catch (err) {
+        throw fsUsageError(err, `write ${opts.output}`);
+      }
       const what = built.programs.map((p) => `${p.symbol} (section ${p.section})`).join(', ');
       process.stderr.write(`wrote ${opts.output}: ${what}; seed ${seed}${seedChosen ? ' (chosen at random; pass --seed to repeat)' : ''}\n`);
       const { connectionMemoryNote } = await import('../../compiler/index.js');
