@@ -5,7 +5,7 @@
  * bundles (scripts/bundle.mjs), which import exactly the register functions they need.
  */
 import { Command, CommanderError } from 'commander';
-import { describeError, exitCodeOf } from '../errors.js';
+import { describeError, EXIT, exitCodeOf } from '../errors.js';
 import type { RegisterCommand } from './commands/index.js';
 
 /**
@@ -35,7 +35,9 @@ export async function runCli(registers: readonly RegisterCommand[], argv: readon
     await program.parseAsync([...argv]);
   } catch (err) {
     if (err instanceof CommanderError) {
-      process.exitCode = err.exitCode;
+      // Commander says 1 for an unknown option or a missing argument: for netmangle that is a
+      // usage error (2); --help and --version stay 0.
+      process.exitCode = err.exitCode === 0 ? EXIT.ok : EXIT.usage;
     } else {
       process.stderr.write(`netmangle: ${describeError(err)}\n`);
       if (process.env.NETMANGLE_DEBUG && err instanceof Error) process.stderr.write(`${err.stack}\n`);
