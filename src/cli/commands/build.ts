@@ -44,7 +44,7 @@ export function register(program: Command): void {
       let text: string | undefined;
       if (opts.emit === 'c') {
         const { emitC } = await import('../../elf/c.js');
-        text = emitC(built);
+        text = emitC(built, { file: opts.output });
       } else if (opts.emit === 'asm') {
         const { objectListing } = await import('../../elf/listing.js');
         text = objectListing(built);
