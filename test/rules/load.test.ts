@@ -191,7 +191,7 @@ test('loadRulesFile reports a missing file in one line', () => {
   try {
     assert.throws(() => loadRulesFile(join(dir, 'nope.yaml')), (err: UsageError) => {
       assert.ok(err instanceof UsageError);
-      assert.equal(err.message, `cannot read rules file ${join(dir, 'nope.yaml')}: no such file`);
+      assert.equal(err.message, `cannot read rules file ${join(dir, 'nope.yaml')}: no such file or directory`);
       return true;
     });
     const path = join(dir, 'ok.yaml');
@@ -202,4 +202,11 @@ test('loadRulesFile reports a missing file in one line', () => {
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+test('a rules file takes a probability as a percentage too ("5%" = 0.05), and says so when it is neither', () => {
+  const r = loadRulesText('dev: v\nhook: xdp\nrules:\n  - action: drop\n    probability: 5%\n  - action: pass\n    probability: "12.5 %"\n', 'rules.yaml');
+  assert.deepEqual(r.groups[0]!.rules.map((x) => x.probability), [0.05, 0.125]);
+  assertFileError('dev: v\nhook: xdp\nrules:\n  - action: drop\n    probability: lots\n', 'rules.yaml:5: rules[0].probability: must be a number greater than 0 and at most 1, or a percentage, not "lots"');
+  assertFileError('dev: v\nhook: xdp\nrules:\n  - action: drop\n    probability: 150%\n', 'rules.yaml:5: rules[0].probability: must be a number greater than 0 and at most 1, or a percentage, not "150%"');
 });

@@ -25,7 +25,7 @@ export function register(program: Command): void {
     .option('--sections <style>', 'tc (default: tc programs in section "tc", for libbpf 1.1) or tcx ("tcx/ingress", "tcx/egress", libbpf 1.3+)', 'tc')
     .option('--dev <dev>', 'interface the rule is meant for (one-line rule; names programs when one hook repeats)')
     .option('--hook <hook>', 'xdp, ingress or egress (one-line rule)')
-    .option('--probability <p>', 'act on a matching packet with this probability (0 < p <= 1)')
+    .option('--probability <p>', 'act on a matching packet with this probability (0 < p <= 1, or a percentage: 5%)')
     .option('--every <n>', 'act on the Nth, 2Nth ... matching packet');
   addTriggerOptions(cmd)
     .option('--for <duration>', 'stop acting this long after the rule\'s first matching packet (kept by the program)')
