@@ -83,9 +83,8 @@ test('the example file loads, grouped by (namespace, interface, hook) in file or
   const out = loadRulesFile(repo('examples/rules.yaml'));
   assert.equal(out.seed, 42);
   assert.deepEqual(out.groups.map((g) => [g.netns, g.dev, g.hook, g.rules.map((r) => r.name)]), [
-    [undefined, 'veth0', 'egress', ['ttl-chaos', 'ecn-web', 'bad-dns-checksum']],
-    [undefined, 'veth0', 'xdp', ['drop-some-syns']],
-    ['lab', 'eth0', 'egress', ['v6-hlim']],
+    ['nm-lab-h1', 'eth0', 'egress', ['ttl-chaos', 'ecn-web', 'bad-dns-checksum', 'v6-hlim']],
+    ['nm-lab-h1', 'eth0', 'xdp', ['drop-some-syns']],
   ]);
   const [chaos, web, dns] = out.groups[0]!.rules;
   assert.equal(chaos!.text, 'icmp.type == 0 => set ip.ttl = random(1, ip.ttl)');
