@@ -23,6 +23,7 @@ export const commandFiles: Record<string, string> = {
   load: 'load.js',
   lab: 'lab.js',
   serve: 'serve.js',
+  fields: 'fields.js',
 };
 
 export const commandModules: Record<string, () => Promise<{ register: RegisterCommand }>> = Object.fromEntries(
