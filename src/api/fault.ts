@@ -16,7 +16,7 @@ import type { Hook, RuleGroup } from '../rules/ast.js';
 import { resolveRules, type RuleInput, type RuleSet, type Target, type Triggers } from './rules.js';
 
 /** How attach() loads and attaches a rule set (whose rules carry their own triggers). */
-export type AttachSettings = Pick<AttachOptions, 'seed' | 'path' | 'perSegment' | 'maxHeld' | 'onFailure'>;
+export type AttachSettings = Pick<AttachOptions, 'seed' | 'path' | 'perSegment' | 'maxHeld' | 'onFailure' | 'priority'>;
 
 /** How attach() loads and attaches, beyond the rules' triggers. */
 export interface AttachOptions extends Triggers {
@@ -25,7 +25,8 @@ export interface AttachOptions extends Triggers {
   /**
    * `auto` (default): BPF links where the kernel has them (XDP links 5.9+, tcx 6.6+), else
    * netlink (IFLA_XDP, clsact + cls_bpf). `link`: links only. `netlink`: netlink only
-   * (these attachments outlive a crash of this process).
+   * (these would outlive a crash of this process: a guardian process removes them then,
+   * docs/lifecycle.md).
    */
   path?: 'auto' | 'link' | 'netlink';
   /** At tc egress, set the device's gso_max_segs to 1 while attached (every TCP segment meets the rules on its own). */
@@ -37,6 +38,11 @@ export interface AttachOptions extends Triggers {
    * itself. The fault has been detached by then, and `failure` says why.
    */
   onFailure?: (message: string) => void;
+  /**
+   * tc ingress/egress through netlink: the cls_bpf filter's priority, 1..65535, lower runs first.
+   * Default: after every filter already there. (tcx has no priorities: refused there.)
+   */
+  priority?: number;
 }
 
 /** Where one program of a fault sits. */
@@ -54,7 +60,7 @@ export interface AttachmentInfo {
   xdpMode?: 'skb' | 'drv';
   /** The rules the program carries, in order. */
   rules: Array<{ name: string; text: string }>;
-  /** Set when this attachment outlives a crash of the process (netlink path). */
+  /** Set when this attachment would outlive a crash of the process (netlink path without a guardian). */
   warning?: string;
   /** perSegment: the device's gso_max_segs before it was set to 1 (put back on detach). */
   gsoMaxSegsWas?: number;
@@ -145,6 +151,7 @@ interface Settings {
   perSegment?: boolean;
   maxHeld?: { packets: number; bytes: number };
   onFailure?: (message: string) => void;
+  priority?: number;
 }
 
 function attachmentInfo(session: LiveSession): AttachmentInfo[] {
@@ -216,6 +223,7 @@ class AttachedFault implements Fault {
       path: settings.path,
       perSegment: settings.perSegment,
       maxHeld: settings.maxHeld,
+      priority: settings.priority,
       onDelayLineFailure: (message, g) => {
         const text = `delay line on ${g.dev} ${g.hook}${g.netns ? ` (netns ${g.netns})` : ''}: ${message}`;
         // A failure while attachGroups is still running is reported once the fault exists.
@@ -286,8 +294,9 @@ class AttachedFault implements Fault {
 
   async replace(rules: RuleInput, target?: Target | { netns?: string }, options: AttachOptions = {}): Promise<{ atomic: boolean }> {
     if (!this.attached) throw new NetmangleError('the fault is detached; attach the rules anew', { hint: 'replace() changes a fault that is attached' });
-    const { seed, path, perSegment, maxHeld, onFailure, ...triggers } = options;
+    const { seed, path, perSegment, maxHeld, onFailure, priority, ...triggers } = options;
     const settings: Settings = {
+      priority: priority ?? this.#settings.priority,
       seed: this.#settings.seed,
       path: path === undefined ? this.#settings.path : checkPath(path),
       perSegment: perSegment ?? this.#settings.perSegment,
@@ -300,7 +309,8 @@ class AttachedFault implements Fault {
     settings.seed = resolved.seed;
     checkPerSegment(settings.perSegment, resolved.groups);
     precheck(resolved.groups);
-    const sameSettings = settings.path === this.#settings.path && settings.perSegment === this.#settings.perSegment && settings.maxHeld === this.#settings.maxHeld;
+    const sameSettings = settings.path === this.#settings.path && settings.perSegment === this.#settings.perSegment && settings.maxHeld === this.#settings.maxHeld
+      && settings.priority === this.#settings.priority;
     if (sameSettings && this.#session!.replaceInPlace(resolved.groups, settings.seed)) {
       this.#record?.remove();
       this.#groups = resolved.groups;
@@ -421,8 +431,8 @@ function checkPerSegment(perSegment: boolean | undefined, groups: RuleGroup[]): 
 export async function attach(rules: string | readonly string[], target: Target, options?: AttachOptions): Promise<Fault>;
 export async function attach(rules: RuleSet, target?: { netns?: string }, options?: AttachSettings): Promise<Fault>;
 export async function attach(rules: RuleInput, target?: Target | { netns?: string }, options: AttachOptions = {}): Promise<Fault> {
-  const { seed, path, perSegment, maxHeld, onFailure, ...triggers } = options;
-  const settings: Settings = { seed: 0, path: path === undefined ? 'auto' : checkPath(path), perSegment, maxHeld: maxHeld && holdLimits(maxHeld), onFailure };
+  const { seed, path, perSegment, maxHeld, onFailure, priority, ...triggers } = options;
+  const settings: Settings = { seed: 0, path: path === undefined ? 'auto' : checkPath(path), perSegment, maxHeld: maxHeld && holdLimits(maxHeld), onFailure, priority };
   const resolved = resolveRules(rules, target as Partial<Target> | undefined, triggers, seed);
   settings.seed = resolved.seed;
   checkPerSegment(perSegment, resolved.groups);

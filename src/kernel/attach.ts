@@ -7,21 +7,25 @@
  *   egress   tcx link, 6.6+                            clsact qdisc + cls_bpf direct-action filter
  *
  * A link detaches by itself when the process dies; a netlink attachment stays until someone
- * removes it, which is why a netlink Attachment carries a `warning`.
+ * removes it. So a netlink attachment tells its `owner` (see netlink-hold.ts) what it is,
+ * before each kernel step, for a process that outlives this one to remove it after a crash
+ * (src/live/guardian.ts); one made without an owner carries a `warning` instead.
  *
  * Every kernel call runs inside `inNetns(netns)`, so the interface is found (and the program
  * attached) in that namespace.
  */
 import { HookBusyError, NetmangleError, UsageError } from '../errors.js';
-import { programInfo, queryProgs } from './info.js';
+import { programInfo, programInfoByFd, queryProgs } from './info.js';
 import { createTcxLink, createXdpLink, tryDetachLink, updateLink, type Link } from './link.js';
 import { inNetns, ipCommand, netnsExists, requireNetns } from './netns.js';
 import { NetlinkError } from './netlink.js';
+import type { NetlinkHold, NetlinkOwner } from './netlink-hold.js';
+import { netnsInode } from './process.js';
 import { probeFeaturesCached, type ProbeResult } from './probe.js';
 import type { Program } from './program.js';
 import {
-  addClsBpfFilter, attachXdpNetlink, delClsBpfFilter, ensureClsact, getLink, listClsBpfFilters, noInterface, removeClsact,
-  detachXdpNetlink, xdpQueryNetlink, type ClsBpfFilterRef, type TcDirection, type XdpMode, type XdpState,
+  addClsBpfFilter, attachXdpNetlink, delClsBpfFilter, ensureClsact, getLink, listClsBpfFilters, listTcFilters, noInterface, removeClsact,
+  detachXdpNetlink, xdpQueryNetlink, type ClsBpfFilterRef, type LinkInfo, type TcDirection, type XdpMode, type XdpState,
 } from './rtnetlink.js';
 import { BpfError, EBUSY, EEXIST, EINVAL, EOPNOTSUPP, ENOTSUPP } from './sys.js';
 
@@ -41,9 +45,19 @@ export interface AttachOptions {
   path?: 'auto' | AttachPath;
   /** XDP only. 'auto' (default): native (driver) mode, falling back to generic (skb) mode. */
   xdpMode?: 'skb' | 'drv' | 'auto';
-  /** netlink tc path only: the cls_bpf filter's priority (default 1, i.e. first) and handle (default 1). */
+  /**
+   * netlink tc path only: the cls_bpf filter's priority and handle (default 1). Without a
+   * priority the filter goes after every filter already at that direction (the highest
+   * priority there plus one; 1 on an empty hook), so it never runs ahead of filters that were
+   * there first unless asked to. tcx has no priorities (a new program goes last): refused there.
+   */
   tcPriority?: number;
   tcHandle?: number;
+  /**
+   * Told what a netlink attachment is before each kernel step and once it is done, and when it
+   * is detached: so that something outliving this process can remove it after a crash.
+   */
+  owner?: NetlinkOwner;
 }
 
 export interface Attachment extends Disposable {
@@ -60,11 +74,16 @@ export interface Attachment extends Disposable {
   readonly link?: Link;
   /** netlink tc path: where the cls_bpf filter sits. */
   readonly tcFilter?: ClsBpfFilterRef;
-  /** Set for netlink attachments: they outlive a crash of this process. */
+  /** Set for netlink attachments without an owner: they outlive a crash of this process. */
   readonly warning?: string;
   readonly detached: boolean;
   /** Removes the program from the hook (and a clsact qdisc this attachment added). Idempotent. */
   detach(): void;
+  /**
+   * Leaves the program attached past this process's exit on purpose (a pinned set): its owner
+   * forgets it, so nothing removes it when this process dies.
+   */
+  disown(): void;
   /**
    * Link paths only: puts `prog` on the hook in place of `current` (the attached program) in one
    * step, so no packet passes unseen in between. Throws for netlink attachments.
@@ -173,6 +192,7 @@ class AttachmentImpl implements Attachment {
   warning?: string;
   /** netlink tc path: whether this attachment counts as a user of a clsact qdisc we added. */
   usesOurClsact = false;
+  owner?: NetlinkOwner;
 
   constructor(
     readonly dev: string,
@@ -204,6 +224,7 @@ class AttachmentImpl implements Attachment {
     if (this.netns !== undefined && !netnsExists(this.netns)) {
       if (this.usesOurClsact) ourClsact.delete(clsactKey(this.netns, this.ifindex));
       this.detached = true;
+      this.owner?.forget();
       return;
     }
     inNetns(this.netns, () => {
@@ -211,6 +232,8 @@ class AttachmentImpl implements Attachment {
       else this.detachTc();
     });
     this.detached = true;
+    // Only once it is really off the hook: a failed detach leaves the record for the guardian.
+    this.owner?.forget();
   }
 
   private detachXdp(): void {
@@ -244,9 +267,15 @@ class AttachmentImpl implements Attachment {
       return;
     }
     ourClsact.delete(key);
-    if (listClsBpfFilters(this.ifindex, 'ingress').length === 0 && listClsBpfFilters(this.ifindex, 'egress').length === 0) {
+    // Filters of any kind (u32, flower, …) keep the qdisc: removing it would remove them too.
+    if (listTcFilters(this.ifindex, 'ingress').length === 0 && listTcFilters(this.ifindex, 'egress').length === 0) {
       removeClsact(this.ifindex);
     }
+  }
+
+  disown(): void {
+    this.owner?.forget();
+    this.owner = undefined;
   }
 
   [Symbol.dispose](): void {
@@ -263,7 +292,14 @@ export function attachProgram(prog: Program, opts: AttachOptions): Attachment {
   checkProgramType(prog, opts.hook);
   requireNetns(opts.netns);
   const path = resolvePath(opts.hook, opts.path);
+  if (opts.tcPriority !== undefined && path !== 'netlink') {
+    throw new UsageError(opts.hook === 'xdp'
+      ? 'a filter priority applies to tc ingress and egress, not xdp'
+      : `a filter priority applies to the netlink path (cls_bpf); tcx has none and puts a new program after those already at tc ${opts.hook}`,
+    { hint: opts.hook === 'xdp' ? 'leave the priority out' : 'attach through netlink to choose a priority, or leave it out' });
+  }
 
+  if (path === 'netlink') opts.owner?.prepare?.();
   try {
     return inNetns(opts.netns, () => attachIn(prog, opts, path));
   } catch (err) {
@@ -291,7 +327,44 @@ function attachIn(prog: Program, opts: AttachOptions, path: AttachPath): Attachm
   if (!linkInfo) throw noInterface(dev, netns);
   const ifindex = linkInfo.ifindex;
   const att = new AttachmentImpl(dev, ifindex, hook, netns, path, prog.id);
+  const owner = path === 'netlink' ? opts.owner : undefined;
+  const hold: NetlinkHold | undefined = owner && {
+    netns, netnsInode: netnsInode(undefined), dev, ifindex, hook, progId: prog.id, progTag: programInfoByFd(prog.fd).tag,
+    progName: prog.name, clsactAdded: false, attached: false,
+  };
+  try {
+    attachHook(att, prog, opts, path, linkInfo, owner, hold);
+  } catch (err) {
+    owner?.forget();
+    throw err;
+  }
+  if (owner && hold) {
+    hold.attached = true;
+    owner.record(hold);
+    att.owner = owner;
+  }
+  // With an owner, something that outlives this process removes it after a crash.
+  if (path === 'netlink' && !owner) att.warning = NETLINK_WARNING;
+  return att;
+}
 
+/** The first priority after every filter at `dir` (1 when there is none). */
+function priorityAfterOthers(ifindex: number, dir: TcDirection, dev: string, netns: string | undefined): number {
+  const highest = Math.max(0, ...listTcFilters(ifindex, dir).map((f) => f.prio));
+  if (highest >= 0xffff) {
+    throw new NetmangleError(`tc ${dir} of ${where(dev, netns)} has a filter at the last priority (65535): there is no priority after it`, {
+      hint: 'choose a free priority explicitly',
+    });
+  }
+  return highest + 1;
+}
+
+function attachHook(
+  att: AttachmentImpl, prog: Program, opts: AttachOptions, path: AttachPath, linkInfo: LinkInfo,
+  owner: NetlinkOwner | undefined, hold: NetlinkHold | undefined,
+): void {
+  const { dev, hook, netns } = opts;
+  const ifindex = linkInfo.ifindex;
   if (hook === 'xdp') {
     if (linkInfo.xdp.attached !== 'none') throw foreignXdpError(dev, netns, linkInfo.xdp, prog.id);
     const modes: XdpMode[] = opts.xdpMode === 'skb' ? ['skb'] : opts.xdpMode === 'drv' ? ['drv'] : ['drv', 'skb'];
@@ -299,7 +372,11 @@ function attachIn(prog: Program, opts: AttachOptions, path: AttachPath): Attachm
       const mode = modes[i] as XdpMode;
       try {
         if (path === 'link') att.link = createXdpLink(prog, ifindex, { mode });
-        else attachXdpNetlink(ifindex, prog.fd, { mode });
+        else {
+          if (owner && hold) owner.record({ ...hold, xdpMode: mode });
+          attachXdpNetlink(ifindex, prog.fd, { mode });
+          if (hold) hold.xdpMode = mode;
+        }
         att.xdpMode = mode;
         break;
       } catch (err) {
@@ -317,20 +394,27 @@ function attachIn(prog: Program, opts: AttachOptions, path: AttachPath): Attachm
     }
   } else {
     const key = clsactKey(netns, ifindex);
+    const prio = opts.tcPriority ?? priorityAfterOthers(ifindex, hook, dev, netns);
+    const handle = opts.tcHandle ?? 1;
+    if (owner && hold) {
+      hold.tcFilter = { prio, handle };
+      owner.record(hold);
+    }
     const added = ensureClsact(ifindex);
     if (added) ourClsact.delete(key); // a stale entry for a reused ifindex
+    if (added && owner && hold) {
+      hold.clsactAdded = true;
+      owner.record(hold);
+    }
     try {
-      att.tcFilter = addClsBpfFilter(ifindex, hook, prog.fd, {
-        name: prog.name || 'netmangle', prio: opts.tcPriority, handle: opts.tcHandle,
-      });
+      att.tcFilter = addClsBpfFilter(ifindex, hook, prog.fd, { name: prog.name || 'netmangle', prio, handle });
     } catch (err) {
       if (added) removeClsact(ifindex);
       if (isBusy(err)) {
-        const prio = opts.tcPriority ?? 1;
         const other = listClsBpfFilters(ifindex, hook).find((f) => f.prio === prio);
         const which = other?.progId !== undefined ? `program ${describeProgram(other.progId)}` : 'another filter';
         throw new HookBusyError(`tc ${hook} of ${where(dev, netns)} already holds ${which} at priority ${prio}`, {
-          hint: 'remove it first, or choose another priority', cause: err,
+          hint: 'remove it first, or choose another priority (or none: netmangle then goes after the filters already there)', cause: err,
         });
       }
       throw err;
@@ -340,6 +424,4 @@ function attachIn(prog: Program, opts: AttachOptions, path: AttachPath): Attachm
       att.usesOurClsact = true;
     }
   }
-  if (path === 'netlink') att.warning = NETLINK_WARNING;
-  return att;
 }

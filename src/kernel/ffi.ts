@@ -92,5 +92,5 @@ export function check(ret: number, operation: string): number {
 
 /** Syscall numbers this project uses, per architecture. */
 export const SYS = process.arch === 'arm64'
-  ? { bpf: 280, setns: 268 }
-  : { bpf: 321, setns: 308 };
+  ? { bpf: 280, setns: 268, pidfd_open: 434 }
+  : { bpf: 321, setns: 308, pidfd_open: 434 };

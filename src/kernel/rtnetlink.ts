@@ -248,6 +248,29 @@ export function detachXdpNetlink(ifindex: number, opts: { mode?: XdpMode } = {},
   });
 }
 
+/**
+ * Detaches the XDP program in `mode` only if it is still the program `expectedFd` refers to
+ * (XDP_FLAGS_REPLACE with IFLA_XDP_EXPECTED_FD, 5.7+): the kernel compares and removes in one
+ * step, so a program someone attached meanwhile is never removed. Returns false when the hook
+ * holds another program (EEXIST) or none.
+ */
+export function detachXdpNetlinkIf(ifindex: number, expectedFd: number, mode: XdpMode, sock?: NetlinkSocket): boolean {
+  return withSocket(sock, (s) => {
+    const msg = new MessageBuilder(RTM.SETLINK, 0, ifinfomsg(ifindex)).nest(IFLA.XDP, (b) => {
+      b.s32(IFLA_XDP.FD, -1);
+      b.s32(IFLA_XDP.EXPECTED_FD, expectedFd);
+      b.u32(IFLA_XDP.FLAGS, modeFlag(mode) | XDP_FLAGS.REPLACE);
+    }, true);
+    try {
+      s.request(msg, `detach XDP program (${mode} mode) from ifindex ${ifindex}`);
+      return true;
+    } catch (err) {
+      if (err instanceof NetlinkError && (err.code === 'EEXIST' || err.code === 'ENODEV')) return false;
+      throw err;
+    }
+  });
+}
+
 /** What XDP program(s) an interface holds, from RTM_GETLINK's IFLA_XDP. */
 export function xdpQueryNetlink(ifindex: number, sock?: NetlinkSocket): XdpState {
   const link = getLink(ifindex, sock);
@@ -419,6 +442,39 @@ export function listClsBpfFilters(ifindex: number, direction: TcDirection, sock?
       if (r.type !== RTM.NEWTFILTER) continue;
       const f = parseFilterMessage(r, direction);
       if (f) out.push(f);
+    }
+    return out;
+  });
+}
+
+/** Any tc filter (cls_bpf, u32, flower, …), as far as priorities and "is anyone there" go. */
+export interface TcFilterSlot {
+  prio: number;
+  handle: number;
+  kind?: string;
+}
+
+/**
+ * Every filter at one clsact direction, of any kind (empty when there is no clsact qdisc): what
+ * decides the priority a new filter takes after them, and whether the qdisc is still in use.
+ */
+export function listTcFilters(ifindex: number, direction: TcDirection, sock?: NetlinkSocket): TcFilterSlot[] {
+  return withSocket(sock, (s) => {
+    let replies: NetlinkMessage[];
+    try {
+      replies = s.dump(new MessageBuilder(RTM.GETTFILTER, 0, tcmsg(ifindex, 0, clsactParent(direction))),
+        `list tc ${direction} filters of ifindex ${ifindex}`);
+    } catch (err) {
+      if (err instanceof NetlinkError && (err.code === 'EINVAL' || err.code === 'ENOENT')) return [];
+      throw err;
+    }
+    const out: TcFilterSlot[] = [];
+    for (const r of replies) {
+      if (r.type !== RTM.NEWTFILTER || r.payload.length < 20) continue;
+      const slot: TcFilterSlot = { prio: r.payload.readUInt32LE(16) >>> 16, handle: r.payload.readUInt32LE(8) };
+      const kind = attrString(attrMap(r.payload, 20).get(TCA.KIND));
+      if (kind !== undefined) slot.kind = kind;
+      out.push(slot);
     }
     return out;
   });

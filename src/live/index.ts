@@ -5,7 +5,8 @@
  */
 import { compileGroup, readCounters, STATE_MAP, type CompiledProgram, type RuleCounters } from '../compiler/index.js';
 import { NetmangleError } from '../errors.js';
-import { attachProgram, type Attachment } from '../kernel/attach.js';
+import { attachProgram, type Attachment, type AttachOptions } from '../kernel/attach.js';
+import { guardedOwner, refuseHeldHook, refuseOrphanedHook } from './guardian.js';
 import { createMap, type BpfMap, type Program } from '../kernel/index.js';
 import { loadWithReport } from './load-report.js';
 import { linkByName } from '../kernel/iface.js';
@@ -90,6 +91,13 @@ export interface LiveOptions {
    * nobody reads, so the caller should detach. Without it the line prints one line to stderr.
    */
   onDelayLineFailure?: (message: string, group: RuleGroup) => void;
+  /** netlink tc path: the cls_bpf filter's priority (default: after the filters already there). */
+  priority?: number;
+  /**
+   * Whether a guardian process removes netlink attachments if this process dies (default
+   * true; see guardian.ts). Off only for callers that keep them on purpose.
+   */
+  guard?: boolean;
 }
 
 export class LiveSession implements Disposable {
@@ -181,6 +189,7 @@ export class LiveSession implements Disposable {
     }
     this.detached = true;
     for (const g of this.groups) {
+      g.attachment.disown();
       g.attachment.link?.close();
       g.loaded.close();
     }
@@ -196,6 +205,9 @@ export function attachGroups(groups: RuleGroup[], opts: LiveOptions): LiveSessio
   const done: AttachedGroup[] = [];
   try {
     for (const group of groups) {
+      // Before any work: a hook someone else holds, or one a dead netmangle left a program on.
+      refuseHeldHook({ netns: group.netns, dev: group.dev, hook: group.hook, priority: opts.priority });
+      refuseOrphanedHook({ netns: group.netns, dev: group.dev, hook: group.hook });
       const plan = holdPlan(group);
       const delayLine = plan.specs.length > 0 ? startDelayLine({
         dev: group.dev, hook: group.hook, netns: group.netns, specs: plan.specs, path: opts.path, limits: opts.maxHeld,
@@ -227,7 +239,7 @@ export function attachGroups(groups: RuleGroup[], opts: LiveOptions): LiveSessio
             restore = current;
           }
         }
-        const attachment = attachHolding(loaded, group, delayLine !== undefined, opts.path ?? 'auto');
+        const attachment = attachHolding(loaded, group, delayLine !== undefined, opts);
         done.push({ loaded, attachment, restoreGsoMaxSegs: restore, delayLine });
       } catch (err) {
         if (restore !== undefined) setGsoMaxSegs(group.dev, group.netns, restore);
@@ -248,8 +260,11 @@ export function attachGroups(groups: RuleGroup[], opts: LiveOptions): LiveSessio
  * packet sent back into the interface's receive path meets the XDP program again and would be
  * held again and again.
  */
-function attachHolding(loaded: LoadedProgram, group: RuleGroup, holds: boolean, path: 'auto' | 'link' | 'tcx' | 'netlink'): Attachment {
-  const opts = { dev: group.dev, hook: group.hook, netns: group.netns, path };
+function attachHolding(loaded: LoadedProgram, group: RuleGroup, holds: boolean, live: LiveOptions): Attachment {
+  const opts: AttachOptions = {
+    dev: group.dev, hook: group.hook, netns: group.netns, path: live.path ?? 'auto', tcPriority: group.hook === 'xdp' ? undefined : live.priority,
+    owner: live.guard === false ? undefined : guardedOwner(group.rules.map((r) => ({ name: r.name, text: r.text }))),
+  };
   if (!holds || group.hook !== 'xdp') return attachProgram(loaded.prog, opts);
   try {
     return attachProgram(loaded.prog, { ...opts, xdpMode: 'drv' });

@@ -12,15 +12,15 @@ import type { DelayLineStats } from '../delay/stats.js';
 import { dirname, join } from 'node:path';
 import { NetmangleError } from '../errors.js';
 import { NETMANGLE_PIN_ROOT, openPinnedMap, BpfMap, mapFdById, pinObject } from '../kernel/index.js';
-import { detachXdpNetlink, delClsBpfFilter } from '../kernel/rtnetlink.js';
+import { removeHold } from '../kernel/netlink-hold.js';
 import { inNetns } from '../kernel/netns.js';
 import { ifindexByName } from '../kernel/iface.js';
 import { STATE_MAP, type RuleCounters } from '../compiler/index.js';
 import { readStateCounters, type AttachedGroup } from './index.js';
 
-const RUN_DIR = '/run/netmangle';
-const PINNED_DIR = join(RUN_DIR, 'pinned');
-const RUNS_DIR = join(RUN_DIR, 'runs');
+import { PINNED_DIR, RUNS_DIR } from './paths.js';
+import { clearOrphans, listOrphans, type Orphan } from './guardian.js';
+import { processAlive, selfRef } from '../kernel/process.js';
 
 export interface AttachmentRecord {
   dev: string;
@@ -33,6 +33,8 @@ export interface AttachmentRecord {
   rules: Array<{ name: string; text: string }>;
   since: string;
   pid?: number;
+  /** The run's start time (/proc/PID/stat), which tells it from a later process given the same pid. */
+  startTime?: number;
   /** bpffs directory of a pinned set. */
   pinDir?: string;
   tcFilter?: { prio: number; handle: number };
@@ -74,8 +76,9 @@ let runsRecorded = 0;
 
 export function recordRun(groups: AttachedGroup[], seed: number): RunRecord {
   mkdirSync(RUNS_DIR, { recursive: true });
+  const me = selfRef();
   const run = runsRecorded++;
-  const records = groups.map((g, i) => ({ g, file: join(RUNS_DIR, `${process.pid}.${run}.${i}.json`), rec: { ...recordOf(g, seed), pid: process.pid } }));
+  const records = groups.map((g, i) => ({ g, file: join(RUNS_DIR, `${me.pid}.${run}.${i}.json`), rec: { ...recordOf(g, seed), pid: me.pid, startTime: me.startTime } }));
   const write = (file: string, rec: AttachmentRecord): void => {
     // Whole or not at all for a status reading it at the same moment.
     const tmp = `${file}.tmp`;
@@ -124,8 +127,10 @@ export function pinGroups(groups: AttachedGroup[], seed: number): AttachmentReco
 }
 
 export interface StatusEntry extends AttachmentRecord {
-  kind: 'pinned' | 'running';
+  kind: 'pinned' | 'running' | 'orphan';
   counters?: { rules: RuleCounters[]; gso: number };
+  /** Orphans: whether the program is still on its hook, or no namespace name reaches it. */
+  state?: 'attached' | 'unreachable';
 }
 
 function readJson(file: string): AttachmentRecord | undefined {
@@ -136,13 +141,24 @@ function readJson(file: string): AttachmentRecord | undefined {
   }
 }
 
-function alive(pid: number): boolean {
+function alive(rec: AttachmentRecord): boolean {
+  if (!rec.pid) return false;
+  if (rec.startTime !== undefined) return processAlive({ pid: rec.pid, startTime: rec.startTime });
   try {
-    process.kill(pid, 0);
+    process.kill(rec.pid, 0);
     return true;
   } catch (err) {
     return (err as NodeJS.ErrnoException).code === 'EPERM';
   }
+}
+
+/** An orphan as status lists it: what the owner's record says, the owner's pid. */
+function orphanEntry(o: Orphan): StatusEntry {
+  return {
+    kind: 'orphan', dev: o.dev, hook: o.hook, netns: o.netns, path: 'netlink', progId: o.progId, stateMapId: 0, seed: 0,
+    rules: o.rules ?? [{ name: o.progName, text: `program ${o.progName} (tag ${o.progTag})` }], since: o.since, pid: o.owner.pid,
+    startTime: o.owner.startTime, tcFilter: o.tcFilter, state: o.state === 'unreachable' ? 'unreachable' : 'attached',
+  };
 }
 
 /** Everything netmangle has attached: pinned sets and foreground runs, with their counters. */
@@ -163,7 +179,7 @@ export function listAttached(): StatusEntry[] {
   if (existsSync(RUNS_DIR)) {
     for (const f of readdirSync(RUNS_DIR).filter((n) => n.endsWith('.json')).sort()) {
       const rec = readJson(join(RUNS_DIR, f));
-      if (!rec || !rec.pid || !alive(rec.pid)) {
+      if (!rec || !alive(rec)) {
         rmSync(join(RUNS_DIR, f), { force: true });
         continue;
       }
@@ -177,11 +193,21 @@ export function listAttached(): StatusEntry[] {
       out.push({ ...rec, kind: 'running', counters });
     }
   }
+  for (const o of listOrphans()) out.push(orphanEntry(o));
   return out;
 }
 
+/**
+ * Removes what dead netmangle processes left attached through netlink when their guardian died
+ * too (all, or those on `dev` / in `netns` / at `hook`): each only while its hook still holds
+ * the recorded program id.
+ */
+export function clearOrphaned(filter: { dev?: string; netns?: string; hook?: string } = {}): StatusEntry[] {
+  return clearOrphans(filter).map(orphanEntry);
+}
+
 /** Removes pinned rule sets (all, or those on `dev` / in `netns`); returns what was removed. */
-export function clearPinned(filter: { dev?: string; netns?: string } = {}): AttachmentRecord[] {
+export function clearPinned(filter: { dev?: string; netns?: string; hook?: string } = {}): AttachmentRecord[] {
   if (!existsSync(PINNED_DIR)) return [];
   const removed: AttachmentRecord[] = [];
   for (const f of readdirSync(PINNED_DIR).filter((n) => n.endsWith('.json'))) {
@@ -190,13 +216,15 @@ export function clearPinned(filter: { dev?: string; netns?: string } = {}): Atta
     if (!rec) continue;
     if (filter.dev !== undefined && rec.dev !== filter.dev) continue;
     if (filter.netns !== undefined && rec.netns !== filter.netns) continue;
+    if (filter.hook !== undefined && rec.hook !== filter.hook) continue;
     if (rec.path === 'netlink') {
       // Attached through netlink: the pins do not hold it, so detach it explicitly.
+      // Only while the hook still runs the pinned program: never someone else's.
       try {
-        inNetns(rec.netns, () => {
-          const ifindex = ifindexByName(rec.dev);
-          if (rec.hook === 'xdp') detachXdpNetlink(ifindex);
-          else if (rec.tcFilter) delClsBpfFilter(ifindex, rec.hook, rec.tcFilter);
+        const ifindex = inNetns(rec.netns, () => ifindexByName(rec.dev));
+        removeHold({
+          netns: rec.netns, dev: rec.dev, ifindex, hook: rec.hook, progId: rec.progId, progTag: '', progName: '',
+          tcFilter: rec.tcFilter, clsactAdded: false, attached: true,
         });
       } catch {
         // The interface or namespace is gone, and the program with it.

@@ -22,6 +22,7 @@ export const commandFiles: Record<string, string> = {
   build: 'build.js',
   load: 'load.js',
   lab: 'lab.js',
+  guardian: 'guardian.js',
   serve: 'serve.js',
   fields: 'fields.js',
 };

@@ -6,6 +6,7 @@
 import type { Command } from 'commander';
 import { NetmangleError, UsageError, describeError } from '../../errors.js';
 import { parseDuration } from '../duration.js';
+import { parsePriority } from '../priority.js';
 
 interface LoadCliOptions {
   dev?: string;
@@ -14,6 +15,7 @@ interface LoadCliOptions {
   netns?: string;
   for?: string;
   attach: string;
+  priority?: string;
 }
 
 export function register(program: Command): void {
@@ -27,11 +29,14 @@ export function register(program: Command): void {
     .option('--netns <name>', 'network namespace of the interface: a name as ip netns lists it, or a path such as /proc/PID/ns/net')
     .option('--for <duration>', 'detach after this long (e.g. 30s, 5m)')
     .option('--attach <path>', 'auto (default), link (XDP link / tcx) or netlink (legacy IFLA_XDP / cls_bpf)', 'auto')
+    .option('--priority <n>', 'tc hooks through netlink: the cls_bpf filter priority, 1 runs first (default: after the filters already there)')
     .action(async (file: string, opts: LoadCliOptions) => {
       const hook = opts.hook!;
       if (!['xdp', 'ingress', 'egress'].includes(hook)) throw new UsageError(`--hook ${hook}: must be xdp, ingress or egress`);
       if (!['auto', 'link', 'netlink'].includes(opts.attach)) throw new UsageError(`--attach ${opts.attach}: must be auto, link or netlink`);
       const forMs = opts.for === undefined ? undefined : parseDuration(opts.for, '--for');
+      const priority = parsePriority(opts.priority);
+      if (priority !== undefined && hook === 'xdp') throw new UsageError('--priority applies to tc ingress and egress (a cls_bpf filter), not xdp');
       const { readObjectFile, chooseProgram, loadObjectProgram } = await import('../../elf/load.js');
       const object = readObjectFile(file);
       const name = chooseProgram(object, { select: opts.section, wantType: hook === 'xdp' ? 'xdp' : 'sched_cls' });
@@ -44,14 +49,29 @@ export function register(program: Command): void {
         throw new NetmangleError('netmangle load needs root (CAP_BPF and CAP_NET_ADMIN) to load and attach programs', { hint: 'run it with sudo' });
       }
       const { attachProgram } = await import('../../kernel/attach.js');
+      const { guardedOwner, guardianReady, refuseHeldHook, refuseOrphanedHook } = await import('../../live/guardian.js');
+      refuseHeldHook({ netns: opts.netns, dev: opts.dev!, hook, priority });
+      refuseOrphanedHook({ netns: opts.netns, dev: opts.dev!, hook });
       const loaded = loadObjectProgram(object, name);
       let attachment;
       try {
-        attachment = attachProgram(loaded.prog, { dev: opts.dev!, hook: hook as 'xdp' | 'ingress' | 'egress', netns: opts.netns, path: opts.attach as 'auto' | 'link' | 'netlink' });
+        attachment = attachProgram(loaded.prog, { dev: opts.dev!, hook: hook as 'xdp' | 'ingress' | 'egress', netns: opts.netns, path: opts.attach as 'auto' | 'link' | 'netlink',
+          tcPriority: priority, owner: guardedOwner([{ name, text: `${name} from ${file}` }]),
+        });
       } catch (err) {
         loaded.close();
         throw err;
       }
+      // Listening before "attached" is printed (see run): a signal right after it detaches.
+      const stop = new Promise<string>((resolve) => {
+        const on = (sig: NodeJS.Signals) => resolve(sig);
+        process.once('SIGINT', on);
+        process.once('SIGTERM', on);
+        process.once('SIGHUP', on);
+        if (forMs !== undefined) setTimeout(() => resolve(`--for ${forMs} ms`), forMs).unref();
+      });
+      // "attached" only once a netlink attachment is covered (see run).
+      if (attachment.path === 'netlink') await Promise.race([guardianReady(), stop]);
       const where = `${attachment.dev} ${attachment.hook}${attachment.netns ? ` (netns ${attachment.netns})` : ''}`;
       process.stdout.write(`attached ${name} (section ${chosen.section}) from ${file} to ${where} via ${attachment.path}, program id ${loaded.prog.id}\n`);
       if (attachment.warning) process.stderr.write(`warning: ${attachment.warning}\n`);
@@ -59,13 +79,7 @@ export function register(program: Command): void {
       // Signal listeners do not keep Node running; this timer does, until a signal or --for.
       const keepAlive = setInterval(() => {}, 1 << 30);
       try {
-        reason = await new Promise<string>((resolve) => {
-          const on = (sig: NodeJS.Signals) => resolve(sig);
-          process.once('SIGINT', on);
-          process.once('SIGTERM', on);
-          process.once('SIGHUP', on);
-          if (forMs !== undefined) setTimeout(() => resolve(`--for ${forMs} ms`), forMs).unref();
-        });
+        reason = await stop;
       } finally {
         clearInterval(keepAlive);
         try {

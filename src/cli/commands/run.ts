@@ -14,6 +14,7 @@ import { formatDelayStats } from '../../delay/stats.js';
 import type { Fault, FaultCounters } from '../../api/fault.js';
 import type { Hook, RuleGroup } from '../../rules/ast.js';
 import { parseDuration } from '../duration.js';
+import { parsePriority } from '../priority.js';
 
 export interface RuleSourceOptions {
   dev?: string;
@@ -169,7 +170,8 @@ export function register(program: Command): void {
     .option('--max-held <limit>', 'most packets a delay line holds at once, PACKETS[,BYTES] (e.g. 1000,16MiB; default 10000,64MiB); beyond it packets pass undelayed and are counted')
     .option('--pin', 'keep the rules attached after exit (see netmangle status, netmangle clear)')
     .option('--attach <path>', 'auto (default), link (XDP link / tcx) or netlink (legacy IFLA_XDP / cls_bpf)', 'auto')
-    .action(async (rule: string, opts: RuleSourceOptions & { for?: string; perSegment?: boolean; attach: string; pin?: boolean; maxHeld?: string }) => {
+    .option('--priority <n>', 'tc hooks through netlink: the cls_bpf filter priority, 1 runs first (default: after the filters already there)')
+    .action(async (rule: string, opts: RuleSourceOptions & { for?: string; perSegment?: boolean; attach: string; pin?: boolean; maxHeld?: string; priority?: string }) => {
       if (opts.pin && opts.perSegment) {
         throw new UsageError('--per-segment cannot be combined with --pin: nothing would restore gso_max_segs afterwards', {
           hint: 'set it yourself with: ip link set dev DEV gso_max_segs 1',
@@ -177,7 +179,11 @@ export function register(program: Command): void {
       }
       if (opts.for !== undefined) parseDuration(opts.for, '--for'); // a bad duration is refused before anything else
       if (!['auto', 'link', 'netlink'].includes(opts.attach)) throw new UsageError(`--attach ${opts.attach}: must be auto, link or netlink`);
+      const priority = parsePriority(opts.priority);
       const { groups, seed, seedChosen } = await readRules(rule, opts);
+      if (priority !== undefined && groups.every((g) => g.hook === 'xdp')) {
+        throw new UsageError('--priority applies to tc ingress and egress (a cls_bpf filter), not xdp');
+      }
       // The programs keep the deadline themselves (from each rule's first matching packet), so
       // a pinned rule stops acting on time with nobody left to detach it.
       const forMs = applyForOption(groups, opts.for);
@@ -192,10 +198,16 @@ export function register(program: Command): void {
           hint: 'run it with sudo, or try the rule offline first',
         });
       }
+      // Started first, so it comes up while the rules compile: it removes what this process
+      // attaches through netlink, and its run records, if this process dies without detaching.
+      // (NETMANGLE_UNGUARDED=1 leaves it out: bench/guardian.ts measures what it costs.)
+      const guard = !process.env.NETMANGLE_UNGUARDED;
+      const guardian = await import('../../live/guardian.js');
+      if (!opts.pin && guard) guardian.startGuardian();
       if (opts.pin) {
         const { attachGroups } = await import('../../live/index.js');
         const registry = await import('../../live/registry.js');
-        const session = attachGroups(groups, { seed, path: opts.attach as 'auto' | 'link' | 'netlink' });
+        const session = attachGroups(groups, { seed, path: opts.attach as 'auto' | 'link' | 'netlink', priority });
         try {
           for (const r of registry.pinGroups(session.groups, seed)) {
             process.stdout.write(`attached and pinned ${r.rules.length} rule${r.rules.length === 1 ? '' : 's'} on ${r.dev} ${r.hook}${r.netns ? ` (netns ${r.netns})` : ''}, program id ${r.progId}, seed ${seed}: ${r.pinDir}\n`);
@@ -215,14 +227,16 @@ export function register(program: Command): void {
       let lineFailed: ((reason: string) => void) | undefined;
       const lineFailure = new Promise<string>((resolve) => (lineFailed = resolve));
       const fault = await attach({ groups, seed }, undefined, {
-        seed, path: opts.attach as 'auto' | 'link' | 'netlink', perSegment: opts.perSegment, maxHeld,
+        seed, path: opts.attach as 'auto' | 'link' | 'netlink', perSegment: opts.perSegment, maxHeld, priority,
         onFailure: (message) => {
           process.stderr.write(`netmangle: ${message}; detached\n`);
           process.exitCode = 1;
           lineFailed!('delay line failed');
         },
       });
-      await runForeground(fault, { seed, seedChosen, forMs, perSegment: !!opts.perSegment, failure: lineFailure });
+      // "attached" only once a netlink attachment is covered: the guardian watches this process.
+      const covered = guard && fault.attachments.some((a) => a.path === 'netlink') ? guardian.guardianReady() : undefined;
+      await runForeground(fault, { seed, seedChosen, forMs, perSegment: !!opts.perSegment, failure: lineFailure, covered });
     });
 }
 
@@ -233,11 +247,25 @@ interface ForegroundOptions {
   perSegment: boolean;
   /** Settles (with the reason) when the run must stop on its own, e.g. a delay line failed. */
   failure?: Promise<string>;
+  /** Settles once a crash of this process is covered (the guardian watches it). */
+  covered?: Promise<unknown>;
 }
 
 async function runForeground(fault: Fault, o: ForegroundOptions): Promise<void> {
   const out = process.stdout;
   const tty = out.isTTY === true;
+  // Listening before "attached" is printed: a signal sent as soon as a script reads that line
+  // must detach, not meet Node's default action (exit at once, leaving everything attached).
+  const stop = new Promise<string>((resolve) => {
+    const on = (sig: NodeJS.Signals) => resolve(sig);
+    process.once('SIGINT', on);
+    process.once('SIGTERM', on);
+    process.once('SIGHUP', on);
+    if (o.forMs !== undefined) setTimeout(() => resolve(`--for ${o.forMs} ms`), o.forMs).unref();
+    void o.failure?.then(resolve);
+  });
+  // A signal meanwhile still ends the wait: the detach below runs all the same.
+  if (o.covered) await Promise.race([o.covered, stop]);
   for (const a of fault.attachments) {
     const where = `${a.dev} ${a.hook}${a.netns ? ` (netns ${a.netns})` : ''}`;
     const n = a.rules.length;
@@ -266,14 +294,7 @@ async function runForeground(fault: Fault, o: ForegroundOptions): Promise<void> 
   try {
     timer = setInterval(draw, 1000);
     draw();
-    reason = await new Promise<string>((resolve) => {
-      const on = (sig: NodeJS.Signals) => resolve(sig);
-      process.once('SIGINT', on);
-      process.once('SIGTERM', on);
-      process.once('SIGHUP', on);
-      if (o.forMs !== undefined) setTimeout(() => resolve(`--for ${o.forMs} ms`), o.forMs).unref();
-      void o.failure?.then(resolve);
-    });
+    reason = await stop;
     clearInterval(timer);
     if (fault.attached) draw();
   } finally {
