@@ -21,5 +21,6 @@ export class CaptureError extends NetmangleError {
 /** Turns an fs error (ENOENT, EACCES, EISDIR …) into one readable line. */
 export function describeFsError(err: unknown): string {
   if ((err as NodeJS.ErrnoException)?.code === 'EPIPE') return 'the reader closed the pipe';
+  if ((err as NodeJS.ErrnoException)?.code === 'EISDIR') return 'is a directory';
   return describeSystemErrorCode(err);
 }
