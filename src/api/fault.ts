@@ -35,7 +35,8 @@ export interface AttachOptions extends Triggers {
   maxHeld?: { packets?: number; bytes?: number };
   /**
    * Called if a delay line (the thread that holds packets for `delay` and `reorder`) stops by
-   * itself. The fault has been detached by then, and `failure` says why.
+   * itself, or an interface of the fault (or its namespace) is deleted or moved. The fault has
+   * been detached by then, and `failure` says why.
    */
   onFailure?: (message: string) => void;
   /**
@@ -111,9 +112,9 @@ export interface Fault extends AsyncDisposable, Disposable {
   readonly seed: number;
   /** One entry per program: rules for one (namespace, interface, hook) make one program. */
   readonly attachments: readonly AttachmentInfo[];
-  /** False once detached (by detach(), disposal, or a delay line failure). */
+  /** False once detached (by detach(), disposal, a delay line failure, or an interface going away). */
   readonly attached: boolean;
-  /** Why the fault detached by itself (a delay line stopped), if it did. */
+  /** Why the fault detached by itself (a delay line stopped; an interface or its namespace was deleted), if it did. */
   readonly failure: string | undefined;
   /**
    * Counters per rule, read from the programs' maps now; once detached, the last values read
@@ -196,6 +197,9 @@ function track(fault: AttachedFault): void {
   });
 }
 
+/** How often a fault looks whether its interfaces are still there. */
+const WATCH_MS = 250;
+
 class AttachedFault implements Fault {
   #session: LiveSession | undefined;
   #groups: RuleGroup[];
@@ -206,6 +210,7 @@ class AttachedFault implements Fault {
   #last: FaultCounters | undefined;
   #failure: string | undefined;
   #refreshedAt = 0;
+  #watchTimer: NodeJS.Timeout | undefined;
 
   constructor(groups: RuleGroup[], settings: Settings, target: Target | { netns?: string } | undefined) {
     this.#groups = groups;
@@ -231,6 +236,24 @@ class AttachedFault implements Fault {
         else this.failed(text);
       },
     });
+    // An interface deleted or moved, or its namespace deleted, under the fault: it detaches
+    // (a delay line's TAP would keep a deleted namespace alive) and says why, as for a delay
+    // line that failed. Watched from now on, before the caller hears the fault is attached.
+    try {
+      session.watch();
+    } catch (err) {
+      session.detach();
+      throw err;
+    }
+    this.#watchTimer = setInterval(() => {
+      let why: string | undefined;
+      try {
+        why = session!.gone();
+      } catch (err) {
+        why = `cannot watch the interfaces: ${describeError(err)}`;
+      }
+      if (why && this.#session === session) this.failed(why);
+    }, WATCH_MS).unref();
     this.#session = session;
     this.#groups = groups;
     this.#settings = settings;
@@ -349,6 +372,7 @@ class AttachedFault implements Fault {
       this.#last = { rules: [], delayLines: [], gsoPackets: 0 };
     }
     live.delete(this);
+    clearInterval(this.#watchTimer);
     try {
       this.#session!.detach();
     } finally {

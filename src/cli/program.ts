@@ -6,6 +6,7 @@
  */
 import { Command, CommanderError } from 'commander';
 import { describeError, EXIT, exitCodeOf } from '../errors.js';
+import { printable } from '../printable.js';
 import type { RegisterCommand } from './commands/index.js';
 
 /**
@@ -39,7 +40,8 @@ export async function runCli(registers: readonly RegisterCommand[], argv: readon
       // usage error (2); --help and --version stay 0.
       process.exitCode = err.exitCode === 0 ? EXIT.ok : EXIT.usage;
     } else {
-      process.stderr.write(`netmangle: ${describeError(err)}\n`);
+      // Messages quote rule text, names and file names: shown escaped, never acted on by the terminal.
+      process.stderr.write(`netmangle: ${printable(describeError(err), { multiline: true })}\n`);
       if (process.env.NETMANGLE_DEBUG && err instanceof Error) process.stderr.write(`${err.stack}\n`);
       process.exitCode = exitCodeOf(err);
     }

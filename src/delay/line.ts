@@ -12,6 +12,7 @@
 import { closeSync, existsSync, writeSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { NetmangleError } from '../errors.js';
+import { printable } from '../printable.js';
 import { errno, errnoName, libc } from '../kernel/ffi.js';
 import { DEFAULT_HOLD_LIMITS, type HoldLimits, type HoldSpec } from './queue.js';
 import type { DelayLineStats } from './stats.js';
@@ -109,7 +110,7 @@ export class DelayLine {
       this.failed = true;
       const message = `the delay line stopped: ${err.message}`;
       if (this.opts.onFailure) this.opts.onFailure(message);
-      else process.stderr.write(`netmangle: ${message}; held packets are lost and chosen packets are dropped\n`);
+      else process.stderr.write(`netmangle: ${printable(message)}; held packets are lost and chosen packets are dropped\n`);
     });
     // The session's own lifetime keeps the process alive; the line alone should not.
     worker.unref();

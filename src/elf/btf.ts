@@ -180,15 +180,19 @@ export class Btf {
 
   /** Size in bytes of a type (as sizeof in C). */
   sizeOf(id: number): number {
+    // Arrays multiply as the loop goes down (an array of itself would otherwise recurse forever).
+    let scale = 1;
     for (let depth = 0; depth < 64; depth++) {
       const t = this.skipModifiers(id);
       switch (t.kind) {
         case KIND.INT: case KIND.STRUCT: case KIND.UNION: case KIND.ENUM: case KIND.ENUM64: case KIND.DATASEC: case KIND.FLOAT:
-          return t.size!;
+          return scale * t.size!;
         case KIND.PTR:
-          return 8;
+          return scale * 8;
         case KIND.ARRAY:
-          return t.array!.nelems * this.sizeOf(t.array!.type);
+          scale *= t.array!.nelems;
+          id = t.array!.type;
+          continue;
         case KIND.VAR:
           id = t.type!;
           continue;

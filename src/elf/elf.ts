@@ -280,6 +280,7 @@ export function readElf(bytes: Uint8Array, what = 'the object'): ElfFile {
   const shnum = v.getUint16(60, true);
   const shstrndx = v.getUint16(62, true);
   if (shentsize !== SHDR_SIZE || shoff + shnum * SHDR_SIZE > bytes.length) throw bad('the section header table is cut short or malformed');
+  if (shstrndx >= shnum) throw bad(`e_shstrndx is ${shstrndx}, but the file has ${shnum} sections`);
 
   const raw = Array.from({ length: shnum }, (_, i) => {
     const p = shoff + i * SHDR_SIZE;
@@ -298,17 +299,20 @@ export function readElf(bytes: Uint8Array, what = 'the object'): ElfFile {
     if (s.type !== SHT.NOBITS && s.type !== SHT.NULL && s.offset + s.size > bytes.length) throw bad(`section ${i} extends past the end of the file`);
     return s;
   });
-  const strAt = (table: { offset: number; size: number } | undefined, off: number): string => {
-    if (!table) return '';
+  /** The string at `off` of a string table section; `what` says whose name it is, for errors. */
+  const strAt = (table: { index: number; type: number; offset: number; size: number }, off: number, what: string): string => {
+    if (table.type !== SHT.STRTAB) throw bad(`${what} is read from section ${table.index}, which is not a string table (type ${table.type})`);
+    if (off >= table.size) throw bad(`${what} is at offset ${off} of section ${table.index}, a string table of ${table.size} bytes`);
     let end = table.offset + off;
     const stop = table.offset + table.size;
     while (end < stop && bytes[end] !== 0) end++;
     return new TextDecoder().decode(bytes.subarray(table.offset + off, end));
   };
-  const shstr = raw[shstrndx];
+  const shstr = raw[shstrndx]!;
+  if (shnum > 0 && shstr.type !== SHT.STRTAB) throw bad(`e_shstrndx is ${shstrndx}, a section of type ${shstr.type}, not the string table of section names`);
   const sections: ElfSection[] = raw.map((s) => ({
     index: s.index,
-    name: strAt(shstr, s.nameOff),
+    name: s.type === SHT.NULL ? '' : strAt(shstr, s.nameOff, `the name of section ${s.index}`),
     type: s.type,
     flags: s.flags,
     offset: s.offset,
@@ -320,10 +324,22 @@ export function readElf(bytes: Uint8Array, what = 'the object'): ElfFile {
     data: s.type === SHT.NOBITS || s.type === SHT.NULL ? new Uint8Array(0) : bytes.subarray(s.offset, s.offset + s.size),
   }));
 
+  // Sizes of tables made of fixed-size entries, and of instructions: whole entries only.
+  for (const s of sections) {
+    const entry = s.type === SHT.SYMTAB ? SYM_SIZE : s.type === SHT.REL ? REL_SIZE : s.type === SHT.RELA ? 24 : (s.flags & SHF.EXECINSTR) !== 0 && s.type === SHT.PROGBITS ? 8 : 0;
+    if (entry > 0 && s.size % entry !== 0) {
+      const what = entry === 8 ? 'instructions, 8 bytes each' : `entries of ${entry} bytes`;
+      throw bad(`section ${s.index} (${s.name || 'unnamed'}) is ${s.size} bytes, not a whole number of ${what}`);
+    }
+    if ((s.type === SHT.REL || s.type === SHT.RELA) && (s.info >= shnum || s.link >= shnum || sections[s.link]!.type !== SHT.SYMTAB)) {
+      throw bad(`section ${s.index} (${s.name || 'unnamed'}) holds relocations, but its target (section ${s.info}) or symbol table (section ${s.link}) is not a valid section`);
+    }
+  }
   const symtab = sections.find((s) => s.type === SHT.SYMTAB);
   const symbols: ElfSymbol[] = [];
   if (symtab) {
     const names = sections[symtab.link];
+    if (!names) throw bad(`the symbol table (section ${symtab.index}) names section ${symtab.link} for its strings, but the file has ${shnum} sections`);
     const sd = new DataView(symtab.data.buffer, symtab.data.byteOffset, symtab.data.byteLength);
     for (let i = 0; i * SYM_SIZE + SYM_SIZE <= symtab.data.length; i++) {
       const p = i * SYM_SIZE;
@@ -332,7 +348,7 @@ export function readElf(bytes: Uint8Array, what = 'the object'): ElfFile {
       const t = info & 0xf;
       symbols.push({
         index: i,
-        name: t === STT.SECTION ? (sections[shndx]?.name ?? '') : strAt(names, sd.getUint32(p, true)),
+        name: t === STT.SECTION ? (sections[shndx]?.name ?? '') : i === 0 ? '' : strAt(names, sd.getUint32(p, true), `the name of symbol ${i}`),
         type: t,
         bind: info >> 4,
         shndx,
@@ -356,7 +372,11 @@ export function readElf(bytes: Uint8Array, what = 'the object'): ElfFile {
         const rd = new DataView(s.data.buffer, s.data.byteOffset, s.data.byteLength);
         for (let p = 0; p + size <= s.data.length; p += size) {
           const info = rd.getBigUint64(p + 8, true);
-          out.push({ offset: Number(rd.getBigUint64(p, true)), symbol: Number(info >> 32n), type: Number(info & 0xffffffffn) });
+          const symbol = Number(info >> 32n);
+          if (symbol >= symbols.length) {
+            throw bad(`relocation ${p / size} of section ${s.index} (${s.name || 'unnamed'}) refers to symbol ${symbol}, but the symbol table has ${symbols.length}`);
+          }
+          out.push({ offset: Number(rd.getBigUint64(p, true)), symbol, type: Number(info & 0xffffffffn) });
         }
       }
       return out;

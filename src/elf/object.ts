@@ -11,7 +11,7 @@
  * extern symbols, callbacks, pinning, map-in-map) is refused with a message naming it.
  */
 import type { MapRef } from '../bpf/asm.js';
-import { decode, type Insn } from '../bpf/insn.js';
+import { decode, DecodeError, type Insn } from '../bpf/insn.js';
 import { BPF_PSEUDO_CALL, LD_IMM64 } from '../bpf/opcodes.js';
 import { NetmangleError } from '../errors.js';
 import { MAP_TYPES, nameOf, type MapType, type ProgramType } from '../kernel/sys.js';
@@ -82,6 +82,9 @@ export function programTypeOf(section: string): { type: ProgramType; flags: numb
 
 const isDataSection = (name: string) => /^\.(rodata|data|bss)(\.|$)/.test(name);
 
+/** The largest value an array map may have (the kernel's KMALLOC_MAX_SIZE on x86-64): global data beyond it cannot load. */
+const MAX_DATA_SECTION = 4 << 20;
+
 export function parseObject(bytes: Uint8Array, file = 'the object'): BpfObject {
   const elf = readElf(bytes, file);
   const refuse = (what: string, hint?: string) => new NetmangleError(`${file}: ${what}`, { hint });
@@ -118,6 +121,7 @@ export function parseObject(bytes: Uint8Array, file = 'the object'): BpfObject {
   for (const s of elf.sections) {
     if (!isDataSection(s.name) || (s.flags & SHF.ALLOC) === 0 || s.size === 0) continue;
     const rodata = s.name.startsWith('.rodata');
+    if (s.size > MAX_DATA_SECTION) throw refuse(`section ${s.name} is ${s.size} bytes, more than the ${MAX_DATA_SECTION} bytes a map value can hold`);
     maps.set(s.name, {
       name: s.name,
       type: 'array',
@@ -211,9 +215,11 @@ function checkNoCoRe(elf: ElfFile, refuse: (what: string, hint?: string) => Erro
   const off = hdrLen + v.getUint32(24, true);
   const len = v.getUint32(28, true);
   if (len <= 4) return;
+  if (off + len > ext.data.length) throw refuse(`its .BTF.ext section is malformed: the CO-RE records (${len} bytes at ${off}) run past its ${ext.data.length} bytes`);
   // After the record size, per section: name offset, record count, records.
   const recSize = v.getUint32(off, true);
   for (let p = off + 4; p + 8 <= off + len;) {
+    if (recSize === 0) break;
     const count = v.getUint32(p + 4, true);
     if (count > 0) {
       throw refuse('uses CO-RE relocations (BPF_CORE_READ, preserve_access_index), which netmangle load does not perform', 'load it with bpftool or libbpf, or access fields without CO-RE');
@@ -244,10 +250,14 @@ function linkProgram(
     const sec = elf.sections[s.shndx];
     if (s.type !== STT.FUNC || !sec || s.shndx >= SHN_ABS || (sec.flags & SHF.EXECINSTR) === 0) continue;
     const size = s.size > 0 ? s.size : sec.size - s.value;
+    if (s.value % 8 !== 0 || size % 8 !== 0 || size < 0 || s.value + size > sec.size) {
+      throw refuse(`function ${s.name || `symbol ${s.index}`} (bytes ${s.value} to ${s.value + size} of section ${sec.name}, ${sec.size} bytes) is not whole instructions inside its section`);
+    }
     funcs.push({ section: sec, name: s.name, start: s.value / 8, end: (s.value + size) / 8 });
   }
   const funcAt = (section: number, slot: number) => funcs.find((f) => f.section.index === section && f.start === slot);
-  const main = funcs.find((f) => f.name === wanted && f.section.name === prog.section)!;
+  const main = funcs.find((f) => f.name === wanted && f.section.name === prog.section);
+  if (!main) throw refuse(`its symbol is not a function of section ${prog.section}`);
 
   const relocCache = new Map<number, Map<number, { sym: ElfSymbol; type: number }>>();
   const relocsOf = (section: number) => {
@@ -271,7 +281,13 @@ function linkProgram(
     const fn = queue.shift()!;
     if (placed.has(fn)) continue;
     placed.set(fn, outSlot);
-    const insns = decode(fn.section.data.subarray(fn.start * 8, fn.end * 8));
+    let insns: Insn[];
+    try {
+      insns = decode(fn.section.data.subarray(fn.start * 8, fn.end * 8));
+    } catch (err) {
+      if (err instanceof DecodeError) throw refuse(`function ${fn.name} in section ${fn.section.name}: ${err.message}`);
+      throw err;
+    }
     const relocs = relocsOf(fn.section.index);
     let slot = fn.start;
     for (const original of insns) {

@@ -21,6 +21,8 @@ const NETLINK_CAP_ACK = 10;
 const NETLINK_EXT_ACK = 11;
 /** recv() flag: return the real length of a datagram even when it did not fit. */
 const MSG_TRUNC = 0x20;
+/** recv() flag: return EAGAIN instead of waiting when nothing is queued. */
+const MSG_DONTWAIT = 0x40;
 
 export const NLMSG_HDRLEN = 16;
 export const NLA_HDRLEN = 4;
@@ -291,8 +293,12 @@ export class NetlinkSocket {
     this.seq = nextSocketSeq;
   }
 
-  /** Opens and binds a socket in the current network namespace (NETLINK_ROUTE by default). */
-  static open(protocol = NETLINK_ROUTE): NetlinkSocket {
+  /**
+   * Opens and binds a socket in the current network namespace (NETLINK_ROUTE by default),
+   * subscribed to the multicast `groups` (a bit mask, e.g. RTMGRP_LINK) when given: their
+   * notifications are then read with `pollNotifications()`.
+   */
+  static open(protocol = NETLINK_ROUTE, groups = 0): NetlinkSocket {
     const fd = libc.socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, protocol);
     if (fd < 0) throw new NetlinkError('open netlink socket', lastErrno());
     const sock = new NetlinkSocket(fd);
@@ -305,6 +311,7 @@ export class NetlinkSocket {
       libc.setsockopt(fd, SOL_NETLINK, NETLINK_CAP_ACK, one, 4);
       const addr = Buffer.alloc(12); // struct sockaddr_nl, port id 0: the kernel picks one
       addr.writeUInt16LE(AF_NETLINK, 0);
+      addr.writeUInt32LE(groups >>> 0, 8);
       if (libc.bind(fd, addr, addr.length) < 0) throw new NetlinkError('bind netlink socket', lastErrno());
     } catch (err) {
       sock.close();
@@ -352,6 +359,33 @@ export class NetlinkSocket {
       }
       if (n > this.recvBuf.length) throw new Error(`${operation}: netlink reply of ${n} bytes did not fit the receive buffer`);
       return parseMessages(Buffer.from(this.recvBuf.subarray(0, n)));
+    }
+  }
+
+  /**
+   * The notifications queued on a subscribed socket, without waiting. `overflow` says the
+   * kernel dropped some (ENOBUFS: the queue was full), so the caller must ask for the state
+   * instead of relying on the messages.
+   */
+  pollNotifications(): { messages: NetlinkMessage[]; overflow: boolean } {
+    const messages: NetlinkMessage[] = [];
+    let overflow = false;
+    for (;;) {
+      const n = Number(libc.recv(this.fd, this.recvBuf, this.recvBuf.length, MSG_TRUNC | MSG_DONTWAIT));
+      if (n < 0) {
+        const e = lastErrno();
+        const code = errnoName(e);
+        if (code === 'EINTR') continue;
+        if (code === 'ENOBUFS') {
+          overflow = true;
+          continue;
+        }
+        if (code === 'EAGAIN' || code === 'EWOULDBLOCK') return { messages, overflow };
+        throw new NetlinkError('read netlink notifications', e);
+      }
+      // A datagram larger than the buffer was cut: what it said is lost, as on overflow.
+      if (n > this.recvBuf.length) overflow = true;
+      else messages.push(...parseMessages(Buffer.from(this.recvBuf.subarray(0, n))));
     }
   }
 

@@ -10,6 +10,7 @@
  */
 import { closeSync, existsSync, openSync, readdirSync, statSync } from 'node:fs';
 import { NetmangleError, NotFoundError } from '../errors.js';
+import { printable } from '../printable.js';
 import { errno, errnoName, libc } from './ffi.js';
 
 /** CLONE_NEWNET from <linux/sched.h>: setns() checks the fd really is a network namespace. */
@@ -121,7 +122,7 @@ export function inNetns<T>(name: string | undefined, fn: () => T): T {
       if (libc.setns(previousFd, CLONE_NEWNET) < 0) {
         // Carrying on would run every later syscall in the wrong namespace.
         const why = errnoName(errno());
-        process.stderr.write(`netmangle: cannot return from network namespace ${name}: ${why}; aborting\n`);
+        process.stderr.write(`netmangle: cannot return from network namespace ${printable(name)}: ${why}; aborting\n`);
         process.abort();
       }
     }

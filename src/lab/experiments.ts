@@ -50,13 +50,18 @@ export class RuleUnavailableError extends NetmangleError {
 }
 
 const binPath = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'bin', 'netmangle');
+/**
+ * Node's options for a netmangle started as `node bin/netmangle` (no shebang): the shebang's
+ * own, so that a SIGUSR1 before the launcher's first line cannot open the inspector either.
+ */
+export const NETMANGLE_NODE_ARGS = ['--inspect-port=[100::1]:9229'] as const;
 
 let runAvailable: boolean | undefined;
 
 /** Whether this build's CLI has a `run` command (asked once, of the CLI itself). */
 export async function ruleCommandAvailable(): Promise<boolean> {
   if (runAvailable === undefined) {
-    const r = await run([process.execPath, binPath, 'run', '--help'], { timeoutMs: 15_000 });
+    const r = await run([process.execPath, ...NETMANGLE_NODE_ARGS, binPath, 'run', '--help'], { timeoutMs: 15_000 });
     runAvailable = r.code === 0 && /--hook/.test(r.stdout);
   }
   return runAvailable;
@@ -92,7 +97,7 @@ export async function applyRule(lab: Lab, host: string, dev: string, hook: Hook,
     restoreGso = Number(/gso_max_segs (\d+)/.exec(shown.stdout)?.[1] ?? 65535);
     await lab.exec(host, ['ip', 'link', 'set', 'dev', dev, 'gso_max_segs', '1'], { check: true });
   }
-  const argv = [binPath, 'run', '--netns', ns, '--dev', dev, '--hook', hook, ruleText];
+  const argv = [...NETMANGLE_NODE_ARGS, binPath, 'run', '--netns', ns, '--dev', dev, '--hook', hook, ruleText];
   if (opts.probability !== undefined) argv.push('--probability', String(opts.probability));
   if (opts.seed !== undefined) argv.push('--seed', String(opts.seed));
   const child: ChildProcess = spawn(process.execPath, argv, { stdio: ['ignore', 'pipe', 'pipe'] });

@@ -10,6 +10,7 @@ import { guardedOwner, refuseHeldHook, refuseOrphanedHook } from './guardian.js'
 import { createMap, type BpfMap, type Program } from '../kernel/index.js';
 import { loadWithReport } from './load-report.js';
 import { linkByName } from '../kernel/iface.js';
+import { watchLink, type LinkWatch } from '../kernel/linkwatch.js';
 import { ipCommand } from '../kernel/netns.js';
 import { lookupField } from '../rules/catalog.js';
 import type { RuleGroup } from '../rules/ast.js';
@@ -102,7 +103,35 @@ export interface LiveOptions {
 
 export class LiveSession implements Disposable {
   private detached = false;
+  private watches: LinkWatch[] = [];
+  private tapWatches: LinkWatch[] = [];
   constructor(readonly groups: AttachedGroup[]) {}
+
+  /**
+   * Starts watching the groups' interfaces (and namespaces) for `gone()`, which reports one
+   * that is gone already too.
+   */
+  watch(): void {
+    if (this.watches.length > 0 || this.detached) return;
+    for (const g of this.groups) {
+      const a = g.attachment;
+      this.watches.push(watchLink(a.dev, a.ifindex, a.netns));
+    }
+    // A delay line's TAP deleted by hand: its programs would send the held packets nowhere.
+    for (const g of this.groups) {
+      const tap = g.delayLine?.tap;
+      if (tap) this.tapWatches.push(watchLink(`${tap.name} (the delay line's TAP)`, tap.ifindex, tap.netns));
+    }
+  }
+
+  /** Why an interface the rules are attached to went away (deleted, moved, its namespace deleted), if one did. */
+  gone(): string | undefined {
+    for (const w of [...this.watches, ...this.tapWatches]) {
+      const reason = w?.check();
+      if (reason) return reason;
+    }
+    return undefined;
+  }
 
   counters(): Array<{ group: AttachedGroup; rules: RuleCounters[]; gso: number; delay?: DelayLineStats }> {
     return this.groups.map((g) => ({ group: g, ...g.loaded.counters(), delay: g.delayLine?.stats() }));
@@ -113,7 +142,7 @@ export class LiveSession implements Disposable {
     if (this.detached) return;
     this.detached = true;
     let first: unknown;
-    for (const g of this.groups.slice().reverse()) {
+    for (const [i, g] of [...this.groups.entries()].reverse()) {
       // Each step on its own: one failing must not leave the others undone.
       const step = (fn: () => void): void => {
         try {
@@ -122,12 +151,17 @@ export class LiveSession implements Disposable {
           first ??= err;
         }
       };
+      let gone = false;
+      step(() => (gone = this.watches[i]?.check() !== undefined));
       step(() => g.attachment.detach());
-      if (g.restoreGsoMaxSegs !== undefined) step(() => setGsoMaxSegs(g.attachment.dev, g.attachment.netns, g.restoreGsoMaxSegs!));
+      // A device that is gone has no setting to restore.
+      if (g.restoreGsoMaxSegs !== undefined && !gone) step(() => setGsoMaxSegs(g.attachment.dev, g.attachment.netns, g.restoreGsoMaxSegs!));
       // The line's thread stops before the maps it uses are closed.
       step(() => g.delayLine?.close());
       step(() => g.loaded.close());
+      step(() => this.watches[i]?.close());
     }
+    for (const w of this.tapWatches) w.close();
     if (first) throw first;
   }
 
@@ -188,6 +222,7 @@ export class LiveSession implements Disposable {
       throw new NetmangleError('delay and reorder rules cannot stay attached after exit: the delay line lives in this process', { hint: 'run them without --pin' });
     }
     this.detached = true;
+    for (const w of this.watches) w?.close();
     for (const g of this.groups) {
       g.attachment.disown();
       g.attachment.link?.close();

@@ -170,8 +170,12 @@ export function listAttached(): StatusEntry[] {
       if (!rec) continue;
       let counters;
       if (rec.pinDir && existsSync(join(rec.pinDir, STATE_MAP))) {
-        using map = openPinnedMap(join(rec.pinDir, STATE_MAP));
-        counters = readStateCounters(rec.rules.length, map);
+        try {
+          using map = openPinnedMap(join(rec.pinDir, STATE_MAP));
+          counters = readStateCounters(rec.rules.length, map);
+        } catch {
+          counters = undefined; // not root: bpffs and BPF objects are root's
+        }
       }
       out.push({ ...rec, kind: 'pinned', counters });
     }
@@ -180,7 +184,11 @@ export function listAttached(): StatusEntry[] {
     for (const f of readdirSync(RUNS_DIR).filter((n) => n.endsWith('.json')).sort()) {
       const rec = readJson(join(RUNS_DIR, f));
       if (!rec || !alive(rec)) {
-        rmSync(join(RUNS_DIR, f), { force: true });
+        try {
+          rmSync(join(RUNS_DIR, f), { force: true });
+        } catch {
+          // Not root: the record stays for root's next status; it is not listed either way.
+        }
         continue;
       }
       let counters;

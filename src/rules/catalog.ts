@@ -10,6 +10,7 @@
  * tcp.flags is the 12-bit field (reserved bits and AE included), ipv6.flow is the 20-bit label.
  */
 import type { ChecksumCover, FieldDef, FieldKind, Hook, Layer } from './ast.js';
+import { MAX_NAME_LENGTH } from './limits.js';
 
 /** Bytes a layer's fixed header has; every field of the layer lies inside it. */
 export const HEADER_SIZE: Record<Layer, number> = {
@@ -259,24 +260,25 @@ const FAMILIAR_NAMES: Record<string, string> = {
 };
 
 /** Optimal string alignment distance: edits, with a swap of neighbours counting as one. */
-export function editDistance(a: string, b: string): number {
-  const rows = a.length + 1;
-  const cols = b.length + 1;
-  const d: number[][] = Array.from({ length: rows }, (_, i) => {
-    const row = new Array<number>(cols).fill(0);
+export function editDistance(a: string, b: string, atMost = Infinity): number {
+  // The distance is at least the difference in length: a name far longer than every candidate
+  // costs nothing to rule out, where the table below would cost its length times theirs.
+  if (Math.abs(a.length - b.length) > atMost) return atMost + 1;
+  // Three rows of the table (the transposition looks two rows back), not all of them.
+  let before = new Array<number>(b.length + 1).fill(0);
+  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
+  let row = new Array<number>(b.length + 1).fill(0);
+  for (let i = 1; i <= a.length; i++) {
     row[0] = i;
-    return row;
-  });
-  for (let j = 0; j < cols; j++) d[0]![j] = j;
-  for (let i = 1; i < rows; i++) {
-    for (let j = 1; j < cols; j++) {
+    for (let j = 1; j <= b.length; j++) {
       const cost = a[i - 1] === b[j - 1] ? 0 : 1;
-      let v = Math.min(d[i - 1]![j]! + 1, d[i]![j - 1]! + 1, d[i - 1]![j - 1]! + cost);
-      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) v = Math.min(v, d[i - 2]![j - 2]! + 1);
-      d[i]![j] = v;
+      let v = Math.min(prev[j]! + 1, row[j - 1]! + 1, prev[j - 1]! + cost);
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) v = Math.min(v, before[j - 2]! + 1);
+      row[j] = v;
     }
+    [before, prev, row] = [prev, row, before];
   }
-  return d[rows - 1]![cols - 1]!;
+  return prev[b.length]!;
 }
 
 /** Which hooks can read a field, and why not. */
@@ -322,6 +324,8 @@ export class FieldCatalog {
    * undefined when nothing is close enough to be a plausible typo.
    */
   nearestField(name: string): string | undefined {
+    // No field name is near a name this long (the lexer refuses longer ones anyway).
+    if (name.length > MAX_NAME_LENGTH) return undefined;
     const lower = name.toLowerCase();
     if (this.byName.has(lower) || this.protocol(lower)) return lower;
     const familiar = FAMILIAR_NAMES[lower];

@@ -12,14 +12,15 @@
 import type { Action, CmpOp, Cond, Expr, FieldDef, Hook, Span } from './ast.js';
 import { fieldCatalog, hookCannotSee } from './catalog.js';
 import { RuleError } from './errors.js';
+import { MAX_DELAY_NS } from './limits.js';
 import type { ParsedRule } from './parser.js';
 
 type ValueType = 'num' | 'ipv4' | 'ipv6' | 'mac';
 
 type FaultAction = Extract<Action, { kind: 'duplicate' | 'corrupt' | 'truncate' | 'delay' | 'reorder' }>;
 
-/** The longest `delay` (a packet held longer is surely a mistake). */
-export const MAX_DELAY_NS = 60_000_000_000;
+/** The longest `delay` (a packet held longer is surely a mistake): one of the limits of limits.ts. */
+export { MAX_DELAY_NS };
 /** The most later packets `reorder by N` lets overtake a held one. */
 export const MAX_REORDER_BY = 1000;
 

@@ -4,6 +4,7 @@
  */
 import { UsageError } from '../errors.js';
 import type { Span } from './ast.js';
+import { printable } from '../printable.js';
 
 export class RuleError extends UsageError {
   /** The reason alone, without location or caret lines. */
@@ -33,19 +34,37 @@ export class RuleError extends UsageError {
   }
 }
 
+/** Columns of the source line an error shows: a longer line is cut to a window around the span. */
+export const MAX_SHOWN_LINE = 120;
+
 /**
  *     unknown field "ip.tll" (did you mean ip.ttl?)
  *       icmp.type == 0 => set ip.tll = 1
  *                             ^^^^^^
- * Only the source line holding the span's start is shown; tabs count as one column.
+ * Only the source line holding the span's start is shown; tabs count as one column, control
+ * characters as their escapes (printable.ts). A line longer than MAX_SHOWN_LINE is shown as a
+ * window around the span, cut with "…", so a huge rule never becomes a huge message.
  */
 export function renderRuleError(reason: string, source: string, span: Span, location?: string): string {
   const lineStart = source.lastIndexOf('\n', Math.max(0, span.start - 1)) + 1;
   let lineEnd = source.indexOf('\n', lineStart);
   if (lineEnd < 0) lineEnd = source.length;
-  const line = source.slice(lineStart, lineEnd).replace(/[\t\r]/g, ' ');
-  const col = Math.min(span.start, lineEnd) - lineStart;
-  const width = Math.max(1, Math.min(span.end, lineEnd) - Math.min(span.start, lineEnd));
-  const head = location ? `${location}: ${reason}` : reason;
-  return `${head}\n  ${line}\n  ${' '.repeat(col)}${'^'.repeat(width)}`;
+  let from = lineStart;
+  let to = lineEnd;
+  if (to - from > MAX_SHOWN_LINE) {
+    // Some context before the span, then as much of it and after it as fits.
+    from = Math.max(lineStart, Math.min(span.start, lineEnd) - 20);
+    to = Math.min(lineEnd, from + MAX_SHOWN_LINE);
+  }
+  const cutBefore = from > lineStart ? '…' : '';
+  const cutAfter = to < lineEnd ? '…' : '';
+  const raw = source.slice(from, to).replace(/\t/g, ' ');
+  const markFrom = Math.min(Math.max(span.start, from), to) - from;
+  const markTo = Math.max(markFrom, Math.min(span.end, to) - from);
+  // Control characters are shown escaped (ESC as \x1b): the caret goes under the escaped text.
+  const before = cutBefore + printable(raw.slice(0, markFrom));
+  const marked = printable(raw.slice(markFrom, markTo));
+  const line = before + marked + printable(raw.slice(markTo)) + cutAfter;
+  const head = printable(location ? `${location}: ${reason}` : reason);
+  return `${head}\n  ${line}\n  ${' '.repeat(before.length)}${'^'.repeat(Math.max(1, marked.length))}`;
 }

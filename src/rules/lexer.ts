@@ -4,6 +4,7 @@
  */
 import type { Span } from './ast.js';
 import { RuleError } from './errors.js';
+import { MAX_NAME_LENGTH, overLimitMessage, shorten } from './limits.js';
 
 export type Token =
   | { kind: 'ident'; text: string; span: Span }
@@ -22,6 +23,9 @@ const OPERATORS = [
 
 /** Time units a number may carry (`delay 50ms`), in nanoseconds. */
 const DURATION_UNITS_NS: Record<string, number> = { us: 1_000, ms: 1_000_000, s: 1_000_000_000 };
+
+/** Characters lexAddress looks at: more than any address literal has. */
+const MAX_ADDRESS_TEXT = 64;
 
 /** Literals are at most 32 bits: no field is wider, and larger constants are surely mistakes. */
 export const MAX_LITERAL = 0xffffffff;
@@ -62,6 +66,8 @@ export function tokenize(source: string, start = 0, end = source.length): Token[
     if (isIdentStart(c)) {
       let j = i + 1;
       while (j < end && isIdentChar(source[j])) j++;
+      // Checked first: every later step (the catalog lookup, the "did you mean") costs more per character.
+      if (j - i > MAX_NAME_LENGTH) fail(overLimitMessage('a name', j - i, MAX_NAME_LENGTH, 'characters'), i, j);
       // `tcp.port in {80..90}` never reaches here, but `a..b` with names should not eat the dots.
       let text = source.slice(i, j);
       const range = text.indexOf('..');
@@ -69,7 +75,7 @@ export function tokenize(source: string, start = 0, end = source.length): Token[
         text = text.slice(0, range);
         j = i + range;
       }
-      if (text.endsWith('.')) fail(`"${text}" is not a field name: it ends with a dot`, i, j);
+      if (text.endsWith('.')) fail(`"${shorten(text)}" is not a field name: it ends with a dot`, i, j);
       tokens.push({ kind: 'ident', text, span: { start: i, end: j } });
       i = j;
       continue;
@@ -101,7 +107,8 @@ function lexNumber(source: string, i: number, end: number, fail: Fail): Token {
     while (j < end && isDigit(source[j])) j++;
     const digits = source.slice(i, j);
     if (digits.length > 1 && digits[0] === '0') {
-      fail(`"${digits}" has a leading zero, which Wireshark reads as octal`, i, j, `write ${Number(digits)} for decimal, or 0x${parseInt(digits, 8).toString(16)} for the octal value`);
+      const hint = digits.length > 12 ? undefined : `write ${Number(digits)} for decimal, or 0x${parseInt(digits, 8).toString(16)} for the octal value`;
+      fail(`"${shorten(digits)}" has a leading zero, which Wireshark reads as octal`, i, j, hint);
     }
     value = Number(digits);
   }
@@ -112,10 +119,10 @@ function lexNumber(source: string, i: number, end: number, fail: Fail): Token {
     if (unitNs !== undefined && source[i + 1] !== 'x' && source[i + 1] !== 'X') {
       return { kind: 'duration', ns: value * unitNs, text: source.slice(i, k), span: { start: i, end: k } };
     }
-    if (source[j] === '.') fail(`"${source.slice(i, k)}" is not a number or an IPv4 address`, i, k);
-    fail(`"${source.slice(i, k)}" is not a number`, i, k);
+    if (source[j] === '.') fail(`"${shorten(source.slice(i, k))}" is not a number or an IPv4 address`, i, k);
+    fail(`"${shorten(source.slice(i, k))}" is not a number`, i, k);
   }
-  if (value > MAX_LITERAL) fail(`${source.slice(i, j)} is too large: numbers are at most 0xffffffff`, i, j);
+  if (value > MAX_LITERAL) fail(`${shorten(source.slice(i, j))} is too large: numbers are at most 0xffffffff`, i, j);
   return { kind: 'num', value, text: source.slice(i, j), span: { start: i, end: j } };
 }
 
@@ -123,7 +130,10 @@ function lexNumber(source: string, i: number, end: number, fail: Fail): Token {
 function lexAddress(source: string, i: number, end: number, fail: Fail): Token | undefined {
   if (!isAddrChar(source[i]) || source[i] === '.') return undefined;
   let j = i;
-  while (j < end && isAddrChar(source[j])) j++;
+  // No address is longer than this (IPv6 with an IPv4 tail is at most 45 characters): scanning
+  // a long run of digits and dots to its end at every `..` of `1..2..3…` would be quadratic.
+  const stop = Math.min(end, i + MAX_ADDRESS_TEXT);
+  while (j < stop && isAddrChar(source[j])) j++;
   let text = source.slice(i, j);
   // An address starting with a hex letter would otherwise be an identifier: only take it if a
   // colon makes it an IPv6 or MAC address, and it is not followed by more identifier text.
@@ -136,7 +146,7 @@ function lexAddress(source: string, i: number, end: number, fail: Fail): Token |
       return { kind: 'addr', family: 'mac', bytes, text, span: { start: i, end: j } };
     }
     const bytes = parseIpv6(text);
-    if (!bytes) fail(`"${text}" is not a valid IPv6 or MAC address`, i, j);
+    if (!bytes) fail(`"${shorten(text)}" is not a valid IPv6 or MAC address`, i, j);
     return withPrefix(source, i, j, end, 'ipv6', bytes!, fail);
   }
   if (!isDigit(source[i])) return undefined;
@@ -149,7 +159,7 @@ function lexAddress(source: string, i: number, end: number, fail: Fail): Token |
   if (!/^\d+\.\d+\.\d+\.\d+$/.test(text)) return undefined;
   const parts = text.split('.').map(Number);
   if (parts.some((p) => p > 255) || text.split('.').some((p) => p.length > 1 && p.startsWith('0'))) {
-    fail(`"${text}" is not a valid IPv4 address`, i, j);
+    fail(`"${shorten(text)}" is not a valid IPv4 address`, i, j);
   }
   return withPrefix(source, i, j, end, 'ipv4', Uint8Array.from(parts), fail);
 }
@@ -165,7 +175,7 @@ function withPrefix(
   while (k < end && isDigit(source[k])) k++;
   const prefix = Number(source.slice(j + 1, k));
   const bits = family === 'ipv4' ? 32 : 128;
-  if (prefix > bits) fail(`prefix length /${prefix} is longer than an ${family === 'ipv4' ? 'IPv4' : 'IPv6'} address (${bits} bits)`, j, k);
+  if (prefix > bits) fail(`prefix length /${shorten(source.slice(j + 1, k))} is longer than an ${family === 'ipv4' ? 'IPv4' : 'IPv6'} address (${bits} bits)`, j, k);
   return { kind: 'addr', family, bytes, prefix, text: source.slice(i, k), span: { start: i, end: k } };
 }
 

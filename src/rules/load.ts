@@ -4,18 +4,19 @@
  * (docs/rules.md describes the format). Both give checked rules grouped by
  * (namespace, interface, hook) in the order they first appear: one group, one program.
  */
-import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import type { ErrorObject, ValidateFunction } from 'ajv';
 import type * as YamlModule from 'yaml';
 import type { Document, LineCounter, Node } from 'yaml';
-import { fsUsageError, UsageError } from '../errors.js';
+import { UsageError } from '../errors.js';
 import { connectionMapBytes, DEFAULT_CONNECTIONS, formatBytes, MAX_CONNECTIONS, type Action, type Hook, type RateLimit, type Rule, type RuleGroup } from './ast.js';
 import { editDistance, fieldCatalog } from './catalog.js';
 import { checkRule } from './check.js';
 import { RuleError } from './errors.js';
+import { MAX_ALIAS_EXPANSION, MAX_FILE_BYTES, MAX_NAME_LENGTH, MAX_RULE_DURATION_NS, MAX_RULES_PER_FILE, overLimit, overLimitMessage, shorten, shown } from './limits.js';
+import { checkAliases, deepGuard, readRulesBytes } from './file-input.js';
 import { fileValidatorFor } from './file-validator.js';
-import { parseActionsAt, parseExprAt, parseMatchAt, parseRuleText, type ParsedRule } from './parser.js';
+import { checkRuleLength, parseActionsAt, parseExprAt, parseMatchAt, parseRuleText, type ParsedRule } from './parser.js';
 
 export const HOOKS: readonly Hook[] = ['xdp', 'ingress', 'egress'];
 
@@ -82,7 +83,7 @@ function applyTriggers(rule: Rule, v: TriggerValues, names: (typeof TRIGGER_NAME
   if (v.after !== undefined) rule.after = checkCount(v.after, names.after, 0, 'after: 100 skips the first 100 matching packets');
   if (v.first !== undefined) rule.first = checkCount(v.first, names.first, 1, 'first: 1 acts on the first matching packet only');
   if (v.perConnection !== undefined && v.perConnection !== false) {
-    if (v.perConnection !== true) fail(names.perConnection, `must be true or false, not ${JSON.stringify(v.perConnection)}`);
+    if (v.perConnection !== true) fail(names.perConnection, `must be true or false, not ${shown(v.perConnection)}`);
     if (rule.after === undefined && rule.first === undefined && (rule.every ?? 1) <= 1) {
       fail(names.perConnection, `counts packets per connection for ${names.first}, ${names.after} and ${names.every}, and none is given`, `for example ${names.first} 1 to act on the first matching packet of every connection`);
     }
@@ -106,6 +107,7 @@ export function parseRuleLine(text: string, opts: RuleLineOptions): LoadedRules 
   if (text.trim() === '') {
     throw new UsageError('the rule is empty', { hint: "write MATCH => ACTION, for example 'icmp.type == 8 => drop'" });
   }
+  checkRuleLength(text);
   const api = opts.optionStyle === 'api';
   const o = (name: string): string => (api ? name : `--${name}`);
   const hook = checkHook(opts.hook, o('hook'));
@@ -136,14 +138,14 @@ function fail(what: string, message: string, hint?: string): never {
 
 export function checkHook(value: unknown, what: string): Hook {
   if (typeof value === 'string' && (HOOKS as readonly string[]).includes(value)) return value as Hook;
-  const near = typeof value === 'string' ? HOOKS.find((h) => editDistance(h, value.toLowerCase()) <= 2) : undefined;
-  return fail(what, `must be one of ${HOOKS.join(', ')}, not ${JSON.stringify(value)}`, near ? `did you mean ${near}?` : undefined);
+  const near = typeof value === 'string' ? HOOKS.find((h) => editDistance(h, value.toLowerCase(), 2) <= 2) : undefined;
+  return fail(what, `must be one of ${HOOKS.join(', ')}, not ${shown(value)}`, near ? `did you mean ${near}?` : undefined);
 }
 
 /** Interface names: at most 15 bytes (IFNAMSIZ), no slash or whitespace, not . or .. */
 export function checkDev(value: unknown, what: string): string {
   if (typeof value !== 'string' || value === '') return fail(what, 'must name a network interface');
-  if (Buffer.byteLength(value) > 15) fail(what, `"${value}" is longer than the 15 bytes an interface name can have`);
+  if (Buffer.byteLength(value) > 15) fail(what, `"${shorten(value)}" is longer than the 15 bytes an interface name can have`);
   if (/[\s/:]/.test(value) || value === '.' || value === '..') fail(what, `"${value}" is not a valid interface name`);
   return value;
 }
@@ -151,24 +153,28 @@ export function checkDev(value: unknown, what: string): string {
 /** An `ip netns` name, or an absolute path to a namespace file (`/proc/PID/ns/net`, `/run/netns/X`). */
 export function checkNetns(value: unknown, what: string): string {
   if (typeof value !== 'string' || value === '') return fail(what, 'must name a network namespace');
+  // Names and paths alike are at most PATH_MAX; a name in /run/netns at most NAME_MAX.
+  if (Buffer.byteLength(value) > 4096) fail(what, `"${shorten(value)}" is longer than the 4096 bytes a namespace path can have`);
   if (value.startsWith('/')) {
-    if (/[\s\0]/.test(value) || value.split('/').includes('..')) fail(what, `"${value}" is not a valid namespace path`);
+    if (/[\s\0]/.test(value) || value.split('/').includes('..')) fail(what, `"${shorten(value)}" is not a valid namespace path`);
     return value;
   }
-  if (value.includes('/') || value === '.' || value === '..' || /\s/.test(value)) fail(what, `"${value}" is not a valid namespace name`);
+  if (value.includes('/') || value === '.' || value === '..' || /\s/.test(value)) fail(what, `"${shorten(value)}" is not a valid namespace name`);
+  if (Buffer.byteLength(value) > 255) fail(what, `"${shorten(value)}" is longer than the 255 bytes a namespace name can have`);
   return value;
 }
 
 export function checkName(value: unknown, what: string): string {
-  if (typeof value !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$/.test(value)) {
-    return fail(what, `${JSON.stringify(value)} is not a valid rule name`, 'use letters, digits, and _ . : - (at most 64 characters)');
+  if (typeof value === 'string' && value.length > MAX_NAME_LENGTH) fail(what, overLimitMessage('the name', value.length, MAX_NAME_LENGTH, 'characters'));
+  if (typeof value !== 'string' || !new RegExp(`^[A-Za-z0-9][A-Za-z0-9_.:-]{0,${MAX_NAME_LENGTH - 1}}$`).test(value)) {
+    return fail(what, `${shown(value)} is not a valid rule name`, `use letters, digits, and _ . : - (at most ${MAX_NAME_LENGTH} characters)`);
   }
   return value;
 }
 
 export function checkChecksum(value: unknown, what: string): 'fix' | 'keep' {
   if (value === 'fix' || value === 'keep') return value;
-  return fail(what, `must be fix or keep, not ${JSON.stringify(value)}`);
+  return fail(what, `must be fix or keep, not ${shown(value)}`);
 }
 
 /** A probability in (0, 1]; strings may be decimals ("0.05") or percentages ("5%"). */
@@ -180,7 +186,7 @@ export function checkProbability(value: unknown, what: string): number {
     if (t === '' || t === '%') p = NaN;
   }
   if (!Number.isFinite(p) || p <= 0 || p > 1) {
-    return fail(what, `must be a number greater than 0 and at most 1, not ${JSON.stringify(value)}`, 'for example 0.05 (or 5%) to act on one packet in twenty on average');
+    return fail(what, `must be a number greater than 0 and at most 1, not ${shown(value)}`, 'for example 0.05 (or 5%) to act on one packet in twenty on average');
   }
   return p;
 }
@@ -188,7 +194,7 @@ export function checkProbability(value: unknown, what: string): number {
 export function checkEvery(value: unknown, what: string): number {
   const n = typeof value === 'string' && /^\s*\d+\s*$/.test(value) ? Number(value) : value;
   if (typeof n !== 'number' || !Number.isInteger(n) || n < 1 || n > MAX_EVERY) {
-    return fail(what, `must be a whole number from 1 to ${MAX_EVERY}, not ${JSON.stringify(value)}`, 'every: 3 acts on the 3rd, 6th, 9th … matching packet');
+    return fail(what, `must be a whole number from 1 to ${MAX_EVERY}, not ${shown(value)}`, 'every: 3 acts on the 3rd, 6th, 9th … matching packet');
   }
   return n;
 }
@@ -209,7 +215,7 @@ function checkConnections(value: unknown, what: string): number {
 export function checkCount(value: unknown, what: string, min: number, example: string, max = MAX_EVERY): number {
   const n = typeof value === 'string' && /^\s*\d+\s*$/.test(value) ? Number(value) : value;
   if (typeof n !== 'number' || !Number.isInteger(n) || n < min || n > max) {
-    return fail(what, `must be a whole number from ${min} to ${max}, not ${JSON.stringify(value)}`, example);
+    return fail(what, `must be a whole number from ${min} to ${max}, not ${shown(value)}`, example);
   }
   return n;
 }
@@ -222,7 +228,7 @@ export function checkRate(value: unknown, what: string): RateLimit {
   const packets = m ? Number(m[1]) : NaN;
   const intervalNs = m ? RATE_UNITS[m[2]!] : undefined;
   if (!m || intervalNs === undefined || !Number.isSafeInteger(packets) || packets < 1 || packets > 1e9) {
-    return fail(what, `must be a rate like 100/s, 6000/min or 10/h, not ${JSON.stringify(value)}`, 'the number is at most 1000000000');
+    return fail(what, `must be a rate like 100/s, 6000/min or 10/h, not ${shown(value)}`, 'the number is at most 1000000000');
   }
   return { packets, intervalNs, text: `${packets}/${m[2]}` };
 }
@@ -231,13 +237,17 @@ const DURATION_UNITS: Record<string, number> = { ms: 1e6, s: 1e9, m: 60e9, h: 36
 
 /** `500ms`, `10s`, `5m`, `1h30m` (a bare number in a rules file is seconds) → nanoseconds. */
 export function checkDuration(value: unknown, what: string): number {
-  if (typeof value === 'number' && Number.isFinite(value) && value > 0) return Math.round(value * 1e9);
+  if (typeof value === 'number' && Number.isFinite(value) && value > 0) {
+    if (value * 1e9 > MAX_RULE_DURATION_NS) return fail(what, `${value} seconds is longer than the limit of ${MAX_RULE_DURATION_NS / 86_400e9} days (docs/limits.md)`);
+    return Math.round(value * 1e9);
+  }
   const text = typeof value === 'string' ? value.trim() : '';
   const parts = [...text.matchAll(/(\d+(?:\.\d+)?)(ms|s|m|h)/g)];
   const ns = parts.reduce((sum, p) => sum + Number(p[1]) * DURATION_UNITS[p[2]!]!, 0);
-  if (parts.length === 0 || parts.map((p) => p[0]).join('') !== text || !(ns > 0) || ns > 365 * 86400e9) {
-    return fail(what, `must be a duration like 500ms, 10s, 5m, 1h or 1m30s, not ${JSON.stringify(value)}`);
+  if (parts.length === 0 || parts.map((p) => p[0]).join('') !== text || !(ns > 0)) {
+    return fail(what, `must be a duration like 500ms, 10s, 5m, 1h or 1m30s, not ${shown(value)}`);
   }
+  if (ns > MAX_RULE_DURATION_NS) return fail(what, `${shown(value)} is longer than the limit of ${MAX_RULE_DURATION_NS / 86_400e9} days (docs/limits.md)`);
   return Math.round(ns);
 }
 
@@ -248,7 +258,7 @@ export function checkSeed(value: unknown, what: string): number {
     n = /^\d+$/.test(t) || /^0x[0-9a-f]+$/i.test(t) ? Number(t) : NaN;
   }
   if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < 0 || n > MAX_SEED) {
-    return fail(what, `must be a whole number from 0 to ${MAX_SEED}, not ${JSON.stringify(value)}`);
+    return fail(what, `must be a whole number from 0 to ${MAX_SEED}, not ${shown(value)}`);
   }
   return n;
 }
@@ -355,31 +365,44 @@ interface FileEntry {
 
 /** Reads and checks a rules file. */
 export function loadRulesFile(path: string): LoadedRules {
-  let text: string;
-  try {
-    text = readFileSync(path, 'utf8');
-  } catch (err) {
-    throw fsUsageError(err, `read rules file ${path}`);
-  }
-  return loadRulesText(text, path);
+  return loadRulesText(readRulesBytes(path).toString('utf8'), path);
 }
 
 /** A rules file's content; `fileName` is what error messages call it. */
 export function loadRulesText(text: string, fileName: string): LoadedRules {
+  const bytes = Buffer.byteLength(text);
+  if (bytes > MAX_FILE_BYTES) throw overLimit(`rules file ${shorten(fileName)}`, bytes, MAX_FILE_BYTES, 'bytes');
   const { LineCounter, parseDocument } = yaml();
   const lines = new LineCounter();
-  const doc = parseDocument(text, { lineCounter: lines, prettyErrors: false });
+  const doc = deepGuard(fileName, () => parseDocument(text, { lineCounter: lines, prettyErrors: false, logLevel: 'error' }));
   if (doc.errors.length > 0) {
     const e = doc.errors[0]!;
     const line = e.linePos?.[0]?.line ?? lines.linePos(e.pos[0]).line;
-    throw new UsageError(`${fileName}:${line}: ${e.message.split(' at line ')[0]!.split('\n')[0]}`, { hint: 'the file is not valid YAML' });
+    if (/call stack/i.test(e.message)) deepGuard(fileName, () => { throw new RangeError(e.message); });
+    throw new UsageError(`${fileName}:${line}: ${shorten(e.message.split(' at line ')[0]!.split('\n')[0]!, 160)}`, { hint: 'the file is not valid YAML' });
   }
   const where = new Locator(doc, lines, fileName);
-  let data: unknown = doc.toJS();
+  checkAliases(doc, lines, fileName);
+  let data: unknown;
+  try {
+    data = deepGuard(fileName, () => doc.toJS({ maxAliasCount: MAX_ALIAS_EXPANSION }));
+  } catch (err) {
+    // yaml's own guard: the aliases stand for more nodes than maxAliasCount.
+    if (err instanceof ReferenceError && /alias count/i.test(err.message)) {
+      throw new UsageError(`${fileName}: its aliases expand to more than the limit of ${MAX_ALIAS_EXPANSION} nodes (docs/limits.md)`);
+    }
+    // The other ReferenceErrors of yaml's toJS are aliases it cannot resolve.
+    if (err instanceof ReferenceError) throw new UsageError(`${fileName}: ${shorten(err.message, 200)}`, { hint: 'the file is not valid YAML' });
+    throw err;
+  }
   if (data === null || data === undefined) throw new UsageError(`${fileName}: the file has no rules`, { hint: 'docs/rules.md shows the format' });
   // A bare list is the rules alone, without file-wide settings.
   const bare = Array.isArray(data);
   if (bare) data = { rules: data };
+  const rules = (data as { rules?: unknown }).rules;
+  if (Array.isArray(rules) && rules.length > MAX_RULES_PER_FILE) {
+    throw where.error(bare ? [] : ['rules'], overLimitMessage(bare ? 'the file' : 'rules:', rules.length, MAX_RULES_PER_FILE, 'rules'));
+  }
   if (!validateFile(data)) {
     const err = validateFile.errors()![0]!;
     throw where.schemaError(err, bare);
@@ -444,6 +467,14 @@ function buildRule(
     throw where.error(path, `${label}: no action`, 'add set: {FIELD: VALUE}, action: drop or action: pass, or write the whole rule as rule: "MATCH => ACTION"');
   }
 
+  const tooLong = (ruleText: string, key: string): void => {
+    try {
+      checkRuleLength(ruleText, 'the rule');
+    } catch (err) {
+      if (err instanceof UsageError) throw where.error([...path, key], `${label}: ${err.message}`);
+      throw err;
+    }
+  };
   const text = entry.rule !== undefined ? entry.rule.replace(/[\r\n\t]/g, ' ') : '';
   let source = text;
   // Spans index the rebuilt text; each part remembers the file path its text came from.
@@ -457,6 +488,7 @@ function buildRule(
   try {
     if (entry.rule !== undefined) {
       parts.push({ start: 0, path: [...path, 'rule'] });
+      tooLong(source, 'rule');
       parsed = parseRuleText(source);
     } else {
       const segments: Array<{ text: string; path: Array<string | number>; kind: 'match' | 'key' | 'value' | 'verdict' }> = [];
@@ -469,6 +501,7 @@ function buildRule(
       }
       if (entry.action !== undefined) actionText.push(entry.action.replace(/[\r\n\t]/g, ' '));
       source += actionText.join(', ');
+      tooLong(source, entry.match !== undefined ? 'match' : entry.set !== undefined ? 'set' : 'action');
       // Parse each part on its own, so a value cannot run into the next action.
       let match0: ParsedRule['match'] = { kind: 'true' };
       if (match.trim() !== '') {
@@ -580,7 +613,7 @@ class Locator {
     const segs = err.instancePath.split('/').slice(1).map((s) => s.replace(/~1/g, '/').replace(/~0/g, '~'));
     const path: Array<string | number> = segs.map((s) => (/^\d+$/.test(s) ? Number(s) : s));
     const docPath = bare && path[0] === 'rules' ? path.slice(1) : path;
-    const label = path.map((s, n) => (typeof s === 'number' ? `[${s}]` : n === 0 ? s : `.${s}`)).join('');
+    const label = path.map((s, n) => (typeof s === 'number' ? `[${s}]` : n === 0 ? shorten(s) : `.${shorten(s)}`)).join('');
     const prefix = label === '' ? '' : `${label}: `;
     const p = err.params as Record<string, unknown>;
     const isRule = path.length === 2 && path[0] === 'rules';
@@ -588,10 +621,10 @@ class Locator {
       case 'additionalProperties': {
         const key = String(p.additionalProperty);
         const known: readonly string[] = isRule ? RULE_KEYS : TOP_KEYS;
-        const near = known.find((k) => editDistance(k, key) <= 2);
+        const near = known.find((k) => editDistance(k, key, 2) <= 2);
         const line = this.keyLine(docPath, key) ?? this.line(docPath);
         const inRule = isRule ? 'a rule' : 'the top of the file';
-        return new UsageError(`${this.fileName}:${line}: ${prefix}unknown key "${key}"${near ? ` (did you mean ${near}?)` : ''}`, {
+        return new UsageError(`${this.fileName}:${line}: ${prefix}unknown key "${shorten(key)}"${near ? ` (did you mean ${near}?)` : ''}`, {
           hint: `keys of ${inRule}: ${known.join(', ')}`,
         });
       }

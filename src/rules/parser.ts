@@ -10,11 +10,16 @@
  *
  * The parser resolves names against the field catalog and reports unknown ones; types,
  * values and hooks are the checker's business (check.ts).
+ *
+ * It enforces the limits of limits.ts that bound the trees it builds, before it recurses:
+ * text length, nesting depth, operators, set members. Every later walk (checker, compiler,
+ * formatter) recurses over these trees, so their depth is bounded here once for all of them.
  */
 import { DEFAULT_REORDER_BY, DEFAULT_REORDER_TIMEOUT_NS, DELAY_DISTRIBUTIONS, type Action, type ArithOp, type CmpOp, type Cond, type DelayDistribution, type Expr, type RejectWith, type Span } from './ast.js';
 import { fieldCatalog } from './catalog.js';
 import { RuleError } from './errors.js';
 import { tokenize, type Token } from './lexer.js';
+import { MAX_NESTING, MAX_OPERATORS, MAX_RULE_LENGTH, MAX_SET_MEMBERS, overLimit, overLimitMessage, shorten } from './limits.js';
 
 export interface ParsedRule {
   match: Cond;
@@ -55,12 +60,47 @@ export function parseActionsAt(source: string, start = 0, end = source.length): 
   return new Parser(source, start, end).actionsOnly();
 }
 
+/** Refuses a rule text longer than MAX_RULE_LENGTH before anything reads it. */
+export function checkRuleLength(text: string, what = 'the rule'): void {
+  if (text.length > MAX_RULE_LENGTH) throw overLimit(what, text.length, MAX_RULE_LENGTH, 'characters');
+}
+
 class Parser {
   private readonly tokens: Token[];
   private pos = 0;
+  /** Parentheses, `not`s and calls open around the current position. */
+  private depth = 0;
+  /** Binary operators read so far. */
+  private operators = 0;
 
   constructor(private readonly source: string, start: number, end: number) {
+    checkRuleLength(source.slice(start, end));
     this.tokens = tokenize(source, start, end);
+  }
+
+  /** Runs `inner` one nesting level deeper, refusing to go past MAX_NESTING. */
+  private nested<T>(at: Token, inner: () => T): T {
+    if (this.depth >= MAX_NESTING) {
+      this.fail(overLimitMessage('the rule', this.depth + 1, MAX_NESTING, 'levels of nesting'), at.span, {
+        hint: 'parentheses, not and function calls count; a long chain of and/or needs none',
+      });
+    }
+    this.depth++;
+    try {
+      return inner();
+    } finally {
+      this.depth--;
+    }
+  }
+
+  /** Counts one binary operator, refusing more than MAX_OPERATORS. */
+  private operator(at: Token): void {
+    this.operators++;
+    if (this.operators > MAX_OPERATORS) {
+      this.fail(overLimitMessage('the rule', this.operators, MAX_OPERATORS, 'operators'), at.span, {
+        hint: 'to test one field against many values, use a set: tcp.port in {80, 443, 8000..8080}',
+      });
+    }
   }
 
   // ------------------------------------------------------------ entry points
@@ -106,7 +146,7 @@ class Parser {
   private or(): Cond {
     let left = this.and();
     while (this.isWord('or') || this.isOp('||')) {
-      this.next();
+      this.operator(this.next());
       left = { kind: 'or', left, right: this.and() };
     }
     return left;
@@ -115,7 +155,7 @@ class Parser {
   private and(): Cond {
     let left = this.not();
     while (this.isWord('and') || this.isOp('&&')) {
-      this.next();
+      this.operator(this.next());
       left = { kind: 'and', left, right: this.not() };
     }
     return left;
@@ -123,8 +163,8 @@ class Parser {
 
   private not(): Cond {
     if (this.isWord('not') || this.isOp('!')) {
-      this.next();
-      return { kind: 'not', arg: this.not() };
+      const word = this.next();
+      return this.nested(word, () => ({ kind: 'not', arg: this.not() }));
     }
     return this.primaryCond();
   }
@@ -135,20 +175,25 @@ class Parser {
     // Try the condition; if an operator follows its `)`, it was an expression after all.
     const save = this.pos;
     let condError: unknown;
+    const operators = this.operators;
     try {
-      this.next();
-      const c = this.or();
+      const open = this.next();
+      const c = this.nested(open, () => this.or());
       this.expectOp(')');
       if (!this.startsContinuation()) return c;
     } catch (err) {
       condError = err;
     }
     this.pos = save;
+    // The expression reading counts the same operators again.
+    const condOperators = this.operators;
+    this.operators = operators;
     try {
       return this.test();
     } catch (exprError) {
       // Report whichever reading got further into the text: that one is what the user meant.
       if (condError instanceof RuleError && exprError instanceof RuleError && condError.span.start > exprError.span.start) {
+        this.operators = condOperators;
         throw condError;
       }
       throw exprError;
@@ -213,6 +258,9 @@ class Parser {
         return { kind: 'in', expr: subject, items, span: { start: subject.span.start, end: t.span.end } };
       }
       if (t.kind === 'eof') this.fail('the set is not closed: "}" is missing', t.span);
+      if (items.length === MAX_SET_MEMBERS) {
+        this.fail(overLimitMessage('the set', items.length + 1, MAX_SET_MEMBERS, 'members'), t.span, { hint: 'a range lo..hi is one member' });
+      }
       const lo = this.unary();
       if (this.isOp('..')) {
         this.next();
@@ -236,7 +284,7 @@ class Parser {
     for (;;) {
       const t = this.peek();
       if (t.kind !== 'op' || !ops.includes(t.text as ArithOp)) return left;
-      this.next();
+      this.operator(this.next());
       const right = this.expr(level + 1);
       left = { kind: 'arith', op: t.text as ArithOp, left, right, span: { start: left.span.start, end: right.span.end } };
     }
@@ -265,7 +313,7 @@ class Parser {
       }
       case 'op':
         if (t.text === '(') {
-          const e = this.expr();
+          const e = this.nested(t, () => this.expr());
           this.expectOp(')');
           return e;
         }
@@ -300,7 +348,7 @@ class Parser {
     const args: Expr[] = [];
     if (!this.isOp(')')) {
       for (;;) {
-        args.push(this.expr());
+        args.push(this.nested(t, () => this.expr()));
         if (!this.isOp(',')) break;
         this.next();
       }
@@ -356,7 +404,7 @@ class Parser {
       while (this.peek().kind === 'ident' || this.isOp('-')) end = this.next().span.end;
       const code = this.source.slice(start, end).replace(/\s+/g, '');
       if (!(REJECT_WITH as readonly string[]).includes(code)) {
-        this.fail(`reject with ${code === '' ? '…' : `"${code}"`}: the answer must be one of ${REJECT_WITH.join(', ')}`, { start, end: Math.max(end, start + 1) });
+        this.fail(`reject with ${code === '' ? '…' : `"${shorten(code)}"`}: the answer must be one of ${REJECT_WITH.join(', ')}`, { start, end: Math.max(end, start + 1) });
       }
       return { kind: 'reject', with: code as RejectWith, span: { start: t.span.start, end } };
     }
@@ -468,7 +516,7 @@ class Parser {
   }
 
   private unexpected(t: Token, expected: string): never {
-    const found = t.kind === 'eof' ? 'the end of the rule' : `"${this.source.slice(t.span.start, t.span.end)}"`;
+    const found = t.kind === 'eof' ? 'the end of the rule' : `"${shorten(this.source.slice(t.span.start, t.span.end))}"`;
     return this.fail(`expected ${expected}, found ${found}`, t.span);
   }
 

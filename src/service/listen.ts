@@ -6,6 +6,7 @@
  * (the second `serve` names its pid), a stale file (nobody listening) is. A TCP listener must
  * be on loopback (unless --listen-any) and requires a bearer token.
  */
+import { printable } from '../printable.js';
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { chmodSync, lstatSync, readFileSync, statSync, unlinkSync } from 'node:fs';
 import { request } from 'node:http';
@@ -58,7 +59,7 @@ export function readToken(file: string): string {
     });
   }
   if ((statSync(file).mode & 0o077) !== 0) {
-    process.stderr.write(`netmangle serve: warning: ${file} is readable by other users than its owner (chmod 600 ${file})\n`);
+    process.stderr.write(`netmangle serve: warning: ${printable(`${file} is readable by other users than its owner (chmod 600 ${file})`)}\n`);
   }
   return token;
 }

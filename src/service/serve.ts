@@ -6,6 +6,7 @@
  * links die with the process's file descriptors. Faults attached through netlink (kernels
  * without tcx, 6.1 and older) stay until removed; the service says so when it starts.
  */
+import { printable } from '../printable.js';
 import type { FastifyInstance } from 'fastify';
 import { NetmangleError, UsageError } from '../errors.js';
 import { probeFeaturesCached } from '../kernel/probe.js';
@@ -57,7 +58,7 @@ export async function startService(o: ServeOptions): Promise<RunningService> {
   if (typeof process.getuid === 'function' && process.getuid() !== 0) {
     throw new NetmangleError('netmangle serve needs root (CAP_BPF and CAP_NET_ADMIN) to attach programs', { hint: 'run it with sudo' });
   }
-  const log = o.log ?? ((line: string) => process.stdout.write(`${line}\n`));
+  const log = o.log ?? ((line: string) => process.stdout.write(`${printable(line)}\n`));
   const table = new FaultTable(libraryAttacher, log);
   const app = await buildServer({ table, token, version: o.version });
   const a = o.address;
@@ -105,7 +106,7 @@ export async function startService(o: ServeOptions): Promise<RunningService> {
 /** Runs until a signal; exits 0 after detaching everything (1 when a detach failed). */
 export async function serveUntilSignal(o: ServeOptions): Promise<void> {
   const service = await startService(o);
-  const log = o.log ?? ((line: string) => process.stdout.write(`${line}\n`));
+  const log = o.log ?? ((line: string) => process.stdout.write(`${printable(line)}\n`));
   // A bug must not leave programs attached behind a dead service (netlink attachments would stay).
   const crash = (err: unknown) => {
     process.stderr.write(`netmangle serve: internal error: ${err instanceof Error ? err.stack ?? err.message : String(err)} (please report this); detaching everything\n`);
@@ -120,7 +121,7 @@ export async function serveUntilSignal(o: ServeOptions): Promise<void> {
     const names = await service.stop();
     log(`${signal}: detached ${names.length} fault${names.length === 1 ? '' : 's'}${names.length ? ` (${names.join(', ')})` : ''}; stopped`);
   } catch (err) {
-    process.stderr.write(`netmangle serve: on ${signal}: ${(err as Error).message}\n`);
+    process.stderr.write(`netmangle serve: on ${signal}: ${printable((err as Error).message, { multiline: true })}\n`);
     process.exitCode = 1;
   }
 }

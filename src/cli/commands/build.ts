@@ -3,6 +3,7 @@
  * (`ip link … xdp object`, `tc filter … bpf da obj`, `bpftool prog load`), or with `--emit c`
  * the same programs as C for clang, or with `--emit asm` their disassembly.
  */
+import { printable } from '../../printable.js';
 import { writeFileSync } from 'node:fs';
 import type { Command } from 'commander';
 import { fsUsageError, UsageError } from '../../errors.js';
@@ -50,7 +51,8 @@ export function register(program: Command): void {
         text = objectListing(built);
       }
       if (text !== undefined && !opts.output) {
-        process.stdout.write(text);
+        // C or assembly quoting the rules' text: a terminal shows it, never acts on it.
+        process.stdout.write(process.stdout.isTTY ? printable(text, { multiline: true }) : text);
         return;
       }
       try {
@@ -59,7 +61,7 @@ export function register(program: Command): void {
         throw fsUsageError(err, `write ${opts.output}`);
       }
       const what = built.programs.map((p) => `${p.symbol} (section ${p.section})`).join(', ');
-      process.stderr.write(`wrote ${opts.output}: ${what}; seed ${seed}${seedChosen ? ' (chosen at random; pass --seed to repeat)' : ''}\n`);
+      process.stderr.write(`${printable(`wrote ${opts.output}: ${what}`)}; seed ${seed}${seedChosen ? ' (chosen at random; pass --seed to repeat)' : ''}\n`);
       const { connectionMemoryNote } = await import('../../compiler/index.js');
       for (const p of built.programs) {
         const note = connectionMemoryNote(p.compiled);

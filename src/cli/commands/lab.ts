@@ -5,6 +5,7 @@
 import { spawn } from 'node:child_process';
 import type { Command } from 'commander';
 import { UsageError } from '../../errors.js';
+import { printable } from '../../printable.js';
 import { DEFAULT_LAB_NAME, Lab } from '../../lab/lab.js';
 import { listNamespaces, requireRoot, run, signalExitCode } from '../../lab/run.js';
 import { labOfNamespace, processAlive, readState } from '../../lab/state.js';
@@ -23,9 +24,9 @@ export function register(program: Command): void {
     .action(async (file: string | undefined, opts: { name?: string; verbose?: boolean }) => {
       const built = await Lab.up(file, {
         name: opts.name,
-        onStep: opts.verbose ? (s) => process.stdout.write(`  ${s}\n`) : undefined,
+        onStep: opts.verbose ? (s) => process.stdout.write(`  ${printable(s)}\n`) : undefined,
       });
-      process.stdout.write(`lab "${built.name}" is up\n`);
+      process.stdout.write(`lab "${printable(built.name)}" is up\n`);
       if (opts.name === undefined && built.plan.name === undefined && built.name !== DEFAULT_LAB_NAME) {
         process.stdout.write(`(a lab "${DEFAULT_LAB_NAME}" exists already, so this one is "${built.name}": its hosts are nm-${built.name}-HOST; give --name ${built.name} to the other lab commands)\n`);
       }
@@ -34,7 +35,7 @@ export function register(program: Command): void {
       const second = built.hosts[1];
       if (first && second) {
         const flag = built.name === DEFAULT_LAB_NAME ? '' : ` --name ${built.name}`;
-        process.stdout.write(`try: netmangle lab exec${flag} ${first} -- ping -c 1 ${addressOr(built, second)}\n`);
+        process.stdout.write(`${printable(`try: netmangle lab exec${flag} ${first} -- ping -c 1 ${addressOr(built, second)}`)}\n`);
       }
     });
 
@@ -68,7 +69,7 @@ export function register(program: Command): void {
       }
       for (const n of names) {
         const removed = await Lab.down(n);
-        process.stdout.write(removed.length ? `lab "${n}" removed (${removed.join(', ')})\n` : `lab "${n}": nothing left to remove\n`);
+        process.stdout.write(`${printable(removed.length ? `lab "${n}" removed (${removed.join(', ')})` : `lab "${n}": nothing left to remove`)}\n`);
       }
     });
 
@@ -164,6 +165,6 @@ async function describeLab(name: string): Promise<string> {
       lines.push(`      ${e.ifname.padEnd(8)} mtu ${String(e.mtu ?? '?').padEnd(5)} ${(e.operstate ?? '').padEnd(7)} ${extra}`);
     }
   }
-  return lines.join('\n') + '\n';
+  return lines.map((l) => printable(l)).join('\n') + '\n';
 }
 

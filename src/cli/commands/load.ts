@@ -5,7 +5,8 @@
  */
 import type { Command } from 'commander';
 import { NetmangleError, UsageError, describeError } from '../../errors.js';
-import { parseDuration } from '../duration.js';
+import { parseDuration, setLongTimeout } from '../duration.js';
+import { printable } from '../../printable.js';
 import { parsePriority } from '../priority.js';
 
 interface LoadCliOptions {
@@ -62,19 +63,43 @@ export function register(program: Command): void {
         loaded.close();
         throw err;
       }
+      // Watched from before the "attached" line, which is what scripts wait for: the interface
+      // (or its namespace) going away detaches and exits 1, as for run.
+      let watch: import('../../kernel/linkwatch.js').LinkWatch;
+      try {
+        const { watchLink } = await import('../../kernel/linkwatch.js');
+        watch = watchLink(attachment.dev, attachment.ifindex, attachment.netns);
+      } catch (err) {
+        attachment.detach();
+        loaded.close();
+        throw err;
+      }
+      let watchTimer: NodeJS.Timeout | undefined;
       // Listening before "attached" is printed (see run): a signal right after it detaches.
       const stop = new Promise<string>((resolve) => {
         const on = (sig: NodeJS.Signals) => resolve(sig);
         process.once('SIGINT', on);
         process.once('SIGTERM', on);
         process.once('SIGHUP', on);
-        if (forMs !== undefined) setTimeout(() => resolve(`--for ${forMs} ms`), forMs).unref();
+        if (forMs !== undefined) setLongTimeout(() => resolve(`--for ${forMs} ms`), forMs);
+        watchTimer = setInterval(() => {
+          let why: string | undefined;
+          try {
+            why = watch.check();
+          } catch (err) {
+            why = `cannot watch the interface: ${describeError(err)}`;
+          }
+          if (!why) return;
+          process.stderr.write(`netmangle: ${printable(why)}; detaching\n`);
+          process.exitCode = 1;
+          resolve(why);
+        }, 250);
       });
       // "attached" only once a netlink attachment is covered (see run).
       if (attachment.path === 'netlink') await Promise.race([guardianReady(), stop]);
       const where = `${attachment.dev} ${attachment.hook}${attachment.netns ? ` (netns ${attachment.netns})` : ''}`;
-      process.stdout.write(`attached ${name} (section ${chosen.section}) from ${file} to ${where} via ${attachment.path}, program id ${loaded.prog.id}\n`);
-      if (attachment.warning) process.stderr.write(`warning: ${attachment.warning}\n`);
+      process.stdout.write(`${printable(`attached ${name} (section ${chosen.section}) from ${file} to ${where} via ${attachment.path}, program id ${loaded.prog.id}`)}\n`);
+      if (attachment.warning) process.stderr.write(`warning: ${printable(attachment.warning)}\n`);
       let reason = 'error';
       // Signal listeners do not keep Node running; this timer does, until a signal or --for.
       const keepAlive = setInterval(() => {}, 1 << 30);
@@ -82,14 +107,16 @@ export function register(program: Command): void {
         reason = await stop;
       } finally {
         clearInterval(keepAlive);
+        clearInterval(watchTimer);
+        watch.close();
         try {
           attachment.detach();
         } catch (err) {
-          process.stderr.write(`netmangle: while detaching: ${describeError(err)}\n`);
+          process.stderr.write(`netmangle: while detaching: ${printable(describeError(err), { multiline: true })}\n`);
           process.exitCode = 1;
         }
         loaded.close();
       }
-      process.stdout.write(`detached (${reason})\n`);
+      process.stdout.write(`detached (${printable(reason)})\n`);
     });
 }

@@ -9,6 +9,7 @@
  * stdout gets the per-rule summary table (or one JSON object with --json); a progress bar is
  * drawn on stderr when it is a terminal and the input is large.
  */
+import { printable, printableJson } from '../../printable.js';
 import { closeSync, existsSync, openSync, readSync, statSync } from 'node:fs';
 import type { Command } from 'commander';
 import { UsageError } from '../../errors.js';
@@ -128,11 +129,11 @@ export function register(program: Command): void {
         bar?.stop();
       }
       if (opts.json) {
-        process.stdout.write(`${JSON.stringify({ ...summary, seedChosen: loaded.seedChosen })}\n`);
+        process.stdout.write(`${printableJson(JSON.stringify({ ...summary, seedChosen: loaded.seedChosen }))}\n`);
         return;
       }
       const lines = formatSummaryTable(summary, { seedChosen: loaded.seedChosen });
-      process.stdout.write(`${lines.join('\n')}\n`);
+      process.stdout.write(`${lines.map((l) => printable(l)).join('\n')}\n`);
     });
 }
 
@@ -181,10 +182,10 @@ async function replayObjectCommand(file: string, input: string, opts: ReplayCliO
     bar?.stop();
   }
   if (opts.json) {
-    process.stdout.write(`${JSON.stringify({ ...summary, seedChosen })}\n`);
+    process.stdout.write(`${printableJson(JSON.stringify({ ...summary, seedChosen }))}\n`);
     return;
   }
   // A chosen seed matters only where the program draws from the VM's generator.
   const lines = formatSummaryTable(summary, { seedChosen: seedChosen && summary.engine !== 'kernel' });
-  process.stdout.write(`${lines.join('\n')}\n`);
+  process.stdout.write(`${lines.map((l) => printable(l)).join('\n')}\n`);
 }

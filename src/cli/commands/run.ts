@@ -13,7 +13,8 @@ import { NetmangleError, UsageError, describeError } from '../../errors.js';
 import { formatDelayStats } from '../../delay/stats.js';
 import type { Fault, FaultCounters } from '../../api/fault.js';
 import type { Hook, RuleGroup } from '../../rules/ast.js';
-import { parseDuration } from '../duration.js';
+import { parseDuration, setLongTimeout } from '../duration.js';
+import { printable } from '../../printable.js';
 import { parsePriority } from '../priority.js';
 
 export interface RuleSourceOptions {
@@ -210,7 +211,7 @@ export function register(program: Command): void {
         const session = attachGroups(groups, { seed, path: opts.attach as 'auto' | 'link' | 'netlink', priority });
         try {
           for (const r of registry.pinGroups(session.groups, seed)) {
-            process.stdout.write(`attached and pinned ${r.rules.length} rule${r.rules.length === 1 ? '' : 's'} on ${r.dev} ${r.hook}${r.netns ? ` (netns ${r.netns})` : ''}, program id ${r.progId}, seed ${seed}: ${r.pinDir}\n`);
+            process.stdout.write(`${printable(`attached and pinned ${r.rules.length} rule${r.rules.length === 1 ? '' : 's'} on ${r.dev} ${r.hook}${r.netns ? ` (netns ${r.netns})` : ''}, program id ${r.progId}, seed ${seed}: ${r.pinDir}`)}\n`);
           }
         } catch (err) {
           session.detach();
@@ -229,9 +230,9 @@ export function register(program: Command): void {
       const fault = await attach({ groups, seed }, undefined, {
         seed, path: opts.attach as 'auto' | 'link' | 'netlink', perSegment: opts.perSegment, maxHeld, priority,
         onFailure: (message) => {
-          process.stderr.write(`netmangle: ${message}; detached\n`);
+          process.stderr.write(`netmangle: ${printable(message)}; detached\n`);
           process.exitCode = 1;
-          lineFailed!('delay line failed');
+          lineFailed!(message);
         },
       });
       // "attached" only once a netlink attachment is covered: the guardian watches this process.
@@ -261,7 +262,7 @@ async function runForeground(fault: Fault, o: ForegroundOptions): Promise<void> 
     process.once('SIGINT', on);
     process.once('SIGTERM', on);
     process.once('SIGHUP', on);
-    if (o.forMs !== undefined) setTimeout(() => resolve(`--for ${o.forMs} ms`), o.forMs).unref();
+    if (o.forMs !== undefined) setLongTimeout(() => resolve(`--for ${o.forMs} ms`), o.forMs);
     void o.failure?.then(resolve);
   });
   // A signal meanwhile still ends the wait: the detach below runs all the same.
@@ -269,10 +270,10 @@ async function runForeground(fault: Fault, o: ForegroundOptions): Promise<void> 
   for (const a of fault.attachments) {
     const where = `${a.dev} ${a.hook}${a.netns ? ` (netns ${a.netns})` : ''}`;
     const n = a.rules.length;
-    out.write(`attached ${n} rule${n === 1 ? '' : 's'} to ${where} via ${a.path}, program id ${a.programId}, seed ${o.seed}${o.seedChosen ? ' (chosen at random; pass --seed to repeat)' : ''}\n`);
-    if (a.warning) process.stderr.write(`warning: ${a.warning}\n`);
-    if (a.memoryNote) process.stderr.write(`note: ${a.memoryNote}\n`);
-    if (a.gsoMaxSegsWas !== undefined) out.write(`gso_max_segs of ${a.dev} set to 1 while attached (was ${a.gsoMaxSegsWas})\n`);
+    out.write(`attached ${n} rule${n === 1 ? '' : 's'} to ${printable(where)} via ${a.path}, program id ${a.programId}, seed ${o.seed}${o.seedChosen ? ' (chosen at random; pass --seed to repeat)' : ''}\n`);
+    if (a.warning) process.stderr.write(`warning: ${printable(a.warning)}\n`);
+    if (a.memoryNote) process.stderr.write(`note: ${printable(a.memoryNote)}\n`);
+    if (a.gsoMaxSegsWas !== undefined) out.write(`gso_max_segs of ${printable(a.dev)} set to 1 while attached (was ${a.gsoMaxSegsWas})\n`);
   }
   let gsoWarned = false;
   let drawn = 0;
@@ -302,22 +303,22 @@ async function runForeground(fault: Fault, o: ForegroundOptions): Promise<void> 
     try {
       await fault.detach();
     } catch (err) {
-      process.stderr.write(`netmangle: while detaching: ${describeError(err)}\n`);
+      process.stderr.write(`netmangle: while detaching: ${printable(describeError(err), { multiline: true })}\n`);
       process.exitCode = 1;
     }
   }
-  out.write(`detached (${reason})\n`);
+  out.write(`detached (${printable(reason)})\n`);
   // The counters as they were when the programs came off their hooks.
   const totals = fault.counters();
-  for (const r of totals.rules) out.write(`rule ${r.name}: matched=${r.matched} acted=${r.acted} dropped=${r.dropped}\n`);
-  for (const d of totals.delayLines) out.write(`delay line ${d.dev}/${d.hook}: ${formatDelayStats(d)}\n`);
+  for (const r of totals.rules) out.write(`rule ${printable(r.name)}: matched=${r.matched} acted=${r.acted} dropped=${r.dropped}\n`);
+  for (const d of totals.delayLines) out.write(`delay line ${printable(d.dev)}/${d.hook}: ${formatDelayStats(d)}\n`);
 }
 
 function formatTable(snap: FaultCounters): string[] {
   const rows: string[][] = [['rule', 'where', 'matched', 'acted', 'dropped']];
-  for (const r of snap.rules) rows.push([r.name, `${r.dev}/${r.hook}`, String(r.matched), String(r.acted), String(r.dropped)]);
+  for (const r of snap.rules) rows.push([printable(r.name), printable(`${r.dev}/${r.hook}`), String(r.matched), String(r.acted), String(r.dropped)]);
   const widths = rows[0]!.map((_, col) => Math.max(...rows.map((r) => r[col]!.length)));
   const lines = rows.map((r) => r.map((cell, col) => (col >= 2 ? cell.padStart(widths[col]!) : cell.padEnd(widths[col]!))).join('  '));
-  for (const d of snap.delayLines) lines.push(`delay line ${d.dev}/${d.hook}: ${formatDelayStats(d)}`);
+  for (const d of snap.delayLines) lines.push(`delay line ${printable(d.dev)}/${d.hook}: ${formatDelayStats(d)}`);
   return lines;
 }
