@@ -1,4 +1,5 @@
 import { UsageError } from '../errors.js';
+import { MAX_RULE_DURATION_NS } from '../rules/limits.js';
 
 const UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
 
@@ -8,7 +9,7 @@ const UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 
  * nanoseconds of a 64-bit clock, so the limit is there for typos (597h meant as 59.7h?), not
  * for the kernel.
  */
-export const MAX_DURATION_MS = 365 * 24 * 3_600_000;
+export const MAX_DURATION_MS = MAX_RULE_DURATION_NS / 1e6;
 
 /** "500ms", "10s", "5m", "1h", "1m30s" → milliseconds, more than 0 and at most MAX_DURATION_MS. */
 export function parseDuration(text: string, option = 'duration'): number {
@@ -20,7 +21,7 @@ export function parseDuration(text: string, option = 'duration'): number {
   const ms = parts.reduce((sum, p) => sum + Number(p[1]) * UNITS[p[2]!]!, 0);
   if (!(ms > 0)) throw new UsageError(`${option}: "${text}" is no time at all; give a duration longer than 0`);
   if (ms > MAX_DURATION_MS) {
-    throw new UsageError(`${option}: "${text}" is longer than the limit of 365 days (8760h)`);
+    throw new UsageError(`${option}: "${text}" is longer than the limit of 365 days (8760h; docs/limits.md)`);
   }
   return ms;
 }

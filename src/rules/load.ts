@@ -238,7 +238,7 @@ const DURATION_UNITS: Record<string, number> = { ms: 1e6, s: 1e9, m: 60e9, h: 36
 /** `500ms`, `10s`, `5m`, `1h30m` (a bare number in a rules file is seconds) → nanoseconds. */
 export function checkDuration(value: unknown, what: string): number {
   if (typeof value === 'number' && Number.isFinite(value) && value > 0) {
-    if (value * 1e9 > MAX_RULE_DURATION_NS) return fail(what, `${value} seconds is longer than the limit of ${MAX_RULE_DURATION_NS / 86_400e9} days (docs/limits.md)`);
+    if (value * 1e9 > MAX_RULE_DURATION_NS) return fail(what, `${value} seconds is longer than the limit of ${MAX_RULE_DURATION_NS / 86_400e9} days (8760h; docs/limits.md)`);
     return Math.round(value * 1e9);
   }
   const text = typeof value === 'string' ? value.trim() : '';
@@ -247,7 +247,7 @@ export function checkDuration(value: unknown, what: string): number {
   if (parts.length === 0 || parts.map((p) => p[0]).join('') !== text || !(ns > 0)) {
     return fail(what, `must be a duration like 500ms, 10s, 5m, 1h or 1m30s, not ${shown(value)}`);
   }
-  if (ns > MAX_RULE_DURATION_NS) return fail(what, `${shown(value)} is longer than the limit of ${MAX_RULE_DURATION_NS / 86_400e9} days (docs/limits.md)`);
+  if (ns > MAX_RULE_DURATION_NS) return fail(what, `${shown(value)} is longer than the limit of ${MAX_RULE_DURATION_NS / 86_400e9} days (8760h; docs/limits.md)`);
   return Math.round(ns);
 }
 

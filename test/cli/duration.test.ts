@@ -16,7 +16,7 @@ const bin = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'bin
 test('parseDuration: up to 365 days; longer, zero and malformed durations are usage errors naming the limit', () => {
   assert.equal(parseDuration('597h', '--for'), 597 * 3_600_000);
   assert.equal(parseDuration('8760h', '--for'), MAX_DURATION_MS);
-  assert.throws(() => parseDuration('8760h1ms', '--for'), (e: unknown) => e instanceof UsageError && /--for: "8760h1ms" is longer than the limit of 365 days \(8760h\)/.test(e.message));
+  assert.throws(() => parseDuration('8760h1ms', '--for'), (e: unknown) => e instanceof UsageError && /--for: "8760h1ms" is longer than the limit of 365 days \(8760h; docs\/limits\.md\)/.test(e.message));
   assert.throws(() => parseDuration('0s', '--for'), (e: unknown) => e instanceof UsageError && /no time at all/.test(e.message));
   assert.throws(() => parseDuration('5 days', '--for'), UsageError);
 });
@@ -55,7 +55,7 @@ test('CLI: --for beyond the limit is refused before anything happens, one line, 
   ]) {
     const r = spawnSync(process.execPath, [bin, ...args], { encoding: 'utf8' });
     assert.equal(r.status, 2, `${args.join(' ')}: ${r.stderr}`);
-    assert.match(r.stderr, /^netmangle: .*9000h.* longer than the limit of 365 days \(8760h\)\n$/, args.join(' '));
+    assert.match(r.stderr, /^netmangle: .*9000h.* longer than the limit of 365 days \(8760h; docs\/limits\.md\)\n$/, args.join(' '));
     assert.doesNotMatch(r.stdout, /attached/);
   }
 });

@@ -128,7 +128,7 @@ test('rules files: size capped however the file behaves (/dev/zero, a big file, 
 
 test('durations of a rule: at most a year, said with the limit', () => {
   const err = refused(() => parseRuleLine('ip => drop', { dev: 'veth0', hook: 'egress', for: '9000h' }));
-  assert.equal(firstLine(err), '--for "9000h" is longer than the limit of 365 days (docs/limits.md)');
+  assert.equal(firstLine(err), '--for "9000h" is longer than the limit of 365 days (8760h; docs/limits.md)');
   assert.equal(parseRuleLine('ip => drop', { dev: 'veth0', hook: 'egress', for: '8760h' }).groups[0]!.rules[0]!.forNs, 8760 * 3600e9);
 });
 
