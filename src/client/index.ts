@@ -14,17 +14,13 @@
  */
 import { readFileSync } from 'node:fs';
 import { Agent, request, type IncomingHttpHeaders } from 'node:http';
+// Types only (erased at build): the client loads none of the library's code.
+import type { RuleCounts as LibraryRuleCounts, Target } from '../api/index.js';
+import type { Hook } from '../rules/ast.js';
+
+export type { Hook, Target };
 
 export const DEFAULT_SOCKET = '/run/netmangle.sock';
-
-export type Hook = 'xdp' | 'ingress' | 'egress';
-
-export interface Target {
-  dev: string;
-  hook: Hook;
-  /** An `ip netns` name or a path (/proc/PID/ns/net). */
-  netns?: string;
-}
 
 /** The trigger options of a fault (as `netmangle run`'s for a one-line rule). */
 export interface Triggers {
@@ -52,15 +48,8 @@ export interface FaultSpec extends Target, Triggers {
 
 export type FaultPatch = { [K in keyof Omit<FaultSpec, 'name'>]?: FaultSpec[K] | null };
 
-export interface RuleCounts {
-  name: string;
-  text: string;
-  dev: string;
-  hook: Hook;
-  netns?: string;
-  matched: number;
-  acted: number;
-  dropped: number;
+/** A rule's counters as the library gives them, and what its delay line holds. */
+export interface RuleCounts extends LibraryRuleCounts {
   /** Packets the fault's delay line holds now (rules that delay or reorder). */
   held: number;
 }

@@ -425,21 +425,25 @@ export function parseFilterMessage(m: NetlinkMessage, direction: TcDirection): C
   return filter;
 }
 
+/** The RTM_NEWTFILTER replies of a dump of one clsact direction (none without a clsact qdisc). */
+function dumpTcFilters(s: NetlinkSocket, ifindex: number, direction: TcDirection): NetlinkMessage[] {
+  let replies: NetlinkMessage[];
+  try {
+    replies = s.dump(new MessageBuilder(RTM.GETTFILTER, 0, tcmsg(ifindex, 0, clsactParent(direction))),
+      `list tc ${direction} filters of ifindex ${ifindex}`);
+  } catch (err) {
+    // No clsact qdisc: nothing can be attached there.
+    if (err instanceof NetlinkError && (err.code === 'EINVAL' || err.code === 'ENOENT')) return [];
+    throw err;
+  }
+  return replies.filter((r) => r.type === RTM.NEWTFILTER);
+}
+
 /** The cls_bpf filters at one clsact direction (empty when there is no clsact qdisc). */
 export function listClsBpfFilters(ifindex: number, direction: TcDirection, sock?: NetlinkSocket): ClsBpfFilter[] {
   return withSocket(sock, (s) => {
-    let replies: NetlinkMessage[];
-    try {
-      replies = s.dump(new MessageBuilder(RTM.GETTFILTER, 0, tcmsg(ifindex, 0, clsactParent(direction))),
-        `list tc ${direction} filters of ifindex ${ifindex}`);
-    } catch (err) {
-      // No clsact qdisc: nothing can be attached there.
-      if (err instanceof NetlinkError && (err.code === 'EINVAL' || err.code === 'ENOENT')) return [];
-      throw err;
-    }
     const out: ClsBpfFilter[] = [];
-    for (const r of replies) {
-      if (r.type !== RTM.NEWTFILTER) continue;
+    for (const r of dumpTcFilters(s, ifindex, direction)) {
       const f = parseFilterMessage(r, direction);
       if (f) out.push(f);
     }
@@ -460,17 +464,9 @@ export interface TcFilterSlot {
  */
 export function listTcFilters(ifindex: number, direction: TcDirection, sock?: NetlinkSocket): TcFilterSlot[] {
   return withSocket(sock, (s) => {
-    let replies: NetlinkMessage[];
-    try {
-      replies = s.dump(new MessageBuilder(RTM.GETTFILTER, 0, tcmsg(ifindex, 0, clsactParent(direction))),
-        `list tc ${direction} filters of ifindex ${ifindex}`);
-    } catch (err) {
-      if (err instanceof NetlinkError && (err.code === 'EINVAL' || err.code === 'ENOENT')) return [];
-      throw err;
-    }
     const out: TcFilterSlot[] = [];
-    for (const r of replies) {
-      if (r.type !== RTM.NEWTFILTER || r.payload.length < 20) continue;
+    for (const r of dumpTcFilters(s, ifindex, direction)) {
+      if (r.payload.length < 20) continue;
       const slot: TcFilterSlot = { prio: r.payload.readUInt32LE(16) >>> 16, handle: r.payload.readUInt32LE(8) };
       const kind = attrString(attrMap(r.payload, 20).get(TCA.KIND));
       if (kind !== undefined) slot.kind = kind;
