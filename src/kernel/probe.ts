@@ -19,7 +19,7 @@ import { closeFd } from './fd.js';
 import { createTcxLink, createXdpLink } from './link.js';
 import { createMap } from './map.js';
 import { loadProgram, testRun, type Program } from './program.js';
-import { Attr, Cmd, ENOENT, ENOSYS, EPERM, Off, bpfTry } from './sys.js';
+import { Attr, Cmd, EINVAL, ENOENT, ENOSYS, EPERM, Off, bpfTry } from './sys.js';
 
 export interface ProbeFeatures {
   bpf_syscall: boolean;
@@ -36,6 +36,8 @@ export interface ProbeFeatures {
   isa_v4: boolean;
   /** bpf_csum_diff returns its sum folded to 16 bits (newer kernels), not the 32-bit partial sum. */
   csum_diff_folded: boolean;
+  /** bpf_csum_diff takes sizes that are not multiples of 4 (newer kernels; older ones: -EINVAL). */
+  csum_diff_any_size: boolean;
 }
 
 export interface ProbeResult {
@@ -85,10 +87,10 @@ function signedDivision() {
 /** The word 0x12345678 summed by bpf_csum_diff (to_size 4, seed 0): folded, 0x1234 + 0x5678. */
 const CSUM_WORD = 0x12345678;
 const CSUM_WORD_FOLDED = 0x68ac;
-function csumDiffOfOneWord() {
+function csumDiffOf(toSize: number) {
   return new Assembler()
     .st(4, R10, -4, CSUM_WORD)
-    .movImm(R1, 0).movImm(R2, 0).mov64(R3, R10).alu64('add', R3, imm(-4)).movImm(R4, 4).movImm(R5, 0)
+    .movImm(R1, 0).movImm(R2, 0).mov64(R3, R10).alu64('add', R3, imm(-4)).movImm(R4, toSize).movImm(R5, 0)
     .call(28) // bpf_csum_diff
     .exit().assemble().insns;
 }
@@ -141,7 +143,7 @@ function jitFromSysctl(): boolean {
 const NO_FEATURES: Readonly<ProbeFeatures> = {
   bpf_syscall: false, jit: false, btf: false, prog_xdp: false, prog_sched_cls: false,
   xdp_link: false, tcx: false, test_run: false, ringbuf: false, lru_hash: false,
-  isa_v4: false, csum_diff_folded: false,
+  isa_v4: false, csum_diff_folded: false, csum_diff_any_size: false,
 };
 
 /**
@@ -182,15 +184,18 @@ export function probeFeatures(): ProbeResult {
       return true;
     });
     if (features.test_run) {
-      features.csum_diff_folded = attempt(() => {
-        const prog = loadProgram({ type: 'xdp', insns: csumDiffOfOneWord(), name: 'nm_probe_csum' });
+      const csumDiff = (toSize: number): number => {
+        const prog = loadProgram({ type: 'xdp', insns: csumDiffOf(toSize), name: 'nm_probe_csum' });
         try {
-          // Unfolded, the kernel returns a 32-bit sum above 0xffff; folded, exactly this.
-          return (testRun(prog, { data: new Uint8Array(64) }).retval >>> 0) === CSUM_WORD_FOLDED;
+          return testRun(prog, { data: new Uint8Array(64) }).retval;
         } finally {
           prog.close();
         }
-      });
+      };
+      // Unfolded, the kernel returns a 32-bit sum above 0xffff; folded, exactly this.
+      features.csum_diff_folded = attempt(() => csumDiff(4) >>> 0 === CSUM_WORD_FOLDED);
+      // Two bytes: an older kernel answers -EINVAL (sizes must be multiples of 4).
+      features.csum_diff_any_size = attempt(() => csumDiff(2) !== -EINVAL);
     }
     features.btf = attempt(probeBtf);
     features.ringbuf = attempt(() => {

@@ -9,13 +9,13 @@ import { R0 } from '../../src/bpf/opcodes.js';
 import { BpfError, loadProgram, probeFeatures, queryProgs } from '../../src/kernel/index.js';
 import { kernelTest } from '../helpers/kernel.js';
 
-const FEATURE_KEYS = ['bpf_syscall', 'jit', 'btf', 'prog_xdp', 'prog_sched_cls', 'xdp_link', 'tcx', 'test_run', 'ringbuf', 'lru_hash', 'isa_v4', 'csum_diff_folded'];
+const FEATURE_KEYS = ['bpf_syscall', 'jit', 'btf', 'prog_xdp', 'prog_sched_cls', 'xdp_link', 'tcx', 'test_run', 'ringbuf', 'lru_hash', 'isa_v4', 'csum_diff_folded', 'csum_diff_any_size'];
 
 // What every kernel netmangle runs on has (Linux 5.9 and later: see docs/kernels.md); tcx and the
 // cpu v4 instructions (6.6) and bpf_csum_diff's folded result are where the kernels it supports
-// differ, and the probe's answers for the first two are checked against a different syscall or
+// differ (bpf_csum_diff's folded result and sizes), and the probe's answers for the first two are checked against a different syscall or
 // instruction than the one it uses (a query, not a link; a byte swap, not a signed division).
-const VARIES = ['tcx', 'isa_v4', 'csum_diff_folded'];
+const VARIES = ['tcx', 'isa_v4', 'csum_diff_folded', 'csum_diff_any_size'];
 const REQUIRED = FEATURE_KEYS.filter((k) => !VARIES.includes(k));
 
 /** Whether the verifier takes `bswap64 r0` (BPF_ALU64 | BPF_END: cpu v4, like the probe's sdiv). */
@@ -86,7 +86,7 @@ test('the human probe table lists every feature and the attach choices', () => {
     features: {
       bpf_syscall: true, jit: true, btf: true, prog_xdp: true, prog_sched_cls: true,
       xdp_link: true, tcx: false, test_run: true, ringbuf: true, lru_hash: true,
-      isa_v4: false, csum_diff_folded: false,
+      isa_v4: false, csum_diff_folded: false, csum_diff_any_size: false,
     },
     attach: { xdp: 'link', ingress: 'netlink', egress: 'netlink' },
   });

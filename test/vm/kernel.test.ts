@@ -4,7 +4,7 @@
  * as XDP; helper programs run as their own types. What differs between the kernels compared
  * with is asked of the feature probe, never the version: random programs use the cpu v4
  * instructions only where the verifier takes them (isa_v4), and the VM's bpf_csum_diff returns
- * the sum folded or not as this kernel's does (csum_diff_folded).
+ * the sum folded or not and checks sizes as this kernel's does (csum_diff_folded, csum_diff_any_size).
  */
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
@@ -14,7 +14,7 @@ import type { Insn } from '../../src/bpf/insn.js';
 import { Assembler, imm } from '../../src/bpf/asm.js';
 import { R0, R1, R2, R3, R4, R5, R6, R7, R8, R10 } from '../../src/bpf/opcodes.js';
 import { Vm } from '../../src/vm/vm.js';
-import { CSUM_DIFF_FOLDS, setCsumDiffFolds } from '../../src/vm/helpers.js';
+import { setCsumDiffModel } from '../../src/vm/helpers.js';
 import { randomProgram } from './gen.js';
 import { ipv4Packet } from './packets.js';
 import { packet } from './support.js';
@@ -148,15 +148,16 @@ helperCases.push({
 
 kernelTest('helpers: checksums, packet bytes, size changes, redirects and context give the kernel\'s retval and packet', () => {
   const failures: string[] = [];
-  // The VM is this kernel's twin: bpf_csum_diff folds its sum or not as the probe found.
-  const folds = CSUM_DIFF_FOLDS;
-  setCsumDiffFolds(kernelProbe().features.csum_diff_folded);
+  // The VM is this kernel's twin: its bpf_csum_diff folds the sum and takes any sizes, or not,
+  // as the probe found.
+  const { csum_diff_folded: folds, csum_diff_any_size: anySize } = kernelProbe().features;
+  const before = setCsumDiffModel({ folds, anySize });
   try {
     runHelperCases(failures);
   } finally {
-    setCsumDiffFolds(folds);
+    setCsumDiffModel(before);
   }
-  assert.deepEqual(failures, [], `bpf_csum_diff modelled ${kernelProbe().features.csum_diff_folded ? 'folded' : 'unfolded'}`);
+  assert.deepEqual(failures, [], `bpf_csum_diff modelled ${folds ? 'folded' : 'unfolded'}, ${anySize ? 'any sizes' : 'sizes in words up to 512 bytes'}`);
 });
 
 function runHelperCases(failures: string[]): void {
