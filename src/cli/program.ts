@@ -5,7 +5,7 @@
  * bundles (scripts/bundle.mjs), which import exactly the register functions they need.
  */
 import { Command, CommanderError } from 'commander';
-import { describeError, NetmangleError } from '../errors.js';
+import { describeError, EXIT, exitCodeOf } from '../errors.js';
 import { printable } from '../printable.js';
 import type { RegisterCommand } from './commands/index.js';
 
@@ -36,12 +36,14 @@ export async function runCli(registers: readonly RegisterCommand[], argv: readon
     await program.parseAsync([...argv]);
   } catch (err) {
     if (err instanceof CommanderError) {
-      process.exitCode = err.exitCode;
+      // Commander says 1 for an unknown option or a missing argument: for netmangle that is a
+      // usage error (2); --help and --version stay 0.
+      process.exitCode = err.exitCode === 0 ? EXIT.ok : EXIT.usage;
     } else {
       // Messages quote rule text, names and file names: shown escaped, never acted on by the terminal.
       process.stderr.write(`netmangle: ${printable(describeError(err), { multiline: true })}\n`);
       if (process.env.NETMANGLE_DEBUG && err instanceof Error) process.stderr.write(`${err.stack}\n`);
-      process.exitCode = err instanceof NetmangleError ? err.exitCode : 70;
+      process.exitCode = exitCodeOf(err);
     }
   }
 }

@@ -3,7 +3,7 @@
  * frozen), the program loaded with them. Maps live exactly as long as the LoadedObjectProgram.
  */
 import { readFileSync } from 'node:fs';
-import { NetmangleError, UsageError } from '../errors.js';
+import { fsUsageError, UsageError } from '../errors.js';
 import { createMap, loadProgram, type BpfMap, type Program } from '../kernel/index.js';
 import { Attr, bpfCall } from '../kernel/sys.js';
 import { parseObject, type BpfObject, type LinkedProgram } from './object.js';
@@ -24,7 +24,7 @@ export function readObjectFile(path: string): BpfObject {
   try {
     bytes = readFileSync(path);
   } catch (err) {
-    throw new NetmangleError(`cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`, { cause: err });
+    throw fsUsageError(err, `read ${path}`);
   }
   return parseObject(new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength), path);
 }

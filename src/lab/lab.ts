@@ -11,6 +11,7 @@ import { NetmangleError, UsageError } from '../errors.js';
 import { listNamespaces, requireRoot, run, runChecked, type RunOptions, type RunResult } from './run.js';
 import {
   createState,
+  invokingUser,
   labOfNamespace,
   namespaceBelongsTo,
   processAlive,
@@ -38,7 +39,7 @@ export const DEFAULT_LAB_NAME = 'lab';
 export type TopologyInput = TopologyPlan | TopologySpec | string | undefined;
 
 export interface LabUpOptions {
-  /** Lab name; default: the topology's `name:`, else "lab". */
+  /** Lab name; default: the topology's `name:`, else "lab" when free, else the first free of lab2, lab3 … */
   name?: string;
   /** Called with a short line per build step (the CLI prints them with --verbose). */
   onStep?: (step: string) => void;
@@ -90,7 +91,28 @@ export class Lab implements AsyncDisposable {
   static async up(topology?: TopologyInput, opts: LabUpOptions = {}): Promise<Lab> {
     requireRoot('building a lab');
     const plan = toPlan(topology);
-    const name = checkLabName(opts.name ?? plan.name ?? DEFAULT_LAB_NAME);
+    const chosen = opts.name ?? plan.name;
+    if (chosen !== undefined) return Lab.buildNamed(checkLabName(chosen), plan, opts);
+    // No name given: "lab" if it is free, else lab2, lab3 …; a name taken meanwhile by another
+    // builder (createState is exclusive) moves on to the next.
+    for (let i = 1; ; i += 1) {
+      const name = i === 1 ? DEFAULT_LAB_NAME : `${DEFAULT_LAB_NAME}${i}`;
+      if (await Lab.nameTaken(name)) continue;
+      try {
+        return await Lab.buildNamed(name, plan, opts);
+      } catch (err) {
+        if (err instanceof LabExistsError && i < 1000) continue;
+        throw err;
+      }
+    }
+  }
+
+  /** Whether a lab of that name has a record, or namespaces named like its parts. */
+  private static async nameTaken(name: string): Promise<boolean> {
+    return stateExists(name) || (await listNamespaces()).some((ns) => namespaceBelongsTo(ns, name));
+  }
+
+  private static async buildNamed(name: string, plan: TopologyPlan, opts: LabUpOptions): Promise<Lab> {
     const lab = new Lab(name, plan);
     const report = opts.onStep ?? (() => {});
     // For tests that kill a builder half-way: a pause before every step.
@@ -106,6 +128,7 @@ export class Lab implements AsyncDisposable {
       version: 1,
       name,
       pid: process.pid,
+      owner: invokingUser(),
       createdAt: new Date().toISOString(),
       status: 'building',
       namespaces: lab.nodes().map((n) => lab.netns(n)),
@@ -139,17 +162,25 @@ export class Lab implements AsyncDisposable {
   }
 
   /**
-   * Removes everything of a lab: the namespaces in its record and any namespace named like
-   * one of its parts, after killing the processes inside (a process left in a deleted
-   * namespace would keep its interfaces alive). Returns the namespaces removed.
+   * Removes everything of a lab netmangle recorded: the namespaces its record lists, after
+   * killing the processes inside (a process left in a deleted namespace would keep its
+   * interfaces alive). A record cut short by a crash (unreadable) falls back to the naming rule.
+   * Namespaces that only look like a lab, with no record, are not netmangle's to remove: that
+   * is refused. Returns the namespaces removed.
    */
   static async down(name: string = DEFAULT_LAB_NAME): Promise<string[]> {
     requireRoot('taking a lab down');
     checkLabName(name);
     const state = readState(name);
     const existing = await listNamespaces();
-    const targets = new Set<string>(existing.filter((ns) => namespaceBelongsTo(ns, name)));
-    for (const ns of state?.namespaces ?? []) if (existing.includes(ns)) targets.add(ns);
+    const lookalikes = existing.filter((ns) => namespaceBelongsTo(ns, name)).sort();
+    if (!stateExists(name)) {
+      if (lookalikes.length === 0) return [];
+      throw new NetmangleError(`netmangle has no record of creating lab "${name}", so it leaves ${lookalikes.join(', ')} alone`, {
+        hint: `if they are yours, remove them with: ${lookalikes.map((ns) => `ip netns del ${ns}`).join('; ')}`,
+      });
+    }
+    const targets = state ? state.namespaces.filter((ns) => existing.includes(ns)) : lookalikes;
     const failures: string[] = [];
     for (const ns of targets) {
       await killProcessesIn(ns);
@@ -158,7 +189,18 @@ export class Lab implements AsyncDisposable {
     }
     if (failures.length > 0) throw new NetmangleError(`could not remove all of lab "${name}": ${failures.join('; ')}`, { hint: `run \`netmangle lab down ${name}\` again` });
     removeState(name);
-    return [...targets];
+    return targets;
+  }
+
+  /** Labs netmangle recorded, with who built them (undefined for an old or unreadable record). */
+  static recorded(): Array<{ name: string; owner: number | undefined }> {
+    return recordedLabs().map((name) => ({ name, owner: readState(name)?.owner }));
+  }
+
+  /** The labs the user running netmangle built (see invokingUser). */
+  static mine(): string[] {
+    const me = invokingUser();
+    return Lab.recorded().filter((l) => l.owner === me).map((l) => l.name);
   }
 
   /** Every lab with a record or with namespaces named like one. */

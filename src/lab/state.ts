@@ -16,6 +16,8 @@ export interface LabState {
   name: string;
   /** The process that built it. */
   pid: number;
+  /** The user who built it (the one behind sudo when there is one); older records lack it. */
+  owner?: number;
   createdAt: string;
   /** 'building' until every step succeeded. */
   status: 'building' | 'up';
@@ -112,6 +114,12 @@ export function namespaceBelongsTo(ns: string, lab: string): boolean {
 export function labOfNamespace(ns: string): string | undefined {
   const m = /^nm-([a-z0-9][a-z0-9_-]*)-([a-z][a-z0-9_]{0,11})$/.exec(ns);
   return m ? m[1] : undefined;
+}
+
+/** The user running netmangle: the one who ran sudo, when it runs under sudo. */
+export function invokingUser(): number {
+  const sudo = Number(process.env.SUDO_UID);
+  return Number.isInteger(sudo) && process.env.SUDO_UID !== '' ? sudo : (process.getuid?.() ?? 0);
 }
 
 /** Whether the process that wrote a record still runs. */

@@ -24,7 +24,7 @@ import { isIP } from 'node:net';
 import { basename } from 'node:path';
 import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
 import { LineCounter, parseDocument, isNode, type Document } from 'yaml';
-import { UsageError } from '../errors.js';
+import { fsUsageError, UsageError } from '../errors.js';
 
 /** A topology as written (YAML or a plain object), before validation. */
 export interface TopologySpec {
@@ -398,10 +398,11 @@ export function loadTopology(file: string): TopologyPlan {
   try {
     text = readFileSync(file, 'utf8');
   } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    throw new UsageError(`cannot read topology file ${file}: ${code === 'ENOENT' ? 'no such file' : String(code ?? err)}`, {
-      hint: 'run `netmangle lab up` with no file for the built-in h1 ── sw ── h2',
-    });
+    const e = fsUsageError(err, `read topology file ${file}`);
+    if (e instanceof UsageError && (err as NodeJS.ErrnoException).code === 'ENOENT') {
+      throw new UsageError(e.message, { hint: 'run `netmangle lab up` with no file for the built-in h1 ── sw ── h2', cause: err });
+    }
+    throw e;
   }
   return parseTopology(text, basename(file));
 }

@@ -1,4 +1,4 @@
-import { NetmangleError } from '../errors.js';
+import { describeSystemErrorCode, NetmangleError } from '../errors.js';
 
 /**
  * A capture file that cannot be read or written: missing, truncated, corrupt, or in a format
@@ -20,15 +20,7 @@ export class CaptureError extends NetmangleError {
 
 /** Turns an fs error (ENOENT, EACCES, EISDIR …) into one readable line. */
 export function describeFsError(err: unknown): string {
-  const e = err as NodeJS.ErrnoException;
-  switch (e?.code) {
-    case 'ENOENT': return 'no such file or directory';
-    case 'EACCES': return 'permission denied';
-    case 'EISDIR': return 'is a directory';
-    case 'ENOTDIR': return 'a part of the path is not a directory';
-    case 'ENOSPC': return 'no space left on the device';
-    case 'EROFS': return 'the file system is read-only';
-    case 'EPIPE': return 'the reader closed the pipe';
-    default: return e?.message ?? String(err);
-  }
+  if ((err as NodeJS.ErrnoException)?.code === 'EPIPE') return 'the reader closed the pipe';
+  if ((err as NodeJS.ErrnoException)?.code === 'EISDIR') return 'is a directory';
+  return describeSystemErrorCode(err);
 }

@@ -288,7 +288,8 @@ const ruleSchema = {
     // drop, pass, or a fault action with its argument (`duplicate 2`, `reject with host-unreachable`)
     action: { type: 'string', pattern: '^\\s*(drop|pass|duplicate|corrupt|truncate|reject|delay|reorder)(\\s|$)' },
     rule: { type: 'string' },
-    probability: { type: 'number', exclusiveMinimum: 0, maximum: 1 },
+    // A number, or a percentage string ("5%"), checked by checkProbability; the range applies to numbers.
+    probability: { type: ['number', 'string'], exclusiveMinimum: 0, maximum: 1 },
     every: { type: 'integer', minimum: 1, maximum: MAX_EVERY },
     checksum: { enum: ['fix', 'keep'] },
     after: { type: 'integer', minimum: 0, maximum: MAX_EVERY },
@@ -340,7 +341,7 @@ interface RuleEntry {
   set?: Record<string, string | number>;
   action?: string;
   rule?: string;
-  probability?: number;
+  probability?: number | string;
   every?: number;
   checksum?: 'fix' | 'keep';
   after?: number;
@@ -537,7 +538,14 @@ function buildRule(
       ...checkRule(parsed, source, hook),
       checksum: entry.checksum ?? file.checksum ?? 'fix',
     };
-    if (entry.probability !== undefined) rule.probability = entry.probability;
+    if (entry.probability !== undefined) {
+      try {
+        rule.probability = checkProbability(entry.probability, 'probability');
+      } catch (err) {
+        if (err instanceof UsageError) throw where.error([...path, 'probability'], `${label}.probability: must be a number greater than 0 and at most 1, or a percentage, not ${JSON.stringify(entry.probability)}`, err.hint);
+        throw err;
+      }
+    }
     if (entry.every !== undefined) rule.every = entry.every;
     try {
       applyTriggers(rule, {

@@ -11,7 +11,7 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import { chmodSync, lstatSync, readFileSync, statSync, unlinkSync } from 'node:fs';
 import { request } from 'node:http';
 import { isIP } from 'node:net';
-import { NetmangleError, UsageError } from '../errors.js';
+import { fsUsageError, NetmangleError, UsageError } from '../errors.js';
 
 export const DEFAULT_SOCKET = '/run/netmangle.sock';
 
@@ -50,7 +50,7 @@ export function readToken(file: string): string {
   try {
     text = readFileSync(file, 'utf8');
   } catch (err) {
-    throw new UsageError(`cannot read the token file ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+    throw fsUsageError(err, `read the token file ${file}`);
   }
   const token = text.split('\n')[0]!.trim();
   if (token.length < 16) {

@@ -116,18 +116,21 @@ kernelTest('kill -9 of a process building a lab, then lab down removes everythin
   }
 });
 
-kernelTest('lab down finds a lab by its namespace names when the record is gone', async () => {
+kernelTest('lab down of a lab whose record is gone refuses, naming the namespaces it leaves', async () => {
   const name = uniqueName('lk');
+  const namespaces = ['h1', 'h2', 'sw'].map((n) => `nm-${name}-${n}`);
   try {
     assert.equal((await netmangle(['lab', 'up', '--name', name])).code, 0);
-    const macs = await macsIn(['h1', 'h2', 'sw'].map((n) => `nm-${name}-${n}`));
     rmSync(statePath(name));
     const down = await netmangle(['lab', 'down', name]);
-    assert.equal(down.code, 0, down.stderr);
-    await assertLabGone(name, macs);
+    assert.equal(down.code, 1, down.stderr);
+    assert.match(down.stderr, new RegExp(`no record of creating lab "${name}", so it leaves ${namespaces.join(', ')} alone`));
+    const left = await listNamespaces();
+    for (const ns of namespaces) assert.ok(left.includes(ns), ns);
   } finally {
-    await netmangle(['lab', 'down', name]);
+    for (const ns of namespaces) await run(['ip', 'netns', 'del', ns]);
   }
+  await assertLabGone(name);
 });
 
 kernelTest('netmangle demo finishes in under 30 s, exits 0 and leaves nothing behind', async () => {

@@ -83,9 +83,8 @@ test('the example file loads, grouped by (namespace, interface, hook) in file or
   const out = loadRulesFile(repo('examples/rules.yaml'));
   assert.equal(out.seed, 42);
   assert.deepEqual(out.groups.map((g) => [g.netns, g.dev, g.hook, g.rules.map((r) => r.name)]), [
-    [undefined, 'veth0', 'egress', ['ttl-chaos', 'ecn-web', 'bad-dns-checksum']],
-    [undefined, 'veth0', 'xdp', ['drop-some-syns']],
-    ['lab', 'eth0', 'egress', ['v6-hlim']],
+    ['nm-lab-h1', 'eth0', 'egress', ['ttl-chaos', 'ecn-web', 'bad-dns-checksum', 'v6-hlim']],
+    ['nm-lab-h1', 'eth0', 'xdp', ['drop-some-syns']],
   ]);
   const [chaos, web, dns] = out.groups[0]!.rules;
   assert.equal(chaos!.text, 'icmp.type == 0 => set ip.ttl = random(1, ip.ttl)');
@@ -202,4 +201,11 @@ test('loadRulesFile reports a missing file in one line', () => {
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+test('a rules file takes a probability as a percentage too ("5%" = 0.05), and says so when it is neither', () => {
+  const r = loadRulesText('dev: v\nhook: xdp\nrules:\n  - action: drop\n    probability: 5%\n  - action: pass\n    probability: "12.5 %"\n', 'rules.yaml');
+  assert.deepEqual(r.groups[0]!.rules.map((x) => x.probability), [0.05, 0.125]);
+  assertFileError('dev: v\nhook: xdp\nrules:\n  - action: drop\n    probability: lots\n', 'rules.yaml:5: rules[0].probability: must be a number greater than 0 and at most 1, or a percentage, not "lots"');
+  assertFileError('dev: v\nhook: xdp\nrules:\n  - action: drop\n    probability: 150%\n', 'rules.yaml:5: rules[0].probability: must be a number greater than 0 and at most 1, or a percentage, not "150%"');
 });

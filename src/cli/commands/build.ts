@@ -6,7 +6,7 @@
 import { printable } from '../../printable.js';
 import { writeFileSync } from 'node:fs';
 import type { Command } from 'commander';
-import { UsageError } from '../../errors.js';
+import { fsUsageError, UsageError } from '../../errors.js';
 import { addTriggerOptions, applyForOption, readRules, type RuleSourceOptions } from './run.js';
 
 interface BuildCliOptions extends RuleSourceOptions {
@@ -26,7 +26,7 @@ export function register(program: Command): void {
     .option('--sections <style>', 'tc (default: tc programs in section "tc", for libbpf 1.1) or tcx ("tcx/ingress", "tcx/egress", libbpf 1.3+)', 'tc')
     .option('--dev <dev>', 'interface the rule is meant for (one-line rule; names programs when one hook repeats)')
     .option('--hook <hook>', 'xdp, ingress or egress (one-line rule)')
-    .option('--probability <p>', 'act on a matching packet with this probability (0 < p <= 1)')
+    .option('--probability <p>', 'act on a matching packet with this probability (0 < p <= 1, or a percentage: 5%)')
     .option('--every <n>', 'act on the Nth, 2Nth ... matching packet');
   addTriggerOptions(cmd)
     .option('--for <duration>', 'stop acting this long after the rule\'s first matching packet (kept by the program)')
@@ -45,7 +45,7 @@ export function register(program: Command): void {
       let text: string | undefined;
       if (opts.emit === 'c') {
         const { emitC } = await import('../../elf/c.js');
-        text = emitC(built);
+        text = emitC(built, { file: opts.output });
       } else if (opts.emit === 'asm') {
         const { objectListing } = await import('../../elf/listing.js');
         text = objectListing(built);
@@ -55,7 +55,11 @@ export function register(program: Command): void {
         process.stdout.write(process.stdout.isTTY ? printable(text, { multiline: true }) : text);
         return;
       }
-      writeFileSync(opts.output!, text ?? built.bytes);
+      try {
+        writeFileSync(opts.output!, text ?? built.bytes);
+      } catch (err) {
+        throw fsUsageError(err, `write ${opts.output}`);
+      }
       const what = built.programs.map((p) => `${p.symbol} (section ${p.section})`).join(', ');
       process.stderr.write(`${printable(`wrote ${opts.output}: ${what}`)}; seed ${seed}${seedChosen ? ' (chosen at random; pass --seed to repeat)' : ''}\n`);
       const { connectionMemoryNote } = await import('../../compiler/index.js');

@@ -6,6 +6,7 @@
 import type { Command } from 'commander';
 import { Lab } from '../../lab/lab.js';
 import { requireRoot } from '../../lab/run.js';
+import { EXIT } from '../../errors.js';
 import { ping, tcpTransfer, type PingResult, type TransferResult } from '../../lab/measure.js';
 import { applyRule, ruleCommandAvailable, type AppliedRule, type ApplyRuleOptions, type Hook } from '../../lab/experiments.js';
 
@@ -82,8 +83,8 @@ export async function runDemo(opts: DemoOptions): Promise<void> {
 
   const lab = await Lab.up(undefined, { name });
   // Ctrl-C must not leave the lab behind.
-  const onSignal = () => {
-    void lab.down().finally(() => process.exit(130));
+  const onSignal = (signal: NodeJS.Signals) => {
+    void lab.down().finally(() => process.exit(signal === 'SIGTERM' ? EXIT.sigterm : EXIT.sigint));
   };
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);

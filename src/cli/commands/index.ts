@@ -24,6 +24,7 @@ export const commandFiles: Record<string, string> = {
   lab: 'lab.js',
   guardian: 'guardian.js',
   serve: 'serve.js',
+  fields: 'fields.js',
 };
 
 export const commandModules: Record<string, () => Promise<{ register: RegisterCommand }>> = Object.fromEntries(

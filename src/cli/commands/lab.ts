@@ -19,7 +19,7 @@ export function register(program: Command): void {
     .command('up')
     .description('build a lab from a topology file, or h1 ── sw ── h2 without one')
     .argument('[file]', 'topology YAML (see docs/lab.md)')
-    .option('-n, --name <name>', `lab name (default: the file's name: field, else "${DEFAULT_LAB_NAME}")`)
+    .option('-n, --name <name>', `lab name (default: the file's name: field, else "${DEFAULT_LAB_NAME}" if free, else ${DEFAULT_LAB_NAME}2, ${DEFAULT_LAB_NAME}3 …)`)
     .option('-v, --verbose', 'print each step')
     .action(async (file: string | undefined, opts: { name?: string; verbose?: boolean }) => {
       const built = await Lab.up(file, {
@@ -27,6 +27,9 @@ export function register(program: Command): void {
         onStep: opts.verbose ? (s) => process.stdout.write(`  ${printable(s)}\n`) : undefined,
       });
       process.stdout.write(`lab "${printable(built.name)}" is up\n`);
+      if (opts.name === undefined && built.plan.name === undefined && built.name !== DEFAULT_LAB_NAME) {
+        process.stdout.write(`(a lab "${DEFAULT_LAB_NAME}" exists already, so this one is "${built.name}": its hosts are nm-${built.name}-HOST; give --name ${built.name} to the other lab commands)\n`);
+      }
       process.stdout.write(await describeLab(built.name));
       const first = built.hosts[0];
       const second = built.hosts[1];
@@ -38,15 +41,31 @@ export function register(program: Command): void {
 
   lab
     .command('down')
-    .description('remove a lab: its namespaces, interfaces, bridge and record')
-    .argument('[name]', 'lab name', DEFAULT_LAB_NAME)
-    .option('-a, --all', 'remove every lab')
-    .action(async (name: string, opts: { all?: boolean }) => {
+    .description('remove a lab netmangle built: its namespaces, interfaces, bridge and record')
+    .argument('[name]', 'lab name (default: the one lab you built, when there is exactly one)')
+    .option('-a, --all', 'remove every lab netmangle recorded, listing each')
+    .action(async (name: string | undefined, opts: { all?: boolean }) => {
       requireRoot('lab down');
-      const names = opts.all ? await Lab.list() : [name];
-      if (opts.all && names.length === 0) {
-        process.stdout.write('no labs\n');
-        return;
+      if (opts.all && name !== undefined) throw new UsageError('lab down: give a name or --all, not both');
+      let names: string[];
+      if (opts.all) {
+        names = Lab.recorded().map((l) => l.name);
+        if (names.length === 0) {
+          process.stdout.write('no labs recorded by netmangle\n');
+          return;
+        }
+      } else if (name !== undefined) {
+        names = [name];
+      } else {
+        names = Lab.mine();
+        const others = Lab.recorded().map((l) => l.name).filter((n) => !names.includes(n));
+        if (names.length === 0) {
+          process.stdout.write(`no lab of yours to remove${others.length ? ` (other labs: ${others.join(', ')}; name one to remove it: netmangle lab down NAME)` : ''}\n`);
+          return;
+        }
+        if (names.length > 1) {
+          throw new UsageError(`you have ${names.length} labs (${names.join(', ')}): say which`, { hint: `netmangle lab down ${names[0]}, or all of them: netmangle lab down --all` });
+        }
       }
       for (const n of names) {
         const removed = await Lab.down(n);
@@ -73,14 +92,15 @@ export function register(program: Command): void {
     .description("run a command in a lab host's namespace; exits with the command's exit code")
     .argument('<host>', 'host name (h1, h2, … or the switch)')
     .argument('<command...>', 'the command and its arguments, after -- (lab exec h1 -- ping -c 1 198.18.0.2)')
-    .option('-n, --name <name>', 'lab name', DEFAULT_LAB_NAME)
+    .option('-n, --name <name>', `lab name (default: the one lab you built, else "${DEFAULT_LAB_NAME}")`)
     // Options after the host belong to the command (`lab exec h1 ping -c 1 …` works without --).
     .passThroughOptions()
-    .action(async (host: string, command: string[], opts: { name: string }) => {
+    .action(async (host: string, command: string[], opts: { name?: string }) => {
       requireRoot('lab exec');
       if (command[0] === '--') command = command.slice(1);
       if (command.length === 0) throw new UsageError('lab exec: no command given', { hint: 'netmangle lab exec h1 -- ping -c 1 198.18.0.2' });
-      const opened = Lab.open(opts.name);
+      const mine = Lab.mine();
+      const opened = Lab.open(opts.name ?? (mine.length === 1 ? mine[0] : DEFAULT_LAB_NAME));
       const ns = opened.netns(host);
       const code = await new Promise<number>((resolve, reject) => {
         const child = spawn('ip', ['netns', 'exec', ns, ...command], { stdio: 'inherit' });

@@ -73,7 +73,8 @@ export async function readRules(source: string, opts: RuleSourceOptions): Promis
       dev: opts.dev,
       hook: opts.hook as Hook,
       netns: opts.netns,
-      probability: opts.probability === undefined ? undefined : parseNumber(opts.probability, '--probability'),
+      // A number or a percentage ("5%"): checkProbability reads both.
+      probability: opts.probability,
       every: opts.every === undefined ? undefined : parseNumber(opts.every, '--every'),
       name: opts.name,
       checksum: opts.checksum === undefined ? undefined : (opts.checksum as 'fix' | 'keep'),
@@ -159,7 +160,7 @@ export function register(program: Command): void {
     .option('--dev <dev>', 'interface to attach to (one-line rule)')
     .option('--hook <hook>', 'xdp, ingress or egress (one-line rule)')
     .option('--netns <name>', 'network namespace of the interface: a name as ip netns lists it, or a path such as /proc/PID/ns/net')
-    .option('--probability <p>', 'act on a matching packet with this probability (0 < p <= 1)')
+    .option('--probability <p>', 'act on a matching packet with this probability (0 < p <= 1, or a percentage: 5%)')
     .option('--every <n>', 'act on the Nth, 2Nth ... matching packet');
   addTriggerOptions(cmd)
     .option('--seed <n>', 'seed of the random decisions (default: chosen and printed)')
