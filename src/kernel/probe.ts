@@ -3,20 +3,23 @@
  * version string: load `r0 = verdict; exit` as XDP and sched_cls, run it with
  * BPF_PROG_TEST_RUN, load a one-type BTF blob, create a ring buffer and an LRU hash, and
  * create an XDP link and a tcx link on the loopback device of a brand-new network namespace
- * (so nothing real is touched, and a refusal cannot be mistaken for a busy hook).
+ * (so nothing real is touched, and a refusal cannot be mistaken for a busy hook). Two answers
+ * describe the instruction set and a helper rather than a syscall: whether the verifier takes
+ * the cpu v4 instructions (a program with one signed division), and whether bpf_csum_diff
+ * returns its sum folded to 16 bits (one call through BPF_PROG_TEST_RUN).
  */
 import { closeSync, mkdirSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { release } from 'node:os';
-import { Assembler } from '../bpf/asm.js';
-import { R0 } from '../bpf/opcodes.js';
+import { Assembler, imm } from '../bpf/asm.js';
+import { R0, R1, R2, R3, R4, R5, R10 } from '../bpf/opcodes.js';
 import { NetmangleError } from '../errors.js';
 import { libc, syscall } from './ffi.js';
 import { closeFd } from './fd.js';
 import { createTcxLink, createXdpLink } from './link.js';
 import { createMap } from './map.js';
 import { loadProgram, testRun, type Program } from './program.js';
-import { Attr, Cmd, ENOENT, ENOSYS, EPERM, Off, bpfTry } from './sys.js';
+import { Attr, Cmd, EINVAL, ENOENT, ENOSYS, EPERM, Off, bpfTry } from './sys.js';
 
 export interface ProbeFeatures {
   bpf_syscall: boolean;
@@ -29,6 +32,12 @@ export interface ProbeFeatures {
   test_run: boolean;
   ringbuf: boolean;
   lru_hash: boolean;
+  /** The cpu v4 instructions (sdiv/smod, movsx, sign-extending loads, bswap, gotol: Linux 6.6). */
+  isa_v4: boolean;
+  /** bpf_csum_diff returns its sum folded to 16 bits (newer kernels), not the 32-bit partial sum. */
+  csum_diff_folded: boolean;
+  /** bpf_csum_diff takes sizes that are not multiples of 4 (newer kernels; older ones: -EINVAL). */
+  csum_diff_any_size: boolean;
 }
 
 export interface ProbeResult {
@@ -68,6 +77,22 @@ function inFreshNetns<T>(fn: () => T): T | undefined {
 
 function returnOnly(verdict: number) {
   return new Assembler().movImm(R0, verdict).exit().assemble().insns;
+}
+
+/** `r0 = 7; r1 = -1; r0 s/= r1; exit`: a signed division, which only a cpu v4 verifier takes. */
+function signedDivision() {
+  return new Assembler().movImm(R0, 7).movImm(R1, -1).alu64('sdiv', R0, R1).exit().assemble().insns;
+}
+
+/** The word 0x12345678 summed by bpf_csum_diff (to_size 4, seed 0): folded, 0x1234 + 0x5678. */
+const CSUM_WORD = 0x12345678;
+const CSUM_WORD_FOLDED = 0x68ac;
+function csumDiffOf(toSize: number) {
+  return new Assembler()
+    .st(4, R10, -4, CSUM_WORD)
+    .movImm(R1, 0).movImm(R2, 0).mov64(R3, R10).alu64('add', R3, imm(-4)).movImm(R4, toSize).movImm(R5, 0)
+    .call(28) // bpf_csum_diff
+    .exit().assemble().insns;
 }
 
 function attempt(fn: () => boolean): boolean {
@@ -115,6 +140,12 @@ function jitFromSysctl(): boolean {
   }
 }
 
+const NO_FEATURES: Readonly<ProbeFeatures> = {
+  bpf_syscall: false, jit: false, btf: false, prog_xdp: false, prog_sched_cls: false,
+  xdp_link: false, tcx: false, test_run: false, ringbuf: false, lru_hash: false,
+  isa_v4: false, csum_diff_folded: false, csum_diff_any_size: false,
+};
+
 /**
  * Probes every feature netmangle uses. Needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN);
  * without it throws NotPrivilegedError. Takes a few milliseconds.
@@ -123,10 +154,7 @@ export function probeFeatures(): ProbeResult {
   const notRoot = new NotPrivilegedError('probing the kernel needs root (CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN): run it with sudo');
   if (typeof process.geteuid === 'function' && process.geteuid() !== 0) throw notRoot;
 
-  const features: ProbeFeatures = {
-    bpf_syscall: false, jit: false, btf: false, prog_xdp: false, prog_sched_cls: false,
-    xdp_link: false, tcx: false, test_run: false, ringbuf: false, lru_hash: false,
-  };
+  const features: ProbeFeatures = { ...NO_FEATURES };
 
   const first = bpfTry(Cmd.PROG_GET_NEXT_ID, new Attr().u32(Off.getId.startId, 0));
   if (first === -EPERM) throw notRoot;
@@ -150,6 +178,24 @@ export function probeFeatures(): ProbeResult {
     if (xdp) {
       const prog = xdp;
       features.test_run = attempt(() => testRun(prog, { data: new Uint8Array(64) }).retval === 2);
+    }
+    features.isa_v4 = attempt(() => {
+      loadProgram({ type: 'xdp', insns: signedDivision(), name: 'nm_probe_v4' }).close();
+      return true;
+    });
+    if (features.test_run) {
+      const csumDiff = (toSize: number): number => {
+        const prog = loadProgram({ type: 'xdp', insns: csumDiffOf(toSize), name: 'nm_probe_csum' });
+        try {
+          return testRun(prog, { data: new Uint8Array(64) }).retval;
+        } finally {
+          prog.close();
+        }
+      };
+      // Unfolded, the kernel returns a 32-bit sum above 0xffff; folded, exactly this.
+      features.csum_diff_folded = attempt(() => csumDiff(4) >>> 0 === CSUM_WORD_FOLDED);
+      // Two bytes: an older kernel answers -EINVAL (sizes must be multiples of 4).
+      features.csum_diff_any_size = attempt(() => csumDiff(2) !== -EINVAL);
     }
     features.btf = attempt(probeBtf);
     features.ringbuf = attempt(() => {
@@ -210,7 +256,9 @@ export function probeFeaturesCached(): ProbeResult {
   try {
     boot = readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
     const cached = JSON.parse(readFileSync(PROBE_CACHE, 'utf8')) as { boot: string; result: ProbeResult };
-    if (cached.boot === boot && cached.result.kernel === release()) return cached.result;
+    // A cache written before a feature was added lacks its key: probe again.
+    const complete = Object.keys(NO_FEATURES).every((k) => k in (cached.result.features ?? {}));
+    if (cached.boot === boot && cached.result.kernel === release() && complete) return cached.result;
   } catch {
     // No cache yet, or unreadable: probe.
   }

@@ -233,12 +233,23 @@ def(11, TC, true, (m, pc, name) => {
   ret(m, 0);
 });
 
-/** bpf_csum_diff's result is folded to 16 bits (not complemented), as kernels since 6.12 return it. */
-export let CSUM_DIFF_FOLDS = true;
-/** For tests against an older kernel's 32-bit result. */
-export function setCsumDiffFolds(v: boolean): void {
-  CSUM_DIFF_FOLDS = v;
+/**
+ * How bpf_csum_diff behaves. Kernels since the 2024 rework ("bpf_csum_diff: optimize and
+ * homogenize for all archs", late 2024) fold the sum to 16 bits (not complemented) and take any
+ * sizes; before it (6.1, for one) the result is the 32-bit partial sum, and sizes must be
+ * multiples of 4 adding up to at most 512 bytes (a per-CPU scratch buffer), else -EINVAL. The
+ * VM models the newer one; a test comparing it with an older kernel switches to what the
+ * feature probe found there (csum_diff_folded, csum_diff_any_size).
+ */
+export const csumDiffModel = { folds: true, anySize: true };
+/** For tests against an older kernel's bpf_csum_diff; returns the model it replaced. */
+export function setCsumDiffModel(model: { folds: boolean; anySize: boolean }): { folds: boolean; anySize: boolean } {
+  const before = { ...csumDiffModel };
+  Object.assign(csumDiffModel, model);
+  return before;
 }
+/** The old helper's scratch buffer: 128 words. */
+const CSUM_DIFF_OLD_MAX = 512;
 
 def(28, ['xdp', 'sched_cls'], false, (m, pc, name) => {
   const fromSize = m.argScalar(pc, 2, name) >>> 0;
@@ -248,13 +259,14 @@ def(28, ['xdp', 'sched_cls'], false, (m, pc, name) => {
   let fromBuf: Uint8Array = m.rbuf, toBuf: Uint8Array = m.rbuf;
   if (fromSize > 0 || m.tag[1] !== T_SCALAR) { from = m.argMem(pc, 1, fromSize, false, name); fromBuf = m.rbuf; }
   if (toSize > 0 || m.tag[3] !== T_SCALAR) { to = m.argMem(pc, 3, toSize, false, name); toBuf = m.rbuf; }
-  // Kernels since 6.12 take any sizes here (the verifier bounds them by the memory they point to).
+  // Newer kernels take any sizes here (the verifier bounds them by the memory they point to).
+  if (!csumDiffModel.anySize && ((fromSize | toSize) & 3 || fromSize + toSize > CSUM_DIFF_OLD_MAX)) return ret(m, -EINVAL);
   let r: number;
   if (fromSize && toSize) r = C.csumSub(C.csumPartial(toBuf, to, toSize, seed), C.csumPartial(fromBuf, from, fromSize, 0));
   else if (toSize) r = C.csumPartial(toBuf, to, toSize, seed);
   else if (fromSize) r = ~C.csumPartial(fromBuf, from, fromSize, ~seed >>> 0) >>> 0;
   else r = seed;
-  retU32(m, CSUM_DIFF_FOLDS ? C.csumFrom32to16(r) : r);
+  retU32(m, csumDiffModel.folds ? C.csumFrom32to16(r) : r);
 });
 
 // ---- redirects

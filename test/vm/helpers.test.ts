@@ -8,6 +8,7 @@ import { Assembler, imm } from '../../src/bpf/asm.js';
 import { R0, R1, R2, R3, R4, R5, R6, R7, R8, R10 } from '../../src/bpf/opcodes.js';
 import { Vm } from '../../src/vm/vm.js';
 import { createMap } from '../../src/vm/maps.js';
+import { setCsumDiffModel } from '../../src/vm/helpers.js';
 import { csumDiffReference, ipv4Packet, ipv4HeaderValid, udpChecksumValid } from './packets.js';
 import { errorOf, outMap, packet, runAsm } from './support.js';
 
@@ -141,12 +142,34 @@ test('csum_diff equals the one\'s-complement difference computed from scratch', 
     }, { programType: 'xdp' });
     assert.equal(r.retval, csumDiffReference(from, to, seed), `seed ${seed}`);
   }
-  // Sizes need not be multiples of 4 (since 6.12): a tail counts as a zero-padded word.
+  // Sizes need not be multiples of 4 (newer kernels): a tail counts as a zero-padded word.
   const diff = (size: number) => runAsm((a) => a.st(4, R10, -8, 0x04030201).st(4, R10, -4, 0x0605).movImm(R1, 0).movImm(R2, 0)
     .mov64(R3, R10).alu64('add', R3, imm(-8)).movImm(R4, size).movImm(R5, 0).call(H.csumDiff).exit()).retval;
   assert.equal(diff(6), diff(8));
   assert.equal(diff(6), csumDiffReference([], [0x04030201, 0x0605], 0));
   assert.notEqual(diff(5), diff(6));
+});
+
+test('csum_diff as older kernels (6.1) have it: the 32-bit sum unfolded, sizes in words up to 512 bytes', () => {
+  const before = setCsumDiffModel({ folds: false, anySize: false });
+  try {
+    const diff = (toSize: number, seed = 0) => runAsm((a) => a.st(4, R10, -8, 0x12345678).st(4, R10, -4, 0x0badf00d).movImm(R1, 0).movImm(R2, 0)
+      .mov64(R3, R10).alu64('add', R3, imm(-8)).movImm(R4, toSize).movImm(R5, seed).call(H.csumDiff).exit()).retval;
+    // One word, seed 0: the word itself, not 0x1234 + 0x5678.
+    assert.equal(diff(4) >>> 0, 0x12345678);
+    assert.equal(diff(0, 0xabcdef01) >>> 0, 0xabcdef01);
+    for (const size of [2, 5, 6, 7]) assert.equal(diff(size) | 0, -22, `size ${size}`);
+    const big = (fromSize: number, toSize: number) => runAsm((a) => {
+      for (let off = -512; off < 0; off += 4) a.st(4, R10, off, off);
+      a.mov64(R1, R10).alu64('add', R1, imm(-512)).movImm(R2, fromSize).mov64(R3, R10).alu64('add', R3, imm(-512)).movImm(R4, toSize).movImm(R5, 0);
+      a.call(H.csumDiff).exit();
+    }).retval;
+    assert.equal(big(256, 260) | 0, -22, 'more than 512 bytes in all');
+    assert.notEqual(big(256, 256) | 0, -22, 'exactly 512 bytes');
+  } finally {
+    setCsumDiffModel(before);
+  }
+  assert.deepEqual(before, { folds: true, anySize: true });
 });
 
 test('skb_store_bytes and skb_load_bytes copy between stack and packet; out of range is -EFAULT and zeroes', () => {

@@ -1,16 +1,20 @@
 /**
  * The kernel is the oracle: the same programs through BPF_PROG_TEST_RUN and through both VM
  * engines give the same return value and the same packet. Random ALU/JMP/stack programs run
- * as XDP; helper programs run as their own types.
+ * as XDP; helper programs run as their own types. What differs between the kernels compared
+ * with is asked of the feature probe, never the version: random programs use the cpu v4
+ * instructions only where the verifier takes them (isa_v4), and the VM's bpf_csum_diff returns
+ * the sum folded or not and checks sizes as this kernel's does (csum_diff_folded, csum_diff_any_size).
  */
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { kernelTest } from '../helpers/kernel.js';
+import { kernelProbe, kernelTest, kernelUnavailable } from '../helpers/kernel.js';
 import { loadProgram, testRun } from '../../src/kernel/program.js';
 import type { Insn } from '../../src/bpf/insn.js';
 import { Assembler, imm } from '../../src/bpf/asm.js';
 import { R0, R1, R2, R3, R4, R5, R6, R7, R8, R10 } from '../../src/bpf/opcodes.js';
 import { Vm } from '../../src/vm/vm.js';
+import { setCsumDiffModel } from '../../src/vm/helpers.js';
 import { randomProgram } from './gen.js';
 import { ipv4Packet } from './packets.js';
 import { packet } from './support.js';
@@ -34,11 +38,17 @@ function vmRuns(insns: readonly Insn[], type: Type, data: Uint8Array): { retval:
   });
 }
 
-kernelTest('random programs: the kernel and both VM engines return the same r0 (1,000 programs)', () => {
+// Probed when the module loads, so that the test's name says which instruction set it used;
+// without a kernel the tests fail or skip (kernelTest) and the name says v4, the generator's default.
+const v4 = kernelUnavailable() ? true : kernelProbe().features.isa_v4;
+const isaName = v4 ? 'cpu v4 instructions included' : 'no cpu v4 instructions: the probe finds this verifier refuses them';
+
+kernelTest(`random programs: the kernel and both VM engines return the same r0 (1,000 programs, ${isaName})`, () => {
+  assert.equal(v4, kernelProbe().features.isa_v4);
   const data = packet(64);
   let cases = 0;
   fc.assert(
-    fc.property(randomProgram(40), (p) => {
+    fc.property(randomProgram(40, { v4 }), (p) => {
       const k = kernelRun(p.insns, 'xdp', data);
       for (const v of vmRuns(p.insns, 'xdp', data)) assert.equal(v.retval, k.retval);
       cases++;
@@ -138,6 +148,19 @@ helperCases.push({
 
 kernelTest('helpers: checksums, packet bytes, size changes, redirects and context give the kernel\'s retval and packet', () => {
   const failures: string[] = [];
+  // The VM is this kernel's twin: its bpf_csum_diff folds the sum and takes any sizes, or not,
+  // as the probe found.
+  const { csum_diff_folded: folds, csum_diff_any_size: anySize } = kernelProbe().features;
+  const before = setCsumDiffModel({ folds, anySize });
+  try {
+    runHelperCases(failures);
+  } finally {
+    setCsumDiffModel(before);
+  }
+  assert.deepEqual(failures, [], `bpf_csum_diff modelled ${folds ? 'folded' : 'unfolded'}, ${anySize ? 'any sizes' : 'sizes in words up to 512 bytes'}`);
+});
+
+function runHelperCases(failures: string[]): void {
   for (const c of helperCases) {
     const a = new Assembler();
     c.build(a);
@@ -157,6 +180,4 @@ kernelTest('helpers: checksums, packet bytes, size changes, redirects and contex
       }
     }
   }
-  assert.deepEqual(failures, []);
-});
-
+}
