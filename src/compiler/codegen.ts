@@ -308,6 +308,7 @@ class Gen {
     if (r === undefined) {
       throw new CompileError(`rule "${this.rule?.name}": expression too deeply nested (more than 6 values pending at once)`, {
         hint: 'split the expression, or compute part of it in a separate rule',
+        exitCode: 2,
       });
     }
     return r;

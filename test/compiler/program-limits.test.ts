@@ -67,3 +67,13 @@ test('a pass rule more than 32K instructions before the end assembles (its verdi
 kernelTest('that program loads in the verifier', () => {
   loadCompiled(passFarFromEnd()).close();
 }, { timeout: 120_000 });
+
+test('an expression with more values pending than registers: one line, exit 2 (a rule the user can change)', () => {
+  const nested = Array.from({ length: 7 }, () => 'min(ip.ttl, ').join('') + '1' + ')'.repeat(7);
+  assert.throws(() => compileRules('egress', [rule(`ip => set ip.ttl = ${nested}`, 'egress', { name: 'deep' })]), (err: unknown) => {
+    assert.ok(err instanceof CompileError);
+    assert.equal(err.exitCode, 2);
+    assert.match(err.message, /^rule "deep": expression too deeply nested \(more than 6 values pending at once\)$/);
+    return true;
+  });
+});
