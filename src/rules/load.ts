@@ -542,7 +542,7 @@ function buildRule(
       try {
         rule.probability = checkProbability(entry.probability, 'probability');
       } catch (err) {
-        if (err instanceof UsageError) throw where.error([...path, 'probability'], `${label}.probability: must be a number greater than 0 and at most 1, or a percentage, not ${JSON.stringify(entry.probability)}`, err.hint);
+        if (err instanceof UsageError) throw where.error([...path, 'probability'], `${label}.probability: must be a number greater than 0 and at most 1, or a percentage, not ${shown(entry.probability)}`, err.hint);
         throw err;
       }
     }
