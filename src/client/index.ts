@@ -17,36 +17,18 @@ import { Agent, request, type IncomingHttpHeaders } from 'node:http';
 // Types only (erased at build): the client loads none of the library's code.
 import type { RuleCounts as LibraryRuleCounts, Target } from '../api/index.js';
 import type { Hook } from '../rules/ast.js';
+import type { FaultPatch, FaultSpec, TriggerFields as Triggers } from '../service/schemas.js';
 
 export type { Hook, Target };
 
 export const DEFAULT_SOCKET = '/run/netmangle.sock';
 
-/** The trigger options of a fault (as `netmangle run`'s for a one-line rule). */
-export interface Triggers {
-  probability?: number | string;
-  every?: number;
-  first?: number;
-  after?: number;
-  perConnection?: boolean;
-  connections?: number;
-  limit?: string;
-  startAfter?: string;
-  for?: string;
-  checksum?: 'fix' | 'keep';
-  lengths?: 'fix' | 'keep';
-}
-
-/** POST /faults, and each item of POST /populate. */
-export interface FaultSpec extends Target, Triggers {
-  name: string;
-  rules: string | string[];
-  seed?: number;
-  /** A lease: seconds, or a duration like "30s". */
-  ttl?: number | string;
-}
-
-export type FaultPatch = { [K in keyof Omit<FaultSpec, 'name'>]?: FaultSpec[K] | null };
+/**
+ * The request bodies are the service's own shapes (POST /faults and each item of POST /populate;
+ * PATCH): the trigger options of a fault as `netmangle run`'s for a one-line rule, and `ttl`, a
+ * lease in seconds or a duration like "30s".
+ */
+export type { Triggers, FaultSpec, FaultPatch };
 
 /** A rule's counters as the library gives them, and what its delay line holds. */
 export interface RuleCounts extends LibraryRuleCounts {
