@@ -1,22 +1,12 @@
 #!/usr/bin/env node
 // Runs every compiled test file (dist/test/**/*.test.js) with node's test runner.
 // Arguments filter by substring of the path: `npm test -- lab kernel`.
-import { readdirSync, statSync } from 'node:fs';
-import { join } from 'node:path';
+import { testFiles } from './test-files.mjs';
 import { spawnSync } from 'node:child_process';
 
-function walk(dir) {
-  const out = [];
-  for (const name of readdirSync(dir)) {
-    const p = join(dir, name);
-    if (statSync(p).isDirectory()) out.push(...walk(p));
-    else if (name.endsWith('.test.js')) out.push(p);
-  }
-  return out;
-}
 const filters = process.argv.slice(2).filter((a) => !a.startsWith('-'));
 const flags = process.argv.slice(2).filter((a) => a.startsWith('-'));
-const files = walk('dist/test').sort().filter((f) => filters.length === 0 || filters.some((s) => f.includes(s)));
+const files = testFiles(filters);
 if (files.length === 0) {
   console.error('no test files matched');
   process.exit(1);

@@ -7,20 +7,11 @@
 //                                          prints the file × kernel table, writes it as
 //                                          OUTDIR/kernel-matrix.md and .json; exits 1 if the guest
 //                                          has no results or any guest test failed.
-import { closeSync, mkdirSync, openSync, readFileSync, readdirSync, statSync, writeFileSync, existsSync } from 'node:fs';
+import { closeSync, mkdirSync, openSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { release } from 'node:os';
-
-function walk(dir) {
-  const out = [];
-  for (const name of readdirSync(dir)) {
-    const p = join(dir, name);
-    if (statSync(p).isDirectory()) out.push(...walk(p));
-    else if (name.endsWith('.test.js')) out.push(p);
-  }
-  return out;
-}
+import { testFiles } from '../test-files.mjs';
 
 /** Counts from the TAP summary node prints at the end, and the names of failed and skipped tests. */
 export function parseTap(text) {
@@ -37,7 +28,7 @@ export function parseTap(text) {
 }
 
 function run(outPath, logDir, filters) {
-  const files = walk('dist/test').sort().filter((f) => filters.some((s) => f.includes(s)));
+  const files = testFiles(filters);
   if (files.length === 0) {
     console.error('tests.mjs: no test files matched');
     process.exit(2);
